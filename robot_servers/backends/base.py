@@ -57,7 +57,7 @@ class RobotState:
         return cls(**kwargs)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ImpedanceParams:
     """Cartesian impedance gains and error clips. ``None`` damping means critical damping."""
 

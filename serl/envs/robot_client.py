@@ -1,0 +1,111 @@
+"""The env-side ``RobotClient`` interface and ``LocalRobot`` (a Backend in the same process).
+
+``HttpRobotClient`` (serl/envs/http_client.py) speaks the robot server's HTTP API with the same methods.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Mapping
+
+import numpy as np
+
+from robot_servers.backends.base import Backend, ImpedanceParams, RobotState
+from robot_servers.cameras.base import Camera
+
+
+class RobotClient(abc.ABC):
+    """What FrankaEnv needs from a robot: the Backend calls plus camera frames and a clock.
+
+    ``lockstep`` clients simulate time: the env calls ``advance(seconds)`` instead of sleeping, so
+    a twin runs as fast as the CPU allows and two runs with the same seed are identical.
+    """
+
+    lockstep: bool = False
+
+    @abc.abstractmethod
+    def state(self) -> RobotState: ...
+
+    @abc.abstractmethod
+    def set_target(self, pose: np.ndarray, gripper: float | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def set_gripper(self, width: float) -> None: ...
+
+    @abc.abstractmethod
+    def set_impedance(self, params: ImpedanceParams) -> None: ...
+
+    @abc.abstractmethod
+    def joint_reset(self, q: np.ndarray | None = None, duration: float = 3.0) -> None: ...
+
+    @abc.abstractmethod
+    def recover(self) -> None: ...
+
+    @abc.abstractmethod
+    def images(self) -> dict[str, tuple[np.ndarray, float]]:
+        """Newest frame and timestamp of every camera."""
+
+    def advance(self, seconds: float) -> None:
+        """Lockstep clients: run the simulation forward. Real-time clients: not supported."""
+        raise NotImplementedError(f"{type(self).__name__} runs in real time; the env keeps the period itself")
+
+    def scene(self) -> dict[str, np.ndarray]:
+        """Ground-truth object poses (twin only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no ground-truth scene")
+
+    def reset_scene(self, seed: int | None = None) -> None:
+        """Put task objects back at a random pose (twin only)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot reset the scene")
+
+    def close(self) -> None:
+        """Release connections. Idempotent."""
+
+
+class LocalRobot(RobotClient):
+    """A Backend (and its cameras) in the env's own process: fast sim training and tests."""
+
+    def __init__(self, backend: Backend, cameras: Mapping[str, Camera] | None = None):
+        self.backend = backend
+        self.cameras = dict(cameras or {})
+        self.lockstep = bool(getattr(backend, "lockstep", False))
+
+    def state(self) -> RobotState:
+        return self.backend.state()
+
+    def set_target(self, pose, gripper=None) -> None:
+        self.backend.set_target(pose, gripper)
+
+    def set_gripper(self, width) -> None:
+        self.backend.set_gripper(width)
+
+    def set_impedance(self, params) -> None:
+        self.backend.set_impedance(params)
+
+    def joint_reset(self, q=None, duration=3.0) -> None:
+        self.backend.joint_reset(q, duration)
+
+    def recover(self) -> None:
+        self.backend.recover()
+
+    def images(self) -> dict[str, tuple[np.ndarray, float]]:
+        return {name: camera.read() for name, camera in self.cameras.items()}
+
+    def advance(self, seconds: float) -> None:
+        if not self.lockstep:
+            return super().advance(seconds)
+        self.backend.advance(seconds)
+
+    def scene(self) -> dict[str, np.ndarray]:
+        if not hasattr(self.backend, "scene"):
+            return super().scene()
+        return self.backend.scene
+
+    def reset_scene(self, seed=None) -> None:
+        if not hasattr(self.backend, "reset_scene"):
+            return super().reset_scene(seed)
+        self.backend.reset_scene(seed)
+
+    def close(self) -> None:
+        for camera in self.cameras.values():
+            camera.close()
+        self.backend.close()

@@ -1,0 +1,67 @@
+"""Typed task configuration shared by the env, the robot server and the examples.
+
+A task says where the arm starts, how far it may go, how actions are scaled, which cameras
+it sees, how long an episode lasts, where reward comes from, and what happens between episodes.
+The same config drives the twin and the real arm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from robot_servers.backends.base import ImpedanceParams
+from robot_servers.control.safety import SafetyBox
+
+Pose7 = tuple[float, float, float, float, float, float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraSpec:
+    """One camera as the policy sees it: crop on the sensor image, then resize."""
+
+    name: str
+    size: tuple[int, int] = (128, 128)
+    crop: tuple[int, int, int, int] | None = None  # (top, left, height, width) in sensor pixels
+    serial: str | None = None  # RealSense serial / OpenCV device or URL on the real arm
+
+
+@dataclasses.dataclass(frozen=True)
+class ResetHookSpec:
+    """A reset hook by registry name with keyword options (see serl/envs/reset_hooks.py)."""
+
+    name: str
+    options: tuple[tuple[str, object], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    name: str
+    reset_pose: Pose7
+    safety_box: SafetyBox = SafetyBox()
+    reset_xy_range: float = 0.0  # m, uniform noise on the reset position
+    reset_yaw_range: float = 0.0  # rad, uniform noise on the reset yaw
+    action_scale: tuple[float, float, float] = (0.02, 0.1, 1.0)  # (m, rad, gripper) per unit action
+    action_frame: Literal["base", "ee"] = "base"
+    gripper_mode: Literal["continuous", "binary", "none"] = "binary"
+    cameras: tuple[CameraSpec, ...] = ()
+    max_episode_steps: int = 100
+    control_hz: float = 10.0
+    compliance: ImpedanceParams = ImpedanceParams()  # while the policy acts
+    precision: ImpedanceParams = ImpedanceParams()  # during resets
+    reward: Literal["ground_truth", "classifier", "keyboard"] = "ground_truth"
+    dense_reward: bool = False
+    reset_hooks: tuple[ResetHookSpec, ...] = (ResetHookSpec("go_to_reset_pose"),)
+    joint_reset_period: int = 0  # episodes between joint resets; 0 = never
+    robot: Literal["panda", "fr3"] = "panda"
+    scene: str = "empty"  # twin scene name
+
+    def __post_init__(self):
+        if len(self.reset_pose) != 7:
+            raise ValueError(f"TaskConfig.reset_pose: expected 7 values, got {len(self.reset_pose)}")
+        if self.control_hz <= 0:
+            raise ValueError("TaskConfig.control_hz must be positive")
+        if self.max_episode_steps <= 0:
+            raise ValueError("TaskConfig.max_episode_steps must be positive")
+        if len({c.name for c in self.cameras}) != len(self.cameras):
+            raise ValueError("TaskConfig.cameras: camera names must be unique")
