@@ -20,5 +20,9 @@ def test_benchmark_quick_prints_one_json_object(script, tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 0, f"{script.name} --quick failed:\n{result.stderr[-3000:]}"
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    output = result.stdout.strip()
+    try:
+        report = json.loads(output)
+    except json.JSONDecodeError:  # progress lines before a one-line JSON report
+        report = json.loads(output.splitlines()[-1])
     assert isinstance(report, dict) and report, f"{script.name} printed no figures"
