@@ -1,0 +1,85 @@
+"""Teleop devices behind one interface: SpaceMouse (hidapi), gamepad (pygame/SDL), keyboard
+(terminal or pynput), and a scripted expert for the twin. Device libraries load only when a
+device is opened; ``make_teleop`` picks one by name and says clearly what is missing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serl.devices.base import (
+    DeviceNotFoundError,
+    ScriptedTeleop,
+    Teleop,
+    TeleopCommand,
+    TeleopConfig,
+    shape_twist,
+)
+
+TELEOP_KINDS = ("keyboard", "spacemouse", "gamepad", "scripted")
+
+__all__ = [
+    "DeviceNotFoundError",
+    "ScriptedTeleop",
+    "TELEOP_KINDS",
+    "Teleop",
+    "TeleopCommand",
+    "TeleopConfig",
+    "discover",
+    "make_teleop",
+    "shape_twist",
+]
+
+
+def make_teleop(kind: str, env: Any = None, config: TeleopConfig | None = None, **options) -> Teleop:
+    """Open a teleop device by name: "keyboard", "spacemouse", "gamepad", or "scripted" (needs ``env``)."""
+    extra = {} if config is None else {"config": config}
+    if kind == "keyboard":
+        from serl.devices.keyboard import make_keyboard
+
+        return make_keyboard(config, **options)
+    if kind == "spacemouse":
+        from serl.devices.spacemouse import SpaceMouse
+
+        return SpaceMouse(**extra, **options)
+    if kind == "gamepad":
+        from serl.devices.gamepad import Gamepad
+
+        return Gamepad(**extra, **options)
+    if kind == "scripted":
+        if env is None:
+            raise ValueError("teleop 'scripted' needs the env it drives (make_teleop('scripted', env=env))")
+        from serl.devices.scripted import ExpertConfig, ScriptedExpert
+
+        return ScriptedExpert(env, ExpertConfig(**options))
+    raise ValueError(f"teleop: unknown kind {kind!r}; expected one of {TELEOP_KINDS}")
+
+
+def discover() -> dict[str, str]:
+    """What each device kind would use here, or why it is unavailable (for ``--help``-style reports)."""
+    report: dict[str, str] = {}
+    try:
+        from serl.devices.spacemouse import describe_missing, list_spacemice, _import_hid
+
+        entries = _import_hid().enumerate()
+        found = list_spacemice(lambda: entries)
+        report["spacemouse"] = f"{found[0]['model'].name} at {found[0]['path']!r}" if found else describe_missing(entries)
+    except DeviceNotFoundError as err:
+        report["spacemouse"] = str(err)
+    try:
+        from serl.devices.gamepad import _import_pygame
+
+        pygame = _import_pygame()
+        pygame.display.init()
+        pygame.joystick.init()
+        count = pygame.joystick.get_count()
+        report["gamepad"] = (f"{count} joystick(s): " + ", ".join(pygame.joystick.Joystick(i).get_name() for i in range(count))
+                             if count else "no gamepad found (on Linux: user in the 'input' group?)")
+    except DeviceNotFoundError as err:
+        report["gamepad"] = str(err)
+    from serl.devices.keyboard import has_display
+
+    import sys
+
+    report["keyboard"] = ("pynput (display found)" if has_display() else
+                          "terminal" if sys.stdin is not None and sys.stdin.isatty() else "no terminal on stdin (/dev/tty is tried)")
+    return report

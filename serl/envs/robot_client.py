@@ -45,6 +45,21 @@ class RobotClient(abc.ABC):
     def images(self) -> dict[str, tuple[np.ndarray, float]]:
         """Newest frame and timestamp of every camera."""
 
+    def observe(self) -> tuple[RobotState, dict[str, tuple[np.ndarray, float]]]:
+        """State and every camera's newest frame (one round trip where the client can)."""
+        return self.state(), self.images()
+
+    def step(self, pose=None, gripper: float | None = None, advance: float | None = None,
+             images: bool = True) -> tuple[RobotState, dict[str, tuple[np.ndarray, float]]]:
+        """Target (optional), lockstep advance (optional), then observe (one round trip where the client can)."""
+        if pose is not None:
+            self.set_target(pose, gripper)
+        elif gripper is not None:
+            self.set_gripper(gripper)
+        if advance is not None:
+            self.advance(advance)
+        return self.state(), (self.images() if images else {})
+
     def advance(self, seconds: float) -> None:
         """Lockstep clients: run the simulation forward. Real-time clients: not supported."""
         raise NotImplementedError(f"{type(self).__name__} runs in real time; the env keeps the period itself")
@@ -56,6 +71,13 @@ class RobotClient(abc.ABC):
     def reset_scene(self, seed: int | None = None) -> None:
         """Put task objects back at a random pose (twin only)."""
         raise NotImplementedError(f"{type(self).__name__} cannot reset the scene")
+
+    def reset_robot(self, q: np.ndarray | None = None) -> None:
+        """Put the arm at rest at ``q`` (home when None) instantly (twin only: reproducible resets)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot teleport the arm; use joint_reset")
+
+    def reconnect(self) -> None:
+        """Re-open the connection after a failure; the env calls it on the reset after an error."""
 
     def close(self) -> None:
         """Release connections. Idempotent."""
@@ -104,6 +126,11 @@ class LocalRobot(RobotClient):
         if not hasattr(self.backend, "reset_scene"):
             return super().reset_scene(seed)
         self.backend.reset_scene(seed)
+
+    def reset_robot(self, q=None) -> None:
+        if not hasattr(self.backend, "reset_robot"):
+            return super().reset_robot(q)
+        self.backend.reset_robot(q)
 
     def close(self) -> None:
         for camera in self.cameras.values():

@@ -55,6 +55,8 @@ class TaskConfig:
     joint_reset_period: int = 0  # episodes between joint resets; 0 = never
     robot: Literal["panda", "fr3"] = "panda"
     scene: str = "empty"  # twin scene name
+    state_keys: tuple[str, ...] = ("tcp_pose", "tcp_vel", "wrench", "gripper_width")  # see franka_env.STATE_SIZES
+    scene_objects: tuple[str, ...] = ()  # twin objects whose ground-truth pose enters the state as '<name>_pose' (sim only)
 
     def __post_init__(self):
         if len(self.reset_pose) != 7:

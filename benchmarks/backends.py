@@ -1,0 +1,252 @@
+"""Real-arm backends on loopback, with the real libraries.
+
+libfranka (franky) against franky-sim:
+- the fraction of the simulator's 1 kHz torque cycles that got a fresh command from the client
+  (target: at least 99.9 %), over a window during which the HTTP server answers /state at 10 Hz and
+  serves two camera threads (OpenCV on a generated video);
+- a 5 cm target step: final error and settling time (target: within 5 mm).
+
+ROS 2 (rclpy, DDS on loopback) against the twin node:
+- target-to-command latency (HTTP POST /target → PoseStamped delivered to a subscriber on
+  ``target_pose``) p50/p99;
+- state age at the server;
+- a 100-step episode at 10 Hz through the HTTP server, counting missed control periods (target: 0).
+
+Prints one JSON object. ``--quick`` shortens every window (CI smoke run, about 30 s). Figures from a
+shared 2-core machine are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+
+def percentiles(values, unit_scale: float = 1000.0) -> dict:
+    arr = np.asarray(values, dtype=np.float64) * unit_scale
+    if arr.size == 0:
+        return {"p50": None, "p99": None, "max": None, "n": 0}
+    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
+            "max": float(arr.max()), "n": int(arr.size)}
+
+
+def video_cameras(directory: str):
+    import cv2
+
+    from robot_servers.cameras.opencv import OpenCVCamera, OpenCVCameraConfig
+
+    path = os.path.join(directory, "camera.avi")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (640, 480))
+    for i in range(30):
+        frame = np.zeros((480, 640, 3), np.uint8)
+        frame[:, : 20 * i] = (0, 128, 255)
+        writer.write(frame)
+    writer.release()
+    return {name: OpenCVCamera(OpenCVCameraConfig(source=path, name=name, size=(128, 128), loop=True))
+            for name in ("wrist", "front")}
+
+
+@contextlib.contextmanager
+def robot_server(backend, cameras):
+    from robot_servers.server import ServerConfig, ServerThread, create_app
+    from serl.envs.http_client import HttpRobotClient
+
+    app = create_app(backend, cameras, ServerConfig(watchdog_timeout=None))
+    with ServerThread(app) as server, HttpRobotClient(server.url, timeout=10.0) as client:
+        yield client
+
+
+def poll_state(client, hz: float, stop: threading.Event, ages: list, images: bool = True) -> None:
+    """A 10 Hz reader, as an actor would be: state (and camera frames) over HTTP."""
+    period = 1.0 / hz
+    next_tick = time.monotonic()
+    while not stop.is_set():
+        client.state()
+        if images:
+            client.images()
+        ages.append(time.monotonic() - next_tick)
+        next_tick += period
+        stop.wait(max(0.0, next_tick - time.monotonic()))
+
+
+def bench_libfranka(quick: bool) -> dict:
+    from robot_servers.backends.libfranka import LibfrankaBackend, LibfrankaConfig
+    from robot_servers.backends.libfranka_sim import running_simulator
+
+    window = 2.0 if quick else 10.0
+    host = f"127.0.{200 + os.getpid() % 50}.{1 + (os.getpid() // 50) % 250}"
+    with tempfile.TemporaryDirectory() as tmp:
+        stats_path = os.path.join(tmp, "stats.json")
+
+        def stats() -> dict:
+            with open(stats_path) as f:
+                return json.load(f)
+
+        cameras = video_cameras(tmp)
+        with running_simulator(host, stats=stats_path), \
+                LibfrankaBackend(LibfrankaConfig(hostname=host)) as backend, \
+                robot_server(backend, cameras) as client:
+            time.sleep(0.5)
+            stop = threading.Event()
+            reads: list = []
+            reader = threading.Thread(target=poll_state, args=(client, 10.0, stop, reads), daemon=True)
+            reader.start()
+            time.sleep(0.3)  # the stats file is rewritten every 0.2 s
+            before, robot_t0, wall_t0 = stats(), backend.state().timestamp, time.monotonic()
+            time.sleep(window)
+            after, robot_t1, wall_t1 = stats(), backend.state().timestamp, time.monotonic()
+            stop.set()
+            reader.join()
+            ticks = after["torque_ticks"] - before["torque_ticks"]
+            on_time = after["torque_ticks_on_time"] - before["torque_ticks_on_time"]
+            frames = {name: camera.frames_captured for name, camera in cameras.items()}
+
+            start = backend.state().tcp_pose
+            target = start.copy()
+            target[0] += 0.05
+            backend.set_target(target)
+            t0 = time.monotonic()
+            settled_at, errors = None, []
+            while time.monotonic() - t0 < (3.0 if quick else 5.0):
+                error = float(np.linalg.norm(backend.state().tcp_pose[:3] - target[:3]))
+                errors.append(error)
+                if error < 0.005 and settled_at is None:
+                    settled_at = time.monotonic() - t0
+                elif error >= 0.005:
+                    settled_at = None
+                time.sleep(0.01)
+            final_error = errors[-1]
+        for camera in cameras.values():
+            camera.close()
+    fraction = on_time / ticks if ticks else None
+    return {
+        "window_s": window,
+        "torque_cycles": ticks,
+        "cycles_on_time": on_time,
+        "fraction_on_time": fraction,
+        "target_fraction_on_time": 0.999,
+        "meets_target": bool(fraction is not None and fraction >= 0.999),
+        "robot_time_per_wall_time": (robot_t1 - robot_t0) / (wall_t1 - wall_t0),
+        "http_state_and_images_reads": len(reads),
+        "camera_frames_captured": frames,
+        "step_5cm": {"final_error_mm": 1000 * final_error, "settle_time_s": settled_at,
+                     "within_5mm": final_error < 0.005},
+    }
+
+
+def bench_ros2(quick: bool) -> dict:
+    import rclpy
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.executors import SingleThreadedExecutor
+
+    from robot_servers.backends.ros2 import Ros2Backend, Ros2Config
+
+    domain = 150 + os.getpid() % 60
+    steps = 30 if quick else 100
+    node_proc = subprocess.Popen([sys.executable, "-m", "robot_servers.ros2.twin_node", "--domain-id", str(domain)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    context = None
+    try:
+        if not node_proc.stdout.readline().startswith("READY"):
+            raise RuntimeError("twin node did not start")
+        # the probe plays the controller's side: when does a target published by the server arrive?
+        context = rclpy.Context()
+        context.init(domain_id=domain)
+        probe = rclpy.create_node("latency_probe", context=context)
+        arrivals: dict[float, float] = {}
+        probe.create_subscription(PoseStamped, "target_pose",
+                                  lambda m: arrivals.setdefault(round(m.pose.position.y, 7), time.monotonic()), 100)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(probe)
+        spinning = threading.Event()
+        spinning.set()
+        spinner = threading.Thread(target=lambda: [executor.spin_once(timeout_sec=0.05) for _ in iter(spinning.is_set, False)],
+                                   daemon=True)
+        spinner.start()
+        with Ros2Backend(Ros2Config(domain_id=domain)) as backend, robot_server(backend, {}) as client:
+            client.recover()
+            origin = client.state().tcp_pose.copy()
+            period = 0.1
+            latencies, ages, step_durations = [], [], []
+            missed = 0
+            next_tick = time.monotonic()
+            for i in range(steps):
+                step_start = time.monotonic()
+                target = origin.copy()
+                target[1] += round(0.02 * np.sin(2 * np.pi * i / 50) + 1e-6 * (i + 1), 7)
+                sent = time.monotonic()
+                client.set_target(target)
+                state = client.state()
+                ages.append(time.monotonic() - state.timestamp)  # same process: same monotonic clock
+                step_durations.append(time.monotonic() - step_start)
+                next_tick += period
+                delay = next_tick - time.monotonic()
+                if delay < 0:
+                    missed += 1
+                    next_tick = time.monotonic()
+                else:
+                    time.sleep(delay)
+                arrived = arrivals.get(round(target[1], 7))
+                if arrived is not None:
+                    latencies.append(arrived - sent)
+            final = client.state()
+            tracking_error = float(np.linalg.norm(final.tcp_pose[:3] - target[:3]))
+            errors = final.errors
+        spinning.clear()
+        spinner.join(timeout=2.0)
+        probe.destroy_node()
+    finally:
+        if context is not None:
+            context.try_shutdown()
+        node_proc.terminate()
+        try:
+            node_proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            node_proc.kill()
+    return {
+        "episode_steps": steps,
+        "control_hz": 10.0,
+        "missed_periods": missed,
+        "target_missed_periods": 0,
+        "step_time_ms": percentiles(step_durations),
+        "target_to_command_latency_ms": percentiles(latencies),
+        "targets_delivered": f"{len(latencies)}/{steps}",
+        "state_age_at_server_ms": percentiles(ages),
+        "final_tracking_error_mm": 1000 * tracking_error,
+        "errors": errors,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short windows (CI smoke run)")
+    parser.add_argument("--only", choices=["libfranka", "ros2"], default=None)
+    args = parser.parse_args()
+    report: dict = {"benchmark": "backends", "quick": args.quick,
+                    "note": "loopback on a shared machine; wall-clock figures are noisy"}
+    available = {"libfranka": all(importlib.util.find_spec(m) for m in ("franky", "franky_sim")),
+                 "ros2": all(importlib.util.find_spec(m) for m in ("rclpy", "mujoco"))}
+    for name, bench in (("libfranka", bench_libfranka), ("ros2", bench_ros2)):
+        if args.only not in (None, name):
+            continue
+        if not available[name]:
+            report[name] = {"skipped": f"extra for {name} not installed"}
+            continue
+        started = time.monotonic()
+        report[name] = bench(args.quick)
+        report[name]["bench_wall_s"] = time.monotonic() - started
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""One env step through the robot server on loopback (real-time twin, two 128×128 cameras).
+
+Measures, at a 10 Hz control rate on a drift-free clock:
+- ours: POST /target, wait for the tick, GET /observe (state + both frames in one response);
+- serl_style: the same server driven as SERL drives its Flask server: POST /recover (SERL's
+  /clearerr before every pose), POST /target, then GET /state and one GET /images per camera;
+- frankaenv: ``FrankaEnv`` (pixel PandaPickCube) on ``HttpRobotClient`` — what a training loop sees.
+"Overhead" is the wall time a step spends outside the wait for its tick: the robot I/O a policy
+loop pays beyond the control period. Period error is the spacing of consecutive ticks minus the period.
+Prints one JSON object. ``--quick``: ~50 steps, no peer environment needed (SERL-style is built in).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from serl.envs.http_client import HttpRobotClient  # noqa: E402
+
+SPIN_S = 0.001  # sleep until this close to the tick, then spin: time.sleep alone overshoots under load
+
+
+def wait_until(deadline: float) -> None:
+    remaining = deadline - time.perf_counter()
+    if remaining > SPIN_S:
+        time.sleep(remaining - SPIN_S)
+    while time.perf_counter() < deadline:
+        pass
+
+
+def percentiles_ms(values) -> dict[str, float]:
+    arr = np.asarray(values) * 1e3
+    return {"p50": round(float(np.percentile(arr, 50)), 3), "p99": round(float(np.percentile(arr, 99)), 3),
+            "mean": round(float(arr.mean()), 3), "max": round(float(arr.max()), 3)}
+
+
+def target_at(reset_pose: np.ndarray, i: int) -> np.ndarray:
+    """A slow circle (2 cm radius) so the arm really moves while we measure."""
+    pose = reset_pose.copy()
+    pose[0] += 0.02 * np.cos(i * 0.05)
+    pose[1] += 0.02 * np.sin(i * 0.05)
+    return pose
+
+
+def control_loop(steps: int, period: float, command, observe) -> dict:
+    overheads, observes, period_errors = [], [], []
+    overruns = 0
+    next_tick = time.perf_counter() + period
+    last_tick = None
+    for i in range(steps):
+        start = time.perf_counter()
+        command(i)
+        commanded = time.perf_counter()
+        if commanded > next_tick:
+            overruns += 1
+            next_tick = commanded
+        wait_until(next_tick)
+        tick = time.perf_counter()
+        observe()
+        end = time.perf_counter()
+        overheads.append((commanded - start) + (end - tick))
+        observes.append(end - tick)
+        if last_tick is not None:
+            period_errors.append(tick - last_tick - period)
+        last_tick = tick
+        next_tick += period
+    return {"steps": steps, "overhead_ms": percentiles_ms(overheads), "observe_ms": percentiles_ms(observes),
+            "period_error_abs_ms": percentiles_ms(np.abs(period_errors)), "overruns": overruns}
+
+
+def frankaenv_loop(url: str, steps: int) -> dict:
+    from serl.envs.franka_env import FrankaEnv
+    from serl.envs.tasks import get_task, make_reward, pixel_variant
+
+    task = pixel_variant(get_task("PandaPickCube"))
+    env = FrankaEnv(HttpRobotClient(url), task, reward_fn=make_reward(task))
+    env.reset(seed=0)
+    overheads, period_errors = [], []
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        action = rng.uniform(-0.3, 0.3, size=env.action_space.shape).astype(np.float32)
+        start = time.perf_counter()
+        _, _, terminated, truncated, info = env.step(action)
+        overheads.append(time.perf_counter() - start - env.period)
+        period_errors.append(info["control_period_error"])
+        if terminated or truncated:
+            env.reset()
+    env.close()
+    # env.step sleeps to its tick, so wall time minus the period approximates the robot I/O after the tick
+    return {"steps": steps, "step_minus_period_ms": percentiles_ms(overheads),
+            "period_error_abs_ms": percentiles_ms(np.abs(period_errors))}
+
+
+def start_server_process():
+    """The robot server as users run it: its own process, real-time twin, two 128×128 cameras."""
+    import socket
+    import subprocess
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "robot_servers", "--backend", "twin", "--task", "PandaPickCube",
+               "--port", str(port), "--log-level", "error", "--option", 'cameras=["wrist","front"]',
+               "--option", "image_size=[128,128]"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"robot server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            httpx.get(url + "/health", timeout=1.0).raise_for_status()
+            return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeError("robot server did not start within 60 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke mode: ~50 steps")
+    parser.add_argument("--steps", type=int, default=None, help="steps for ours (default 1000, quick 50)")
+    parser.add_argument("--hz", type=float, default=10.0)
+    args = parser.parse_args()
+    steps = args.steps or (50 if args.quick else 1000)
+    serl_steps = max(20, steps // 3)
+    env_steps = 20 if args.quick else 200
+    period = 1.0 / args.hz
+
+    from serl.envs.tasks import get_task
+
+    task = get_task("PandaPickCube")
+    server, url = start_server_process()
+    client = HttpRobotClient(url)
+    http = client._http()  # the same keep-alive connection for the SERL-style requests
+    cameras = client.health()["cameras"]
+    reset_pose = np.asarray(task.reset_pose, dtype=np.float64)
+    try:
+        client.set_target(reset_pose, gripper=0.08)
+        time.sleep(1.5)
+        for _ in range(20):  # warm up connection, JSON and msgpack paths
+            client.observe()
+
+        ours = control_loop(steps, period, lambda i: client.set_target(target_at(reset_pose, i)), client.observe)
+        ours["requests_per_step"] = 2
+
+        def serl_command(i):
+            http.post("/recover").raise_for_status()
+            http.post("/target", json={"pose": target_at(reset_pose, i).tolist()}).raise_for_status()
+
+        def serl_observe():
+            http.get("/state").raise_for_status()
+            for name in cameras:
+                http.get("/images", params={"camera": name}).raise_for_status()
+
+        serl = control_loop(serl_steps, period, serl_command, serl_observe)
+        serl["requests_per_step"] = 3 + len(cameras)
+        env = frankaenv_loop(url, env_steps)
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(timeout=20)
+
+    report = {
+        "benchmark": "env_step",
+        "mode": "quick" if args.quick else "full",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs: timings are noisy",
+        "control_hz": args.hz,
+        "cameras": cameras,
+        "server": "python -m robot_servers (own process): real-time twin, PandaPickCube box, cameras on a capture thread",
+        "ours": ours,
+        "serl_style": serl,
+        "ratio_overhead_serl_over_ours": {
+            "p50": round(serl["overhead_ms"]["p50"] / ours["overhead_ms"]["p50"], 2),
+            "p99": round(serl["overhead_ms"]["p99"] / ours["overhead_ms"]["p99"], 2),
+        },
+        "frankaenv_http": env,
+        "targets": {"overhead_p50_ms": 3.0, "overhead_p99_ms": 10.0, "period_error_p99_ms": 2.0},
+        "meets_targets": {
+            "overhead_p50": ours["overhead_ms"]["p50"] <= 3.0,
+            "overhead_p99": ours["overhead_ms"]["p99"] <= 10.0,
+            "period_error_p99": ours["period_error_abs_ms"]["p99"] <= 2.0,
+        },
+        "notes": "SERL-style reuses one keep-alive connection (SERL itself opens one per request), "
+                 "so its figure is a lower bound.",
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Pieces shared by the real-arm example tasks: impedance presets, camera layouts, hooks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from robot_servers.backends.base import ImpedanceParams
+from robot_servers.control.safety import SafetyBox
+from serl.envs.task_config import CameraSpec, ResetHookSpec
+
+DOWN = (1.0, 0.0, 0.0, 0.0)  # gripper pointing at the table (quat xyzw)
+
+# While the policy acts: soft, with tight error clips so contact forces stay small (SERL's insertion gains).
+COMPLIANT = ImpedanceParams(
+    translational_stiffness=(2000.0, 2000.0, 2000.0),
+    rotational_stiffness=(150.0, 150.0, 150.0),
+    translational_clip=(0.01, 0.01, 0.01),
+    rotational_clip=(0.05, 0.05, 0.05),
+)
+# Between episodes: stiffer with wide clips, so reset moves arrive where they are sent.
+PRECISE = ImpedanceParams(
+    translational_stiffness=(3000.0, 3000.0, 3000.0),
+    rotational_stiffness=(250.0, 250.0, 250.0),
+    translational_clip=(0.1, 0.1, 0.1),
+    rotational_clip=(0.5, 0.5, 0.5),
+)
+
+SENSOR_SIZE = (480, 640)  # (H, W) of the RealSense colour stream the crops refer to
+
+
+def box_around(pose, xyz_half: tuple[float, float, float], z_below: float, z_above: float,
+               rpy_half: tuple[float, float, float]) -> SafetyBox:
+    """A safety box centred on ``pose`` (xy symmetric, z from ``z_below`` under to ``z_above`` over)."""
+    x, y, z = pose[:3]
+    return SafetyBox(
+        position_low=(x - xyz_half[0], y - xyz_half[1], z - z_below),
+        position_high=(x + xyz_half[0], y + xyz_half[1], z + z_above),
+        euler_low=tuple(-np.asarray(rpy_half)),
+        euler_high=tuple(np.asarray(rpy_half)),
+        center_quat=tuple(pose[3:]),
+    )
+
+
+def wrist_cameras(crop_1=None, crop_2=None, size=(128, 128)) -> tuple[CameraSpec, ...]:
+    """Two wrist RealSense cameras, as in HIL-SERL. Put your serials here or pass --camera on the server."""
+    return (CameraSpec("wrist_1", size=size, crop=crop_1), CameraSpec("wrist_2", size=size, crop=crop_2))
+
+
+REAL_RESET = (
+    ResetHookSpec("joint_reset"),  # every TaskConfig.joint_reset_period episodes
+    ResetHookSpec("go_to_reset_pose"),
+)
+HUMAN_RESET = REAL_RESET + (ResetHookSpec("wait_for_human"),)

@@ -1,0 +1,62 @@
+"""Object relocation (SERL bin relocation), learned as two tasks that reset each other:
+forward moves the object from bin A to bin B, backward moves it back, so no person resets the scene."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+
+from examples.common import COMPLIANT, DOWN, PRECISE, REAL_RESET, box_around
+from robot_servers.backends.base import MAX_GRIPPER_WIDTH
+from serl.envs.task_config import CameraSpec, ResetHookSpec, TaskConfig
+
+BIN_A = (0.45, -0.15, 0.12, *DOWN)  # TCP poses above the bin centres: measure on your setup
+BIN_B = (0.45, 0.15, 0.12, *DOWN)
+WORKSPACE = (0.45, 0.0, 0.06, *DOWN)
+
+
+def config(direction: Literal["forward", "backward"] = "forward") -> TaskConfig:
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction: expected 'forward' or 'backward', got {direction!r}")
+    start = BIN_A if direction == "forward" else BIN_B
+    return TaskConfig(
+        name=f"ObjectRelocation{direction.capitalize()}",
+        robot="fr3",
+        reset_pose=start,
+        safety_box=box_around(WORKSPACE, (0.12, 0.25, 0.0), z_below=0.05, z_above=0.15, rpy_half=(0.1, 0.1, np.pi / 2)),
+        reset_xy_range=0.03,
+        action_scale=(0.03, 0.1, 1.0),
+        gripper_mode="binary",
+        cameras=(CameraSpec("wrist", crop=(0, 80, 480, 480)), CameraSpec("front", crop=(60, 100, 360, 440))),
+        max_episode_steps=100,
+        compliance=COMPLIANT,
+        precision=PRECISE,
+        reward="classifier",  # one classifier per direction: "object in bin B" / "object in bin A"
+        reset_hooks=(REAL_RESET[0], ResetHookSpec("go_to_reset_pose", (("gripper", MAX_GRIPPER_WIDTH),))),
+        joint_reset_period=10,
+    )
+
+
+FORWARD = config("forward")
+BACKWARD = config("backward")
+
+
+def sim_config() -> TaskConfig:
+    """Forward relocation's first half on the twin: reach, grasp and lift the cube (ground-truth reward)."""
+    return dataclasses.replace(
+        FORWARD,
+        name="ObjectRelocationTwin",
+        robot="panda",
+        scene="pick_cube",
+        reset_pose=(0.5, 0.0, 0.2, *DOWN),
+        safety_box=box_around((0.5, 0.0, 0.2, *DOWN), (0.2, 0.2, 0.0), z_below=0.195, z_above=0.15,
+                              rpy_half=(0.15, 0.15, np.pi / 4)),
+        cameras=(CameraSpec("wrist"), CameraSpec("front")),
+        reward="ground_truth",
+        reset_hooks=(ResetHookSpec("reset_robot"),
+                     ResetHookSpec("go_to_reset_pose", (("gripper", MAX_GRIPPER_WIDTH),)),
+                     ResetHookSpec("scene_reset")),
+        joint_reset_period=0,
+    )

@@ -1,0 +1,459 @@
+"""``TwinBackend``: the MuJoCo Franka twin behind the ``Backend`` interface.
+
+Physics at ``physics_hz`` (1 kHz) with SERL's Cartesian impedance law evaluated every tick
+(``robot_servers.control.impedance``); gravity is compensated by MuJoCo's ``gravcomp`` as the
+arm's firmware does. Two clocks:
+
+- ``lockstep=True`` (training, tests): physics advances only inside ``advance(seconds)``, as fast
+  as the CPU allows; identical seeds and command sequences give identical runs.
+- ``lockstep=False`` (robot server): a background thread steps physics paced to the wall clock.
+
+Scenes: ``empty``; ``pick_cube`` (``reset_scene`` puts the cube at a random table position and
+yaw); ``peg_insertion`` (``reset_scene`` puts the hole block at a random pose and the peg in the
+closed hand at the current TCP, sticking 57 mm out of the fingertips — call it with the arm at its
+reset pose). ``scene`` gives object poses (xyz + quat xyzw); the hole's pose is its bottom centre.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Mapping
+
+import numpy as np
+
+from robot_servers.backends.base import (
+    MAX_GRIPPER_WIDTH,
+    Backend,
+    ImpedanceParams,
+    RobotState,
+    validate_gripper,
+    validate_pose,
+)
+from robot_servers.cameras.base import Camera, CropResize
+from robot_servers.control.impedance import ImpedanceController, matrix_to_quat_xyzw
+from robot_servers.control.pose import euler_to_quat, quat_multiply, wxyz_to_xyzw, xyzw_to_wxyz
+from robot_servers.control.safety import SafetyBox
+from robot_servers.twin import models
+from robot_servers.twin.rendering import make_renderer, mujoco, release_gl_context
+
+JOINT_KP = np.array([600.0, 600.0, 600.0, 600.0, 250.0, 150.0, 50.0])  # Nm/rad, joint-reset servo
+JOINT_KD = np.array([50.0, 50.0, 50.0, 50.0, 30.0, 25.0, 15.0])  # Nms/rad
+JOINT_RESET_TOLERANCE = 5e-4  # rad; the servo settles well inside the 1 mrad spec
+CUBE_XY_CENTER = (0.5, 0.0)
+CUBE_XY_RANGE = 0.1  # ± m
+CUBE_YAW_RANGE = np.pi / 4
+HOLE_XY_CENTER = (0.55, 0.0)
+HOLE_XY_RANGE = 0.04
+HOLE_YAW_RANGE = 0.2
+PEG_TCP_OFFSET = 0.0116  # m along the TCP's z from the TCP to the peg centre (peg top just under the hand)
+
+
+@dataclasses.dataclass(frozen=True)
+class TwinConfig:
+    """Twin settings. ``crops`` maps camera name → (top, left, height, width) on a ``render_size`` frame."""
+
+    robot: str = "panda"  # "panda" | "fr3"
+    scene: str = "pick_cube"  # "empty" | "pick_cube" | "peg_insertion"
+    cameras: tuple[str, ...] = ("wrist", "front")
+    image_size: tuple[int, int] = (128, 128)  # (H, W) returned by the cameras
+    render_size: tuple[int, int] | None = None  # (H, W) rendered before crop; None = image_size
+    crops: Mapping[str, tuple[int, int, int, int]] = dataclasses.field(default_factory=dict)
+    physics_hz: float = 1000.0
+    lockstep: bool = True
+    safety_box: SafetyBox | None = None
+    seed: int = 0
+    impedance: ImpedanceParams = dataclasses.field(default_factory=ImpedanceParams)
+    home_q: tuple[float, ...] | None = None  # None = Franka's default home
+
+    def __post_init__(self):
+        if self.robot not in models.ROBOTS:
+            raise ValueError(f"robot: unknown robot {self.robot!r}; choose one of {sorted(models.ROBOTS)}")
+        if self.scene not in models.SCENES:
+            raise ValueError(f"scene: unknown scene {self.scene!r}; choose one of {models.SCENES}")
+        for name in self.cameras:
+            if name not in ("wrist", "front"):
+                raise ValueError(f"cameras: unknown camera {name!r}; the twin has 'wrist' and 'front'")
+        for field in ("image_size", "render_size"):
+            size = getattr(self, field)
+            if size is not None and (len(size) != 2 or min(size) < 1 or max(size) > 4096):
+                raise ValueError(f"{field}: expected (height, width) in 1..4096, got {size}")
+        if not 100.0 <= self.physics_hz <= 10000.0:
+            raise ValueError(f"physics_hz: must be in [100, 10000], got {self.physics_hz}")
+        for name in self.crops:
+            if name not in self.cameras:
+                raise ValueError(f"crops: camera {name!r} is not in cameras {self.cameras}")
+
+
+class TwinBackend(Backend):
+    """The twin arm, hand and scene. Thread-safe: one lock guards MjData."""
+
+    name = "twin"
+
+    def __init__(self, config: TwinConfig | None = None, **overrides):
+        config = dataclasses.replace(config or TwinConfig(), **overrides) if overrides else (config or TwinConfig())
+        self.config = config
+        self.lockstep = config.lockstep
+        render_hw = config.render_size or config.image_size
+        self.model = mujoco.MjModel.from_xml_string(models.build_mjcf(
+            config.robot, config.scene, 1.0 / config.physics_hz,
+            offscreen_size=(max(640, render_hw[1]), max(480, render_hw[0]))))
+        self.data = mujoco.MjData(self.model)
+        self.dt = self.model.opt.timestep
+        self._lock = threading.RLock()
+        self._render_lock = threading.Lock()
+        self._rng = np.random.default_rng(config.seed)
+
+        model = self.model
+        self._arm_qpos = np.array([model.jnt_qposadr[model.joint(f"joint{i}").id] for i in range(1, 8)])
+        self._arm_dof = np.array([model.jnt_dofadr[model.joint(f"joint{i}").id] for i in range(1, 8)])
+        if not (np.all(self._arm_qpos == np.arange(7)) and np.all(self._arm_dof == np.arange(7))):
+            raise RuntimeError("twin model: arm joints must come first")
+        self._finger_qpos = np.array([model.jnt_qposadr[model.joint(f"finger_joint{i}").id] for i in (1, 2)])
+        self._tcp = model.site("tcp").id
+        self._tcp_pos = self.data.site_xpos[self._tcp]  # views into MjData: no per-tick slicing
+        self._tcp_xmat = self.data.site_xmat[self._tcp]
+        self.joint_low = model.jnt_range[:7, 0].copy()
+        self.joint_high = model.jnt_range[:7, 1].copy()
+        self.home_q = np.array(config.home_q if config.home_q is not None else models.HOME[config.robot], dtype=np.float64)
+        self._check_q(self.home_q, "home_q")
+        self._object_bodies = {
+            name: model.body(name).id for name in ("cube", "peg", "hole")
+            if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, name) >= 0
+        }
+
+        self.controller = ImpedanceController(config.impedance, tau_limit=model.actuator_ctrlrange[:7, 1])
+        self._jacp = np.zeros((3, model.nv))
+        self._jacr = np.zeros((3, model.nv))
+        self._target = np.array([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])  # xyz + quat xyzw
+        self._target_pos = self._target[:3]
+        self._target_quat = self._target[3:]
+        self._gripper_goal = MAX_GRIPPER_WIDTH
+        self._gripper_ref = MAX_GRIPPER_WIDTH
+        self._gripper_step = models.GRIPPER_SPEED * self.dt
+        self._mode = "impedance"
+        self._joint_start = self.home_q.copy()
+        self._joint_goal = self.home_q.copy()
+        self._joint_t0 = 0.0
+        self._joint_duration = 1.0
+        self._joint_done = threading.Event()
+        self._errors: list[str] = []
+        self._reset_robot(self.home_q)
+        if config.scene != "empty":
+            self.reset_scene(config.seed)
+
+        self._cameras: dict[str, TwinCamera] = {}
+        self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        if not self.lockstep:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._realtime_loop, name="twin-physics", daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------ physics
+    def _reset_robot(self, q: np.ndarray) -> None:
+        data = self.data
+        data.qpos[:7] = q
+        data.qvel[:7] = 0.0
+        data.qpos[self._finger_qpos] = self._gripper_ref / 2
+        data.ctrl[:] = 0.0
+        data.ctrl[7] = self._gripper_ref / 2
+        mujoco.mj_forward(self.model, data)
+        self._target_pos[:] = data.site_xpos[self._tcp]
+        matrix_to_quat_xyzw(data.site_xmat[self._tcp], self._target_quat)
+        self.controller.reset(q)
+        self._mode = "impedance"
+
+    def _tick(self) -> None:
+        model, data = self.model, self.data
+        mujoco.mj_step1(model, data)
+        if self._mode == "impedance":
+            mujoco.mj_jacSite(model, data, self._jacp, self._jacr, self._tcp)
+            self.controller.compute(self._jacp, self._jacr, self._tcp_pos, self._tcp_xmat, data.qpos, data.qvel,
+                                    data.qfrc_bias, data.qfrc_gravcomp, self._target, data.ctrl)
+        else:
+            data.ctrl[:7] = self._joint_servo(data.qpos[:7], data.qvel[:7], data.qfrc_bias[:7] - data.qfrc_gravcomp[:7])
+        diff = self._gripper_goal - self._gripper_ref
+        if diff != 0.0:
+            self._gripper_ref += min(max(diff, -self._gripper_step), self._gripper_step)
+            data.ctrl[7] = self._gripper_ref / 2
+        mujoco.mj_step2(model, data)
+
+    def _joint_servo(self, q, dq, coriolis) -> np.ndarray:
+        elapsed = self.data.time - self._joint_t0
+        s = min(elapsed / self._joint_duration, 1.0)
+        blend = s * s * s * (10 - 15 * s + 6 * s * s)  # minimum-jerk profile
+        reference = self._joint_start + blend * (self._joint_goal - self._joint_start)
+        tau = JOINT_KP * (reference - q) - JOINT_KD * dq + coriolis
+        np.clip(tau, -self.controller.tau_limit, self.controller.tau_limit, out=tau)
+        self.controller.tau[:] = tau
+        if s >= 1.0 and np.max(np.abs(self._joint_goal - q)) < JOINT_RESET_TOLERANCE and np.max(np.abs(dq)) < 1e-3:
+            self._finish_joint_reset()
+        return tau
+
+    def _finish_joint_reset(self) -> None:
+        data = self.data
+        self._target_pos[:] = data.site_xpos[self._tcp]
+        matrix_to_quat_xyzw(data.site_xmat[self._tcp], self._target_quat)
+        self.controller.q_ns[:] = self._joint_goal
+        self._mode = "impedance"
+        self._joint_done.set()
+
+    def _check_health(self) -> None:
+        if not np.all(np.isfinite(self.data.qpos)) or np.max(np.abs(self.data.qvel[:7])) > 20.0:
+            self._errors.append("simulation_unstable")
+            self._mode = "idle"
+            self.data.qvel[:] = 0.0
+
+    def advance(self, seconds: float) -> None:
+        """Lockstep: run physics (and the law every tick) for ``seconds`` of sim time."""
+        if not self.lockstep:
+            raise RuntimeError("advance() is for lockstep twins; this one runs in real time")
+        seconds = float(seconds)
+        if not np.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"seconds: must be finite and >= 0, got {seconds}")
+        with self._lock:
+            self._run_ticks(int(round(seconds / self.dt)))
+
+    def _run_ticks(self, n: int) -> None:
+        if self._mode == "idle":
+            for _ in range(n):
+                mujoco.mj_step(self.model, self.data)
+            return
+        for _ in range(n):
+            self._tick()
+        self._check_health()
+
+    def _realtime_loop(self) -> None:
+        start_wall = time.perf_counter()
+        start_sim = self.data.time
+        while not self._stop.is_set():
+            with self._lock:
+                behind = (time.perf_counter() - start_wall) - (self.data.time - start_sim)
+                ticks = int(behind / self.dt)
+                if ticks > 200:  # fell far behind (CPU starved): drop the backlog instead of racing
+                    start_wall += (ticks - 200) * self.dt
+                    ticks = 200
+                self._run_ticks(max(ticks, 0))
+            time.sleep(0.001)
+
+    # ------------------------------------------------------------------ Backend API
+    def state(self) -> RobotState:
+        with self._lock:
+            model, data = self.model, self.data
+            mujoco.mj_kinematics(model, data)
+            mujoco.mj_comPos(model, data)
+            mujoco.mj_jacSite(model, data, self._jacp, self._jacr, self._tcp)
+            jac = np.vstack([self._jacp[:, :7], self._jacr[:, :7]])
+            quat = matrix_to_quat_xyzw(data.site_xmat[self._tcp], np.empty(4))
+            if quat[3] < 0:
+                quat = -quat
+            q = data.qpos[:7].copy()
+            dq = data.qvel[:7].copy()
+            # Torque the environment puts on the arm (contacts, including a grasped object's
+            # weight) mapped to a wrench at the TCP, as Franka's external-wrench estimate.
+            tau_ext = data.qfrc_constraint[:7]
+            wrench = np.linalg.lstsq(jac.T, tau_ext, rcond=None)[0]
+            return RobotState(
+                tcp_pose=np.concatenate([data.site_xpos[self._tcp], quat]),
+                tcp_vel=jac @ dq,
+                wrench=wrench,
+                q=q,
+                dq=dq,
+                gripper_width=float(np.clip(data.qpos[self._finger_qpos].sum(), 0.0, MAX_GRIPPER_WIDTH)),
+                target_pose=np.concatenate([self._target_pos, self._target_quat]),
+                controller_mode=self._mode,
+                errors=list(self._errors),
+                timestamp=float(data.time),
+            )
+
+    def set_target(self, pose, gripper=None) -> None:
+        pose = validate_pose(pose, "pose")
+        width = None if gripper is None else validate_gripper(gripper, "gripper")
+        if self.config.safety_box is not None:
+            pose = self.config.safety_box.clip(pose)
+        with self._lock:
+            if self._mode == "impedance":
+                self._target_pos[:] = pose[:3]
+                self._target_quat[:] = pose[3:]
+            if width is not None:
+                self._gripper_goal = width
+
+    def set_gripper(self, width) -> None:
+        width = validate_gripper(width, "width")
+        with self._lock:
+            self._gripper_goal = width
+
+    def set_impedance(self, params: ImpedanceParams) -> None:
+        with self._lock:
+            self.controller.set_params(params)
+
+    def _check_q(self, q, field: str) -> np.ndarray:
+        q = np.asarray(q, dtype=np.float64)
+        if q.shape != (7,):
+            raise ValueError(f"{field}: expected 7 joint positions, got shape {q.shape}")
+        if not np.all(np.isfinite(q)):
+            raise ValueError(f"{field}: values must be finite, got {q.tolist()}")
+        if np.any(q < self.joint_low) or np.any(q > self.joint_high):
+            bad = int(np.argmax((q < self.joint_low) | (q > self.joint_high)))
+            raise ValueError(f"{field}: joint {bad + 1} = {q[bad]:.4f} rad outside "
+                             f"[{self.joint_low[bad]:.4f}, {self.joint_high[bad]:.4f}]")
+        return q
+
+    def joint_reset(self, q=None, duration: float = 3.0) -> None:
+        """Minimum-jerk joint move to ``q`` (home when None) over ``duration`` s, then hold by impedance."""
+        goal = self.home_q.copy() if q is None else self._check_q(q, "q")
+        duration = float(duration)
+        if not np.isfinite(duration) or not 0.05 <= duration <= 60.0:
+            raise ValueError(f"duration: must be in [0.05, 60] s, got {duration}")
+        with self._lock:
+            if self._mode == "idle":
+                raise RuntimeError("twin is in an error state; call recover() first")
+            self._joint_start = self.data.qpos[:7].copy()
+            self._joint_goal = goal
+            self._joint_t0 = float(self.data.time)
+            self._joint_duration = duration
+            self._joint_done.clear()
+            self._mode = "joint"
+            if self.lockstep:
+                budget = int((duration + 5.0) / self.dt)
+                while self._mode == "joint" and budget > 0:
+                    self._run_ticks(50)
+                    budget -= 50
+        if not self.lockstep:
+            self._joint_done.wait(timeout=duration + 5.0)
+        with self._lock:
+            if self._mode == "joint":
+                self._finish_joint_reset()
+                self._errors.append("joint_reset_timeout")
+
+    def recover(self) -> None:
+        with self._lock:
+            if self._mode == "idle":  # unstable physics: start again from home
+                self._reset_robot(self.home_q)
+            self._errors.clear()
+            self._mode = "impedance"
+            self._target_pos[:] = self.data.site_xpos[self._tcp]
+            matrix_to_quat_xyzw(self.data.site_xmat[self._tcp], self._target_quat)
+
+    def hold(self) -> None:
+        with self._lock:
+            mujoco.mj_kinematics(self.model, self.data)
+            self._target_pos[:] = self.data.site_xpos[self._tcp]
+            matrix_to_quat_xyzw(self.data.site_xmat[self._tcp], self._target_quat)
+
+    def reset_robot(self, q=None) -> None:
+        """Sim only: put the arm at rest at ``q`` (home when None), hand open, errors cleared.
+
+        Lets sim episodes start from an identical physics state (reproducible resets, check_env).
+        """
+        goal = self.home_q.copy() if q is None else self._check_q(q, "q")
+        with self._lock:
+            self._gripper_goal = self._gripper_ref = MAX_GRIPPER_WIDTH
+            self.data.qvel[:7] = 0.0
+            self.data.qacc_warmstart[:] = 0.0
+            self._reset_robot(goal)
+            self._errors.clear()
+
+    # ------------------------------------------------------------------ scene
+    @property
+    def scene(self) -> dict[str, np.ndarray]:
+        """Object poses (xyz + quat xyzw, base frame) of the task objects."""
+        with self._lock:
+            mujoco.mj_kinematics(self.model, self.data)
+            return {
+                name: np.concatenate([self.data.xpos[body], wxyz_to_xyzw(self.data.xquat[body])])
+                for name, body in self._object_bodies.items()
+            }
+
+    def reset_scene(self, seed: int | None = None) -> None:
+        """Random object poses (see module doc); deterministic for a given seed."""
+        rng = self._rng if seed is None else np.random.default_rng(seed)
+        with self._lock:
+            model, data = self.model, self.data
+            if "cube" in self._object_bodies:
+                xy = np.asarray(CUBE_XY_CENTER) + rng.uniform(-CUBE_XY_RANGE, CUBE_XY_RANGE, 2)
+                yaw = rng.uniform(-CUBE_YAW_RANGE, CUBE_YAW_RANGE)
+                self._set_free_body("cube", [*xy, models.TABLE_TOP + models.CUBE_HALF], euler_to_quat([0, 0, yaw]))
+            if "hole" in self._object_bodies:
+                xy = np.asarray(HOLE_XY_CENTER) + rng.uniform(-HOLE_XY_RANGE, HOLE_XY_RANGE, 2)
+                yaw = rng.uniform(-HOLE_YAW_RANGE, HOLE_YAW_RANGE)
+                mocap = model.body_mocapid[self._object_bodies["hole"]]
+                data.mocap_pos[mocap] = [*xy, models.TABLE_TOP]
+                data.mocap_quat[mocap] = xyzw_to_wxyz(euler_to_quat([0, 0, yaw]))
+            if "peg" in self._object_bodies:
+                mujoco.mj_kinematics(model, data)
+                rot = data.site_xmat[self._tcp].reshape(3, 3)
+                tcp_quat = matrix_to_quat_xyzw(data.site_xmat[self._tcp], np.empty(4))
+                center = data.site_xpos[self._tcp] + rot[:, 2] * PEG_TCP_OFFSET
+                self._set_free_body("peg", center, tcp_quat)
+                half = models.PEG_HALF
+                data.qpos[self._finger_qpos] = half
+                data.qvel[self._finger_qpos] = 0.0
+                self._gripper_goal = 0.0
+                self._gripper_ref = 0.0
+                data.ctrl[7] = 0.0
+            mujoco.mj_forward(model, data)
+
+    def _set_free_body(self, name: str, position, quat_xyzw) -> None:
+        joint = self.model.body_jntadr[self._object_bodies[name]]
+        qadr = self.model.jnt_qposadr[joint]
+        vadr = self.model.jnt_dofadr[joint]
+        self.data.qpos[qadr:qadr + 3] = position
+        self.data.qpos[qadr + 3:qadr + 7] = xyzw_to_wxyz(np.asarray(quat_xyzw, dtype=np.float64))
+        self.data.qvel[vadr:vadr + 6] = 0.0
+
+    # ------------------------------------------------------------------ cameras
+    def cameras(self) -> dict[str, "TwinCamera"]:
+        """The configured cameras (created on first call)."""
+        if not self._cameras:
+            for name in self.config.cameras:
+                self._cameras[name] = TwinCamera(self, name)
+        return dict(self._cameras)
+
+    def _render(self, camera: str, height: int, width: int) -> tuple[np.ndarray, float]:
+        with self._render_lock:
+            renderer = self._renderers.get((height, width))
+            if renderer is None:
+                renderer = self._renderers[(height, width)] = make_renderer(self.model, height, width)
+            with self._lock:
+                renderer.update_scene(self.data, camera=camera)
+                stamp = float(self.data.time)
+            try:
+                return renderer.render(), stamp
+            finally:
+                release_gl_context()  # any thread may render (or close) next: robot server, camera threads
+
+    def close(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=2.0)
+        with self._render_lock:
+            for renderer in self._renderers.values():
+                renderer.close()
+            self._renderers.clear()
+
+
+class TwinCamera(Camera):
+    """A camera of the twin: renders the current sim state (``read`` timestamp = sim time)."""
+
+    def __init__(self, backend: TwinBackend, name: str):
+        config = backend.config
+        self.name = name
+        self._backend = backend
+        self._render_hw = tuple(config.render_size or config.image_size)
+        self._crop = CropResize(crop=config.crops.get(name), size=tuple(config.image_size))
+        self._shape = (*config.image_size, 3)
+
+    def read(self) -> tuple[np.ndarray, float]:
+        frame, stamp = self._backend._render(self.name, *self._render_hw)
+        return self._crop.apply(frame), stamp
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self._shape

@@ -1,0 +1,105 @@
+"""Conversions between ROS 2 messages and our arrays. Needs rclpy message packages (extra ``ros2``).
+
+Readers return ``None`` for a malformed message (wrong length, NaN/inf, zero quaternion) so a
+subscriber can flag it instead of crashing its executor thread.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped, TwistStamped, WrenchStamped
+from sensor_msgs.msg import JointState
+
+
+def stamp_from_seconds(msg_stamp, seconds: float) -> None:
+    msg_stamp.sec = int(seconds)
+    msg_stamp.nanosec = int(round((seconds - int(seconds)) * 1e9)) % 1_000_000_000
+
+
+def seconds_from_stamp(stamp) -> float:
+    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
+
+
+def pose_msg(pose: np.ndarray, frame_id: str, seconds: float) -> PoseStamped:
+    msg = PoseStamped()
+    msg.header.frame_id = frame_id
+    stamp_from_seconds(msg.header.stamp, seconds)
+    p, q = msg.pose.position, msg.pose.orientation
+    p.x, p.y, p.z = (float(v) for v in pose[:3])
+    q.x, q.y, q.z, q.w = (float(v) for v in pose[3:7])
+    return msg
+
+
+def read_pose(msg: PoseStamped) -> np.ndarray | None:
+    p, q = msg.pose.position, msg.pose.orientation
+    pose = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w], dtype=np.float64)
+    if not np.all(np.isfinite(pose)):
+        return None
+    norm = np.linalg.norm(pose[3:])
+    if not 0.9 < norm < 1.1:
+        return None
+    pose[3:] /= norm
+    return pose
+
+
+def twist_msg(twist: np.ndarray, frame_id: str, seconds: float) -> TwistStamped:
+    msg = TwistStamped()
+    msg.header.frame_id = frame_id
+    stamp_from_seconds(msg.header.stamp, seconds)
+    msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(v) for v in twist[:3])
+    msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = (float(v) for v in twist[3:6])
+    return msg
+
+
+def read_twist(msg: TwistStamped) -> np.ndarray | None:
+    t = msg.twist
+    twist = np.array([t.linear.x, t.linear.y, t.linear.z, t.angular.x, t.angular.y, t.angular.z])
+    return twist if np.all(np.isfinite(twist)) else None
+
+
+def wrench_msg(wrench: np.ndarray, frame_id: str, seconds: float) -> WrenchStamped:
+    msg = WrenchStamped()
+    msg.header.frame_id = frame_id
+    stamp_from_seconds(msg.header.stamp, seconds)
+    msg.wrench.force.x, msg.wrench.force.y, msg.wrench.force.z = (float(v) for v in wrench[:3])
+    msg.wrench.torque.x, msg.wrench.torque.y, msg.wrench.torque.z = (float(v) for v in wrench[3:6])
+    return msg
+
+
+def read_wrench(msg: WrenchStamped) -> np.ndarray | None:
+    f, t = msg.wrench.force, msg.wrench.torque
+    wrench = np.array([f.x, f.y, f.z, t.x, t.y, t.z])
+    return wrench if np.all(np.isfinite(wrench)) else None
+
+
+def joint_msg(names: Sequence[str], q, dq=None, effort=None, seconds: float = 0.0) -> JointState:
+    msg = JointState()
+    stamp_from_seconds(msg.header.stamp, seconds)
+    msg.name = list(names)
+    msg.position = [float(v) for v in q]
+    if dq is not None:
+        msg.velocity = [float(v) for v in dq]
+    if effort is not None:
+        msg.effort = [float(v) for v in effort]
+    return msg
+
+
+def read_joints(msg: JointState, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(q, dq) in the order of ``names``; joints missing from the message make it malformed."""
+    if msg.name:
+        index = {n: i for i, n in enumerate(msg.name)}
+        if any(n not in index for n in names):
+            return None
+        order = [index[n] for n in names]
+    else:
+        order = list(range(len(names)))
+    position = np.asarray(msg.position, dtype=np.float64)
+    velocity = np.asarray(msg.velocity, dtype=np.float64) if len(msg.velocity) else np.zeros(len(position))
+    if len(position) <= max(order) or len(velocity) <= max(order):
+        return None
+    q, dq = position[order], velocity[order]
+    if not (np.all(np.isfinite(q)) and np.all(np.isfinite(dq))):
+        return None
+    return q, dq

@@ -1,0 +1,66 @@
+"""SAC / RLPD / grasp-critic losses as plain functions of arrays, in the order an update uses them.
+
+Everything here is pure maths on already-computed network outputs so each formula can be checked
+by hand; `serl/agents/sac.py` does the network calls and gradient steps.
+
+Gripper actions (last action entry when the grasp critic is on): -1 = close, 0 = stay, +1 = open,
+stored as floats in the 7-D action; the grasp critic indexes them as round(a) + 1 -> {0, 1, 2}.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+GRIPPER_CLOSE, GRIPPER_STAY, GRIPPER_OPEN = -1.0, 0.0, 1.0
+NUM_GRIPPER_ACTIONS = 3
+
+
+def subsample_min(rng, qs: jnp.ndarray, num_min_qs: int) -> jnp.ndarray:
+    """Min over a random subset of `num_min_qs` ensemble members (REDQ/RLPD): qs (N, B) -> (B,)."""
+    subset = jax.random.choice(rng, qs.shape[0], (num_min_qs,), replace=False)
+    return jnp.min(qs[subset], axis=0)
+
+
+def td_target(rewards, masks, discount, next_q, next_log_prob=None, temperature=0.0, backup_entropy=False):
+    """r + gamma * mask * (Q'(s', a') [- alpha * log pi(a'|s')] with the entropy term only if backup_entropy)."""
+    if backup_entropy:
+        next_q = next_q - temperature * next_log_prob
+    return rewards + discount * masks * next_q
+
+
+def critic_loss(qs: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+    """Mean squared TD error over ensemble members and batch: qs (N, B), target (B,)."""
+    return jnp.mean((qs - jax.lax.stop_gradient(target)[None]) ** 2)
+
+
+def actor_loss(qs: jnp.ndarray, log_prob: jnp.ndarray, temperature) -> jnp.ndarray:
+    """E[alpha * log pi(a|s) - mean_ensemble Q(s, a)], with a sampled from the current policy."""
+    return jnp.mean(temperature * log_prob - jnp.mean(qs, axis=0))
+
+
+def temperature_loss(temperature, entropy, target_entropy) -> jnp.ndarray:
+    """Lagrangian for the entropy constraint: alpha * (H - H_target); lowers alpha while H > H_target."""
+    return temperature * (jax.lax.stop_gradient(entropy) - target_entropy)
+
+
+def gripper_action_to_index(gripper: jnp.ndarray) -> jnp.ndarray:
+    """-1/0/+1 gripper action (any float) -> index 0/1/2 (close/stay/open)."""
+    return (jnp.clip(jnp.round(gripper), -1, 1) + 1).astype(jnp.int32)
+
+
+def gripper_index_to_action(index: jnp.ndarray) -> jnp.ndarray:
+    return index.astype(jnp.float32) - 1.0
+
+
+def grasp_td_target(rewards, masks, discount, next_q_online, next_q_target) -> jnp.ndarray:
+    """Double DQN: a* = argmax_a Q_online(s', a); target = r + gamma * mask * Q_target(s', a*)."""
+    best = jnp.argmax(next_q_online, axis=-1)
+    next_q = jnp.take_along_axis(next_q_target, best[:, None], axis=-1)[:, 0]
+    return rewards + discount * masks * next_q
+
+
+def grasp_critic_loss(q_values: jnp.ndarray, action_index: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+    """MSE between Q(s, a_taken) (q_values (B, 3)) and the Double-DQN target."""
+    q_taken = jnp.take_along_axis(q_values, action_index[:, None], axis=-1)[:, 0]
+    return jnp.mean((q_taken - jax.lax.stop_gradient(target)) ** 2)

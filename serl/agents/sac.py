@@ -1,0 +1,372 @@
+"""SAC with RLPD options (critic ensemble, min over a random subset, LayerNorm, high UTD in one jit),
+DrQ random shift for image observations, and HIL-SERL's discrete grasp critic.
+
+Batches are dicts: observations / next_observations (flat dicts {"state": (B, d), "<cam>": (B, H, W, 3) uint8}),
+actions (B, A), rewards (B,), masks (B,) = 1 - terminated, optional grasp_penalty (B,).
+`update` takes utd_ratio * batch_size rows and runs utd_ratio critic steps over minibatch slices
+(lax.scan) followed by one actor and temperature step on the last slice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from flax.training.train_state import TrainState
+
+from serl.agents import losses
+from serl.agents.augment import augment_observations
+from serl.networks.actor import TanhGaussianActor, sample_tanh_gaussian
+from serl.networks.encoders import EncodedObservation
+from serl.networks.mlp import CriticEnsemble, DiscreteCritic
+from serl.networks.pretrained import insert_backbone_params, load_backbone_params
+
+
+@dataclasses.dataclass(frozen=True)
+class SACConfig:
+    """Agent hyper-parameters. Defaults are plain SAC; `SACConfig.rlpd()` gives RLPD's settings."""
+
+    hidden_dims: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    num_qs: int = 2
+    num_min_qs: Optional[int] = None  # None: min over all num_qs members
+    critic_layer_norm: bool = False
+    actor_layer_norm: bool = False
+    discount: float = 0.99
+    tau: float = 0.005
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    temp_lr: float = 3e-4
+    init_temperature: float = 1.0
+    target_entropy: Optional[float] = None  # None: -|A|/2 over the continuous action dims
+    backup_entropy: bool = False
+    utd_ratio: int = 1  # critic steps per update() call
+    actor_update_period: int = 1  # actor + temperature step on every k-th update() call
+    # image observations
+    encoder: str = "resnet10"  # "resnet10" or "small"; used only when observations hold images
+    share_encoder: bool = False
+    freeze_backbone: bool = False
+    pretrained_backbone: Optional[str] = None  # local .msgpack or .npz with ResNet10 params
+    encoder_latent_dim: int = 256
+    resnet_filters: int = 64
+    proprio_latent_dim: Optional[int] = None  # None: raw state appended to image features
+    augment: bool = True  # DrQ random shift
+    augment_pad: int = 4
+    # HIL-SERL grasp critic: last action entry is the gripper in {-1, 0, +1}
+    grasp_critic: bool = False
+    grasp_lr: float = 3e-4
+
+    def __post_init__(self):
+        if self.num_qs < 1:
+            raise ValueError("SACConfig.num_qs must be >= 1")
+        if self.num_min_qs is not None and not 1 <= self.num_min_qs <= self.num_qs:
+            raise ValueError(f"SACConfig.num_min_qs must be in [1, num_qs={self.num_qs}], got {self.num_min_qs}")
+        if self.utd_ratio < 1 or self.actor_update_period < 1:
+            raise ValueError("SACConfig.utd_ratio and actor_update_period must be >= 1")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError("SACConfig.tau must be in (0, 1]")
+        if self.encoder not in ("resnet10", "small"):
+            raise ValueError(f"SACConfig.encoder: expected 'resnet10' or 'small', got {self.encoder!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SACConfig":
+        """Build from a dict; unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"SACConfig: unknown keys {unknown}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def rlpd(cls, **overrides) -> "SACConfig":
+        """RLPD: ensemble 10, min over 2, LayerNorm critics, UTD 20."""
+        base = dict(num_qs=10, num_min_qs=2, critic_layer_norm=True, utd_ratio=20)
+        base.update(overrides)
+        return cls.from_dict(base)
+
+
+class Temperature(nn.Module):
+    init_value: float = 1.0
+
+    @nn.compact
+    def __call__(self) -> jnp.ndarray:
+        log_temp = self.param("log_temp", lambda _: jnp.full((), np.log(self.init_value), jnp.float32))
+        return jnp.exp(log_temp)
+
+
+def image_keys_of(observation_example: dict) -> tuple[str, ...]:
+    """Camera entries of a flat observation dict: (H, W, C) uint8 arrays, in sorted order."""
+    return tuple(
+        sorted(k for k, v in observation_example.items() if np.ndim(v) == 3 and np.asarray(v).dtype == np.uint8)
+    )
+
+
+def _add_batch_axis(tree):
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], tree)
+
+
+@functools.lru_cache(maxsize=None)
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+    """One optimiser object per learning rate, so agents with equal configs share jit caches."""
+    return optax.adam(learning_rate)
+
+
+def _polyak(params, target_params, tau):
+    return optax.incremental_update(params, target_params, tau)
+
+
+class SACAgent(struct.PyTreeNode):
+    """Immutable SAC agent; every method returns a new agent."""
+
+    actor: TrainState
+    critic: TrainState  # params: {"encoder": ..., "critic": ...}
+    target_critic_params: Any
+    temp: TrainState
+    grasp: Optional[TrainState]
+    target_grasp_params: Any
+    rng: jnp.ndarray
+    step: jnp.ndarray
+    config: SACConfig = struct.field(pytree_node=False)
+    image_keys: tuple = struct.field(pytree_node=False)
+    continuous_dim: int = struct.field(pytree_node=False)
+    encoder_def: nn.Module = struct.field(pytree_node=False)
+    critic_def: nn.Module = struct.field(pytree_node=False)
+    actor_def: nn.Module = struct.field(pytree_node=False)
+    grasp_def: Optional[nn.Module] = struct.field(pytree_node=False)
+    temp_def: nn.Module = struct.field(pytree_node=False)
+
+    @classmethod
+    def create(cls, rng, observation_example: dict, action_dim: int, config: SACConfig = SACConfig()) -> "SACAgent":
+        """Build networks and optimisers. `observation_example` is one unbatched flat observation;
+        `action_dim` counts the stored action entries (including the gripper when grasp_critic is on)."""
+        if isinstance(rng, int):
+            rng = jax.random.PRNGKey(rng)
+        if not isinstance(observation_example, dict):
+            raise ValueError("observation_example: expected a flat dict like {'state': (d,), '<camera>': (H, W, 3)}")
+        continuous_dim = action_dim - 1 if config.grasp_critic else action_dim
+        if continuous_dim < 1:
+            raise ValueError(f"action_dim: {action_dim} leaves no continuous action dimension")
+        image_keys = image_keys_of(observation_example)
+        encoder_def = EncodedObservation(
+            image_keys=image_keys,
+            backbone=config.encoder,
+            share_encoder=config.share_encoder,
+            freeze_backbone=config.freeze_backbone,
+            latent_dim=config.encoder_latent_dim,
+            resnet_filters=config.resnet_filters,
+            proprio_latent_dim=config.proprio_latent_dim,
+        )
+        critic_def = CriticEnsemble(config.hidden_dims, config.num_qs, config.activation, config.critic_layer_norm)
+        actor_def = TanhGaussianActor(config.hidden_dims, continuous_dim, config.activation, config.actor_layer_norm)
+        rng, enc_rng, critic_rng, actor_rng, temp_rng, grasp_rng = jax.random.split(rng, 6)
+
+        obs = _add_batch_axis(observation_example)
+        encoder_params = encoder_def.init(enc_rng, obs).get("params", {})
+        if config.pretrained_backbone:
+            if not image_keys:
+                raise ValueError("SACConfig.pretrained_backbone: the observations have no camera to encode")
+            encoder_params = insert_backbone_params(
+                encoder_params, load_backbone_params(config.pretrained_backbone), config.pretrained_backbone
+            )
+        features = encoder_def.apply({"params": encoder_params}, obs)
+        critic_params = {
+            "encoder": encoder_params,
+            "critic": critic_def.init(critic_rng, features, jnp.zeros((1, continuous_dim)))["params"],
+        }
+        critic = TrainState.create(apply_fn=None, params=critic_params, tx=_adam(config.critic_lr))
+        actor = TrainState.create(
+            apply_fn=None, params=actor_def.init(actor_rng, features)["params"], tx=_adam(config.actor_lr)
+        )
+        temp_def = Temperature(config.init_temperature)
+        temp = TrainState.create(apply_fn=None, params=temp_def.init(temp_rng)["params"],
+                                 tx=_adam(config.temp_lr))
+        grasp_def = grasp = None
+        if config.grasp_critic:
+            grasp_def = DiscreteCritic(config.hidden_dims, losses.NUM_GRIPPER_ACTIONS, config.activation,
+                                       config.critic_layer_norm)
+            grasp = TrainState.create(apply_fn=None, params=grasp_def.init(grasp_rng, features)["params"],
+                                      tx=_adam(config.grasp_lr))
+        # TrainState starts its step as a Python int; an int32 array keeps one jit signature from the start
+        actor, critic, temp = (s.replace(step=jnp.zeros((), jnp.int32)) for s in (actor, critic, temp))
+        grasp = grasp.replace(step=jnp.zeros((), jnp.int32)) if grasp is not None else None
+        return cls(
+            actor=actor, critic=critic, target_critic_params=critic_params, temp=temp, grasp=grasp,
+            target_grasp_params=grasp.params if grasp is not None else None, rng=rng,
+            step=jnp.zeros((), jnp.int32), config=config, image_keys=image_keys, continuous_dim=continuous_dim,
+            encoder_def=encoder_def, critic_def=critic_def, actor_def=actor_def, grasp_def=grasp_def,
+            temp_def=temp_def,
+        )
+
+    # ---- network calls -------------------------------------------------------------------------
+    def encode(self, encoder_params, observations):
+        return self.encoder_def.apply({"params": encoder_params}, observations)
+
+    def policy(self, actor_params, features):
+        return self.actor_def.apply({"params": actor_params}, features)
+
+    def q_values(self, critic_params, features, actions):
+        return self.critic_def.apply({"params": critic_params}, features, actions)
+
+    def temperature(self, temp_params=None):
+        return self.temp_def.apply({"params": self.temp.params if temp_params is None else temp_params})
+
+    def grasp_q(self, grasp_params, features):
+        return self.grasp_def.apply({"params": grasp_params}, features)
+
+    @property
+    def target_entropy(self) -> float:
+        if self.config.target_entropy is not None:
+            return self.config.target_entropy
+        return -self.continuous_dim / 2.0
+
+    # ---- update steps ----------------------------------------------------------------------------
+    def _augment(self, rng, batch):
+        if not (self.image_keys and self.config.augment):
+            return batch
+        obs_rng, next_rng = jax.random.split(rng)
+        batch = dict(batch)
+        batch["observations"] = augment_observations(obs_rng, batch["observations"], self.image_keys, self.config.augment_pad)
+        batch["next_observations"] = augment_observations(
+            next_rng, batch["next_observations"], self.image_keys, self.config.augment_pad
+        )
+        return batch
+
+    def update_critic(self, batch, rng):
+        """One critic (and grasp-critic) gradient step on one minibatch; targets follow by Polyak."""
+        cfg = self.config
+        next_rng, subset_rng = jax.random.split(rng)
+        continuous_actions = batch["actions"][:, : self.continuous_dim]
+
+        next_features = jax.lax.stop_gradient(self.encode(self.critic.params["encoder"], batch["next_observations"]))
+        next_mean, next_log_std = self.policy(self.actor.params, next_features)
+        next_actions, next_log_prob = sample_tanh_gaussian(next_rng, next_mean, next_log_std)
+        target_next_features = self.encode(self.target_critic_params["encoder"], batch["next_observations"])
+        next_qs = self.q_values(self.target_critic_params["critic"], target_next_features, next_actions)
+        next_q = losses.subsample_min(subset_rng, next_qs, cfg.num_min_qs or cfg.num_qs)
+        target = losses.td_target(
+            batch["rewards"], batch["masks"], cfg.discount, next_q, next_log_prob,
+            self.temperature(), cfg.backup_entropy,
+        )
+
+        def loss_fn(params):
+            features = self.encode(params["encoder"], batch["observations"])
+            qs = self.q_values(params["critic"], features, continuous_actions)
+            return losses.critic_loss(qs, target), (qs, features)
+
+        (loss, (qs, features)), grads = jax.value_and_grad(loss_fn, has_aux=True)(self.critic.params)
+        critic = self.critic.apply_gradients(grads=grads)
+        target_critic_params = _polyak(critic.params, self.target_critic_params, cfg.tau)
+        metrics = {"critic_loss": loss, "q": qs.mean(), "target_q": target.mean()}
+        agent = self.replace(critic=critic, target_critic_params=target_critic_params)
+
+        if self.grasp is not None:
+            features = jax.lax.stop_gradient(features)
+            grasp_target = losses.grasp_td_target(
+                batch["rewards"] + batch.get("grasp_penalty", 0.0), batch["masks"], cfg.discount,
+                self.grasp_q(self.grasp.params, next_features), self.grasp_q(self.target_grasp_params, target_next_features),
+            )
+            action_index = losses.gripper_action_to_index(batch["actions"][:, -1])
+
+            def grasp_loss_fn(params):
+                return losses.grasp_critic_loss(self.grasp_q(params, features), action_index, grasp_target)
+
+            grasp_loss, grasp_grads = jax.value_and_grad(grasp_loss_fn)(self.grasp.params)
+            grasp = self.grasp.apply_gradients(grads=grasp_grads)
+            agent = agent.replace(grasp=grasp, target_grasp_params=_polyak(grasp.params, self.target_grasp_params, cfg.tau))
+            metrics["grasp_loss"] = grasp_loss
+        return agent, metrics
+
+    def update_actor(self, batch, rng):
+        """One actor step (critic features stop-gradient, mean over the ensemble) then one temperature step."""
+        features = jax.lax.stop_gradient(self.encode(self.critic.params["encoder"], batch["observations"]))
+        temperature = self.temperature()
+
+        def loss_fn(params):
+            mean, log_std = self.policy(params, features)
+            actions, log_prob = sample_tanh_gaussian(rng, mean, log_std)
+            qs = self.q_values(self.critic.params["critic"], features, actions)
+            return losses.actor_loss(qs, log_prob, temperature), -log_prob.mean()
+
+        (loss, entropy), grads = jax.value_and_grad(loss_fn, has_aux=True)(self.actor.params)
+        actor = self.actor.apply_gradients(grads=grads)
+
+        def temp_loss_fn(params):
+            return losses.temperature_loss(self.temperature(params), entropy, self.target_entropy)
+
+        temp_loss, temp_grads = jax.value_and_grad(temp_loss_fn)(self.temp.params)
+        temp = self.temp.apply_gradients(grads=temp_grads)
+        metrics = {"actor_loss": loss, "entropy": entropy, "temperature": temperature, "temperature_loss": temp_loss}
+        return self.replace(actor=actor, temp=temp), metrics
+
+    @jax.jit
+    def update(self, batch) -> tuple["SACAgent", dict]:
+        """utd_ratio critic steps over minibatch slices (lax.scan), then actor + temperature once."""
+        utd = self.config.utd_ratio
+        total = batch["rewards"].shape[0]
+        if total % utd:
+            raise ValueError(f"batch: {total} rows is not a multiple of utd_ratio={utd}")
+        rng, aug_rng, scan_rng, actor_rng = jax.random.split(self.rng, 4)
+        batch = self._augment(aug_rng, batch)
+        minibatches = jax.tree_util.tree_map(lambda x: x.reshape((utd, total // utd) + x.shape[1:]), batch)
+
+        def critic_step(agent, inputs):
+            minibatch, step_rng = inputs
+            return agent.update_critic(minibatch, step_rng)
+
+        agent, critic_metrics = jax.lax.scan(critic_step, self, (minibatches, jax.random.split(scan_rng, utd)))
+        metrics = jax.tree_util.tree_map(jnp.mean, critic_metrics)
+        last = jax.tree_util.tree_map(lambda x: x[-1], minibatches)
+
+        def with_actor(a):
+            return a.update_actor(last, actor_rng)
+
+        def without_actor(a):
+            shapes = jax.eval_shape(lambda b: b.update_actor(last, actor_rng)[1], a)
+            return a, jax.tree_util.tree_map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+
+        if self.config.actor_update_period == 1:
+            agent, actor_metrics = with_actor(agent)
+        else:
+            agent, actor_metrics = jax.lax.cond(
+                self.step % self.config.actor_update_period == 0, with_actor, without_actor, agent
+            )
+        metrics.update(actor_metrics)
+        return agent.replace(rng=rng, step=self.step + 1), metrics
+
+    # ---- acting ----------------------------------------------------------------------------------
+    def _act(self, observations, rng, deterministic: bool):
+        single = observations["state" if "state" in observations else self.image_keys[0]].ndim == (
+            1 if "state" in observations else 3
+        )
+        obs = _add_batch_axis(observations) if single else observations
+        features = self.encode(self.critic.params["encoder"], obs)
+        mean, log_std = self.policy(self.actor.params, features)
+        if deterministic:
+            actions = jnp.tanh(mean)
+        else:
+            actions, _ = sample_tanh_gaussian(rng, mean, log_std)
+        if self.grasp is not None:
+            gripper = losses.gripper_index_to_action(jnp.argmax(self.grasp_q(self.grasp.params, features), axis=-1))
+            actions = jnp.concatenate([actions, gripper[:, None]], axis=-1)
+        return actions[0] if single else actions
+
+    @functools.partial(jax.jit, static_argnames=())
+    def sample_actions(self, observations, rng):
+        """Stochastic actions in [-1, 1] (gripper in {-1, 0, 1} when the grasp critic is on); single or batched obs."""
+        return self._act(observations, rng, deterministic=False)
+
+    @jax.jit
+    def eval_actions(self, observations):
+        """Deterministic (tanh of the mean) actions; single or batched obs."""
+        return self._act(observations, None, deterministic=True)

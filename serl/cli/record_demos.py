@@ -1,0 +1,332 @@
+"""``serl record-demos <task> --n 20``: teleop (or script) the twin or the real arm, write demos to HDF5.
+
+Each finished episode is written to the file at once (serl.data.episodes), so Ctrl-C or a crash
+keeps every finished episode; running the command again on the same file appends.
+
+Keys (terminal, or the keyboard teleop itself)::
+
+    enter      the episode succeeded: end and keep it
+    n          end the episode as a failure (kept only with --keep-failed)
+    backspace  discard the last kept episode
+    q          quit (the episode in progress is dropped)
+
+On a gamepad, start = success, back = discard last. Success is also taken from the task's reward
+(the twin's ground truth) when it has one.
+
+Observations are stored as the policy sees them before flattening: ``RelativeFrame`` and
+``QuatToEuler`` applied (the actor's default stack), actions in the same frame. The file's
+``config`` attribute records that layout (``observation.state_keys`` is the flattening order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import tyro
+
+from serl.data.episodes import EpisodeRecorder, EpisodeWriter, episode_count
+
+SUCCESS_KEYS = ("enter", "start")
+FAIL_KEYS = ("n",)
+DISCARD_KEYS = ("backspace", "back")
+QUIT_KEYS = ("q", "escape")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordDemosConfig:
+    """Record demonstrations into an HDF5 episode file."""
+
+    task: tyro.conf.Positional[str] = "PandaPickCube"
+    """Task name (serl.envs.tasks), e.g. PandaPickCube, PandaPegInsertion."""
+    n: int = 20
+    """Episodes to keep (successful ones, unless --keep-failed)."""
+    teleop: Literal["scripted", "keyboard", "spacemouse", "gamepad"] = "keyboard"
+    """Who drives: the scripted expert (twin only) or a device."""
+    out: Path = Path("demos.h5")
+    """Output file; appended to when it exists."""
+    seed: int = 0
+    """Seed of the twin and the first reset."""
+    pixels: bool = False
+    """Record the task's cameras (pixel variant)."""
+    overrides: tuple[str, ...] = ()
+    """Task config overrides as key=value (JSON values), e.g. max_episode_steps=50."""
+    robot_url: str | None = None
+    """Robot server URL (real arm or served twin); None runs the twin in-process."""
+    robot_token: str | None = None
+    """Bearer token for the robot server."""
+    keep_failed: bool = False
+    """Also keep episodes that did not succeed (marked success=False)."""
+    max_episodes: int = 0
+    """Stop after this many attempts (0: 3*n for the scripted expert, unlimited for people)."""
+    noise: float = 0.1
+    """Scripted expert: std of the action noise."""
+    realtime: bool | None = None
+    """Keep the control period on a lockstep twin (default: yes for people, no for the script)."""
+    display: bool = True
+    """Live progress table (off: one line per episode)."""
+    relative_frame: bool = True
+    """Store observations/actions in the reset frame (RelativeFrame), as the actor's default stack."""
+    euler: bool = True
+    """Store robot poses as xyz + euler (QuatToEuler), as the actor's default stack."""
+
+    def __post_init__(self):
+        if self.n <= 0:
+            raise ValueError(f"n: must be > 0, got {self.n}")
+        if self.max_episodes < 0:
+            raise ValueError(f"max_episodes: must be >= 0, got {self.max_episodes}")
+        if self.noise < 0:
+            raise ValueError(f"noise: must be >= 0, got {self.noise}")
+        if self.teleop == "scripted" and self.robot_url is not None:
+            raise ValueError("teleop: the scripted expert needs the twin's ground truth; use it without --robot-url")
+
+
+@dataclasses.dataclass
+class Progress:
+    kept: int = 0
+    failed: int = 0
+    discarded: int = 0
+    successes: int = 0
+    attempts: int = 0
+    step: int = 0
+    episode_return: float = 0.0
+    interventions: int = 0
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    last_message: str = ""
+    status: dict = dataclasses.field(default_factory=dict)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
+    parsed = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"overrides: expected key=value, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        parsed[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return parsed
+
+
+def build_env(cfg: RecordDemosConfig):
+    """The task env (twin in-process or over HTTP) with the observation wrappers the demos are stored in."""
+    from serl.envs.tasks import get_task, make_reward, make_sim_env, pixel_variant, with_overrides
+    from serl.envs.wrappers import QuatToEuler, RelativeFrame
+
+    overrides = _parse_overrides(cfg.overrides)
+    if cfg.robot_url is None:
+        env = make_sim_env(cfg.task, pixels=cfg.pixels, seed=cfg.seed, **overrides)
+    else:
+        from serl.envs.franka_env import FrankaEnv
+        from serl.envs.http_client import HttpRobotClient
+
+        task = get_task(cfg.task)
+        task = with_overrides(pixel_variant(task) if cfg.pixels else task, **overrides)
+        client = HttpRobotClient(cfg.robot_url, token=cfg.robot_token) if cfg.robot_token else HttpRobotClient(cfg.robot_url)
+        env = FrankaEnv(client, task, reward_fn=make_reward(task))
+    if cfg.relative_frame:
+        env = RelativeFrame(env)
+    if cfg.euler:
+        env = QuatToEuler(env)
+    return env
+
+
+def file_config(cfg: RecordDemosConfig, env) -> dict[str, Any]:
+    task = env.unwrapped.task
+    state_space = env.observation_space["state"]
+    order = [k for k in env.unwrapped.state_order if k in state_space.spaces]
+    return {
+        "recording": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()
+                      if k not in ("robot_token",)},
+        "task": dataclasses.asdict(task),
+        "observation": {
+            "relative_frame": cfg.relative_frame,
+            "euler": cfg.euler,
+            "state_keys": order,
+            "state_sizes": {k: int(np.prod(state_space[k].shape)) for k in order},
+            "images": sorted(env.observation_space.spaces.get("images", {}).keys()) if "images" in env.observation_space.spaces else [],
+        },
+        "action": {"dim": int(env.action_space.shape[0]), "frame": "reset" if cfg.relative_frame else task.action_frame},
+    }
+
+
+class Controls:
+    """Recorder keys from the teleop's buttons and, when the teleop is not the terminal keyboard, the terminal."""
+
+    def __init__(self, teleop_kind: str, teleop):
+        from serl.devices.keyboard import TerminalKeyboard
+
+        self.reader = None
+        if teleop_kind in ("spacemouse", "gamepad") or (teleop_kind == "keyboard" and not isinstance(teleop, TerminalKeyboard)):
+            with contextlib.suppress(Exception):
+                from serl.devices.keyboard import TerminalKeyReader
+
+                if sys.stdin is not None and sys.stdin.isatty():
+                    self.reader = TerminalKeyReader()
+
+    def keys(self, buttons: dict[str, bool]) -> set[str]:
+        pressed = {k for k, v in buttons.items() if v}
+        if self.reader is not None:
+            pressed |= {event.key.lower() if len(event.key) == 1 else event.key for event in self.reader.drain()}
+        return pressed
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+
+
+def _render(progress: Progress, cfg: RecordDemosConfig):
+    from rich.table import Table
+
+    table = Table(title=f"record-demos {cfg.task} → {cfg.out}  ({cfg.teleop})", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("kept", f"{progress.kept} / {cfg.n}")
+    table.add_row("successes", str(progress.successes))
+    table.add_row("failed / discarded", f"{progress.failed} / {progress.discarded}")
+    table.add_row("episode", f"#{progress.attempts + 1}  step {progress.step}  return {progress.episode_return:.2f}"
+                  f"  human steps {progress.interventions}")
+    table.add_row("elapsed", f"{progress.elapsed():.1f} s")
+    for key, value in progress.status.items():
+        table.add_row(key, value)
+    if cfg.teleop != "scripted":
+        table.add_row("keys", "enter success · n fail · backspace discard last · q quit")
+        if cfg.teleop == "keyboard":
+            table.add_row("move", "w/s x · a/d y · r/f z · j/l i/k u/o rotate · c close · v open")
+    if progress.last_message:
+        table.add_row("", progress.last_message)
+    return table
+
+
+def _status(env) -> dict[str, str]:
+    """What a person needs to steer without seeing the twin: gripper and object positions."""
+    base = env.unwrapped
+    state = base.state
+    if state is None:
+        return {}
+    tcp = np.asarray(state.tcp_pose[:3])
+    out = {"tcp xyz": np.array2string(tcp, precision=3, suppress_small=True),
+           "gripper width": f"{state.gripper_width * 1000:.1f} mm"}
+    with contextlib.suppress(NotImplementedError, AttributeError, OSError):
+        for name, pose in base.client.scene().items():
+            out[f"{name} − tcp"] = np.array2string(np.asarray(pose[:3]) - tcp, precision=3, suppress_small=True)
+    return out
+
+
+def record_demos(cfg: RecordDemosConfig) -> None:
+    """Run the recording loop until ``n`` episodes are kept, the attempts run out, or the user quits."""
+    from serl.devices import make_teleop
+    from serl.envs.intervention import InterventionWrapper
+
+    env = build_env(cfg)
+    options = {"noise": cfg.noise, "seed": cfg.seed} if cfg.teleop == "scripted" else {}
+    teleop = make_teleop(cfg.teleop, env=env, **options)
+    env = InterventionWrapper(env, teleop)
+    writer = EpisodeWriter(cfg.out, config=file_config(cfg, env))
+    already = episode_count(cfg.out)
+    recorder = EpisodeRecorder(task=cfg.task, source="scripted" if cfg.teleop == "scripted" else "teleop")
+    controls = Controls(cfg.teleop, teleop)
+    realtime = cfg.teleop != "scripted" if cfg.realtime is None else cfg.realtime
+    period = 1.0 / env.unwrapped.task.control_hz
+    max_attempts = cfg.max_episodes or (3 * cfg.n if cfg.teleop == "scripted" else 0)
+    progress = Progress()
+    kept_names: list[str] = []
+    policy_action = np.zeros(env.action_space.shape, dtype=env.action_space.dtype)
+    live = None
+    interactive_display = cfg.display and sys.stdout.isatty()
+    if interactive_display:
+        from rich.live import Live
+
+        live = Live(_render(progress, cfg), refresh_per_second=8, transient=False)
+        live.start()
+
+    def report(message: str) -> None:
+        progress.last_message = message
+        if live is None:
+            print(f"[record-demos] {message}", flush=True)
+
+    try:
+        quit_requested = False
+        while progress.kept < cfg.n and not quit_requested and (not max_attempts or progress.attempts < max_attempts):
+            obs, _ = env.reset(seed=cfg.seed + already + progress.attempts)
+            recorder.start(obs)
+            progress.step, progress.episode_return, progress.interventions = 0, 0.0, 0
+            outcome = None
+            next_tick = time.monotonic()
+            while outcome is None:
+                obs, reward, terminated, truncated, info = env.step(policy_action)
+                recorder.add(info["executed_action"], reward, obs, terminated, truncated, info)
+                progress.step += 1
+                progress.episode_return += reward
+                progress.interventions += bool(info.get("intervened"))
+                keys = controls.keys(info.get("teleop_buttons", {}))
+                if keys & set(QUIT_KEYS):
+                    quit_requested, outcome = True, "quit"
+                elif keys & set(DISCARD_KEYS) and kept_names:
+                    name = kept_names.pop()
+                    writer.discard(name)
+                    progress.kept -= 1
+                    progress.discarded += 1
+                    report(f"discarded {name}")
+                if outcome is None and keys & set(SUCCESS_KEYS):
+                    recorder.mark_success()
+                    outcome = "success"
+                elif outcome is None and keys & set(FAIL_KEYS):
+                    outcome = "failure"
+                elif outcome is None and (terminated or truncated):
+                    outcome = "success" if info.get("succeed") else "failure"
+                if live is not None and progress.step % 2 == 0:
+                    progress.status = _status(env)
+                    live.update(_render(progress, cfg))
+                if realtime and outcome is None:
+                    next_tick += period
+                    time.sleep(max(0.0, next_tick - time.monotonic()))
+            progress.attempts += 1
+            if outcome == "quit":
+                recorder.discard()
+                report("quit: the episode in progress was dropped")
+                break
+            success = outcome == "success"
+            episode = recorder.finish(success=success, teleop=cfg.teleop, seed=cfg.seed + already + progress.attempts - 1)
+            if success or cfg.keep_failed:
+                name = writer.write(episode)
+                kept_names.append(name)
+                progress.kept += 1
+            progress.successes += success
+            progress.failed += not success
+            report(f"episode {progress.attempts}: {'success' if success else 'failure'} in {len(episode)} steps"
+                   f"{'' if success or cfg.keep_failed else ' (not kept)'}; kept {progress.kept}/{cfg.n}")
+            if live is not None:
+                live.update(_render(progress, cfg))
+    except KeyboardInterrupt:
+        report("interrupted: every finished episode is in the file")
+    finally:
+        if live is not None:
+            live.update(_render(progress, cfg))
+            live.stop()
+        controls.close()
+        env.close()
+        writer.close()
+    print(f"[record-demos] kept {progress.kept} episode(s) ({progress.successes} successful of {progress.attempts}) "
+          f"in {progress.elapsed():.1f} s → {cfg.out} (now {episode_count(cfg.out)} in the file)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = tyro.cli(RecordDemosConfig, args=argv, prog="serl record-demos")
+    record_demos(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

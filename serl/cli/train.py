@@ -1,0 +1,333 @@
+"""``serl train``, ``serl learner`` and ``serl actor``.
+
+``serl train <task>`` records scripted demos when none are given, starts the learner and the actor as
+separate processes (optionally a twin robot server the actor talks to over HTTP), shows one progress
+display for all of them, and on Ctrl-C stops them in order: actor, then learner (which checkpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from serl.agents.sac import SACConfig
+from serl.runtime.config import (
+    ActorConfig,
+    EnvConfig,
+    LearnerConfig,
+    NetConfig,
+    RunConfig,
+    default_run_name,
+    latest_run,
+    to_jsonable,
+    write_config,
+)
+from serl.runtime.logging import read_status
+
+LearnerCommand = LearnerConfig
+ActorCommand = ActorConfig
+
+# State-based RLPD on CPU: ensemble 10 / min-of-2 / LayerNorm as in RLPD, a UTD a 2-core machine keeps up with.
+TRAIN_AGENT = SACConfig(num_qs=10, num_min_qs=2, critic_layer_norm=True, utd_ratio=4, init_temperature=0.1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """``serl train <task>``: scripted demos, learner and actor on this machine."""
+
+    task: Annotated[str, tyro.conf.Positional] = "PandaPickCube"
+    """Task name (PandaPickCube, PandaPegInsertion, …)."""
+    pixels: bool = False
+    """Train from the task's cameras instead of state."""
+    overrides: tuple[str, ...] = ()
+    """Task config overrides as key=value."""
+    task_module: str | None = None
+    """Module or .py file that registers extra tasks (imported by every process)."""
+    demos: Path | None = None
+    """Demo file; None records num_demos scripted demos into the run directory."""
+    num_demos: int = 20
+    env_steps: int = 10_000
+    """Env steps the actor takes."""
+    run: RunConfig = RunConfig()
+    net: NetConfig = NetConfig(port=0, weights_port=0)
+    """Ports 0 = pick free ports."""
+    agent: SACConfig = TRAIN_AGENT
+    batch_size: int = 256
+    min_online_steps: int = 200
+    publish_every: int = 10
+    checkpoint_every: int = 2_000
+    random_steps: int = 0
+    max_lag: int = 10
+    """The actor waits for newer weights after this many steps on the same ones (keeps the UTD honest in sim)."""
+    robot_server: bool = False
+    """Start a twin robot server and let the actor use it over HTTP (default: twin in the actor's process)."""
+    resume: bool = False
+    """Continue the run named by --run.name (or the task's latest run) from its checkpoint."""
+    eval_episodes: int = 0
+    """Deterministic evaluation episodes after training (0 = none)."""
+    display: bool = True
+    """Live progress display (rich); plain lines when stdout is not a terminal."""
+
+    def __post_init__(self):
+        if self.env_steps <= 0:
+            raise ValueError(f"env_steps: must be positive, got {self.env_steps}")
+        if self.num_demos < 0:
+            raise ValueError(f"num_demos: must be >= 0, got {self.num_demos}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def resolve_run_dir(run: RunConfig, task: str, resume: bool) -> tuple[RunConfig, Path]:
+    """Fill in the run name (latest run when resuming, else a timestamp) and return the run directory."""
+    name = run.name
+    if not name:
+        name = (latest_run(run.root, task) if resume else None) or default_run_name()
+    run = dataclasses.replace(run, name=name)
+    return run, run.directory(task)
+
+
+def learner(cfg: LearnerConfig) -> int:
+    """``serl learner``."""
+    from serl.runtime.learner import main_with_signals
+
+    run, run_dir = resolve_run_dir(cfg.run, cfg.env.task, cfg.resume)
+    main_with_signals(dataclasses.replace(cfg, run=run), run_dir)
+    return 0
+
+
+def actor(cfg: ActorConfig) -> int:
+    """``serl actor``."""
+    from serl.runtime.actor import main_with_signals
+
+    run, run_dir = resolve_run_dir(cfg.run, cfg.env.task, resume=True)
+    main_with_signals(dataclasses.replace(cfg, run=run), run_dir)
+    return 0
+
+
+def _record_demos(cfg: TrainConfig, env: EnvConfig, path: Path) -> Path:
+    from serl.cli.record_demos import RecordDemosConfig, record_demos
+
+    fields = {f.name for f in dataclasses.fields(RecordDemosConfig)}
+    options = {"task": cfg.task, "n": cfg.num_demos, "teleop": "scripted", "out": path, "seed": cfg.run.seed}
+    if "pixels" in fields:
+        options["pixels"] = cfg.pixels
+    if "overrides" in fields:
+        options["overrides"] = env.overrides
+    if "display" in fields:
+        options["display"] = False
+    record_demos(RecordDemosConfig(**{k: v for k, v in options.items() if k in fields}))
+    return path
+
+
+class Children:
+    """The processes ``serl train`` started; stopped in reverse dependency order."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str, timeout: float = 60.0) -> int | None:
+        """SIGINT, then SIGTERM, then SIGKILL, each after a grace period; returns the exit code."""
+        proc = self.procs.get(name)
+        if proc is None:
+            return None
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+            if proc.poll() is not None:
+                break
+            proc.send_signal(sig)
+            try:
+                proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+        return proc.poll()
+
+    def stop_all(self) -> None:
+        for name in ("actor", "learner", "robot_server"):
+            self.stop(name)
+
+
+def _launch(kind: str, config_path: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "serl.runtime.launch", kind, str(config_path), str(run_dir)]
+
+
+class Progress:
+    """One display for learner and actor, fed by their status files."""
+
+    def __init__(self, run_dir: Path, total_steps: int, live: bool):
+        self.run_dir = run_dir
+        self.total = total_steps
+        self.live = None
+        self.last_plain = 0.0
+        if live:
+            from rich.live import Live
+
+            self.live = Live(self._render({}, {}), refresh_per_second=2, transient=False)
+            self.live.start()
+
+    def _render(self, learner_status: dict, actor_status: dict):
+        from rich.table import Table
+
+        table = Table(title=f"serl train — {self.run_dir}", show_header=True)
+        for column in ("env steps", "episodes", "success (last 20)", "return", "updates", "updates/s", "weights"):
+            table.add_column(column, justify="right")
+        table.add_row(
+            f"{actor_status.get('env_steps', 0)}/{self.total}",
+            str(actor_status.get("episodes", 0)),
+            f"{actor_status.get('success_rate', 0.0):.0%}",
+            f"{actor_status.get('return', 0.0):.2f}",
+            str(learner_status.get("updates", 0)),
+            f"{learner_status.get('updates_per_s', 0.0):.1f}",
+            str(actor_status.get("weights_version", -1)),
+        )
+        return table
+
+    def update(self) -> None:
+        learner_status = read_status(self.run_dir / "status" / "learner.json")
+        actor_status = read_status(self.run_dir / "status" / "actor.json")
+        if self.live is not None:
+            self.live.update(self._render(learner_status, actor_status))
+        elif time.monotonic() - self.last_plain > 5.0:
+            self.last_plain = time.monotonic()
+            print(
+                f"[train] env_steps={actor_status.get('env_steps', 0)}/{self.total} "
+                f"episodes={actor_status.get('episodes', 0)} success20={actor_status.get('success_rate', 0.0):.2f} "
+                f"return={actor_status.get('return', 0.0):.3f} updates={learner_status.get('updates', 0)} "
+                f"updates/s={learner_status.get('updates_per_s', 0.0):.1f} weights={actor_status.get('weights_version', -1)}",
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
+def train(cfg: TrainConfig) -> int:
+    """``serl train``: returns 0 when training ran to the end, 130 when interrupted, 1 when a child failed."""
+    run, run_dir = resolve_run_dir(cfg.run, cfg.task, cfg.resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    net = dataclasses.replace(
+        cfg.net, port=cfg.net.port or free_port(), weights_port=cfg.net.weights_port or free_port()
+    )
+    env = EnvConfig(task=cfg.task, pixels=cfg.pixels, overrides=cfg.overrides, task_module=cfg.task_module)
+    write_config(run_dir, dataclasses.replace(cfg, run=run, net=net), "train_config.json")
+
+    interrupted = False
+
+    def on_interrupt(*_):
+        nonlocal interrupted
+        interrupted = True
+
+    previous = {sig: signal.signal(sig, on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    children = Children(run_dir / "logs")
+    try:
+        demos = cfg.demos
+        if demos is None and cfg.num_demos > 0:
+            demos = run_dir / "demos.h5"
+            if not demos.exists():
+                print(f"[train] recording {cfg.num_demos} scripted demos → {demos}", flush=True)
+                _record_demos(cfg, env, demos)
+        if interrupted:
+            return 130
+
+        actor_env = env
+        if cfg.robot_server:
+            port = free_port()
+            children.start("robot_server", _robot_server_args(cfg, port))
+            actor_env = dataclasses.replace(env, robot_url=f"http://127.0.0.1:{port}")
+            _wait_http(f"http://127.0.0.1:{port}", children.procs["robot_server"])
+
+        learner_cfg = LearnerConfig(
+            env=env, run=run, net=net, agent=cfg.agent, demos=demos, batch_size=cfg.batch_size,
+            min_online_steps=cfg.min_online_steps, publish_every=cfg.publish_every,
+            checkpoint_every=cfg.checkpoint_every, max_env_steps=0, resume=cfg.resume, quiet=True,
+        )
+        actor_cfg = ActorConfig(
+            env=actor_env, run=run, net=net, agent=cfg.agent, random_steps=cfg.random_steps,
+            max_env_steps=cfg.env_steps, max_lag=cfg.max_lag, quiet=True,
+        )
+        launch_dir = run_dir / "launch"
+        launch_dir.mkdir(exist_ok=True)
+        (launch_dir / "learner.json").write_text(json.dumps(to_jsonable(learner_cfg)))
+        (launch_dir / "actor.json").write_text(json.dumps(to_jsonable(actor_cfg)))
+        for name in ("learner.json", "actor.json"):
+            (run_dir / "status" / name).unlink(missing_ok=True)
+        learner_proc = children.start("learner", _launch("learner", launch_dir / "learner.json", run_dir))
+        actor_proc = children.start("actor", _launch("actor", launch_dir / "actor.json", run_dir))
+        (launch_dir / "pids.json").write_text(json.dumps({name: p.pid for name, p in children.procs.items()}))
+
+        progress = Progress(run_dir, cfg.env_steps, live=cfg.display and sys.stdout.isatty())
+        try:
+            while not interrupted:
+                progress.update()
+                if actor_proc.poll() is not None or learner_proc.poll() is not None:
+                    break
+                time.sleep(0.25)
+            progress.update()
+        finally:
+            progress.close()
+
+        failed = [name for name, proc in children.procs.items() if proc.poll() not in (None, 0)]
+        children.stop("actor")
+        children.stop("learner")
+        children.stop("robot_server")
+        if interrupted:
+            print(f"[train] interrupted; checkpoint and logs in {run_dir}", flush=True)
+            return 130
+        if failed:
+            print(f"[train] {', '.join(failed)} failed; see {run_dir / 'logs'}", file=sys.stderr, flush=True)
+            return 1
+        print(f"[train] done; checkpoints in {run_dir / 'checkpoints'}, TensorBoard logs in {run_dir / 'tb'}", flush=True)
+        if cfg.eval_episodes:
+            from serl.cli.eval import EvalConfig, evaluate
+
+            evaluate(EvalConfig(run_dir=run_dir, episodes=cfg.eval_episodes))
+        return 0
+    finally:
+        children.stop_all()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _robot_server_args(cfg: TrainConfig, port: int) -> list[str]:
+    args = [sys.executable, "-m", "robot_servers", "--port", str(port), "--task", cfg.task]
+    if cfg.pixels:
+        args.append("--pixels")
+    return args
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"robot server exited with code {proc.returncode} before answering")
+        try:
+            httpx.get(f"{url}/health", timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise TimeoutError(f"robot server at {url} did not answer within {timeout:.0f} s")

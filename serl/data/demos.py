@@ -1,0 +1,98 @@
+"""Demo datasets: HDF5 episode files (serl.data.episodes) and SERL's pickle lists into replay buffers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from serl.data.episodes import Episode, read_episodes
+from serl.data.replay import ReplayBuffer
+
+log = logging.getLogger(__name__)
+
+
+def flatten_observation(observation: Mapping, state_keys: Sequence[str]) -> dict:
+    """{"state": {name: ...}, "images": {cam: ...}} -> {"state": concat in `state_keys` order, cam: frame}."""
+    state = observation.get("state", {}) or {}
+    missing = [k for k in state_keys if k not in state]
+    if missing:
+        raise ValueError(f"observations['state']: missing entries {missing}; has {sorted(state)}")
+    flat = {}
+    if state_keys:
+        flat["state"] = np.concatenate(
+            [np.asarray(state[k], np.float32).reshape(np.shape(state[k])[:-1] + (-1,)) for k in state_keys], axis=-1
+        )
+    flat.update(observation.get("images", {}) or {})
+    return flat
+
+
+def episode_transitions(episode: Episode, state_keys: Sequence[str]) -> Iterator[dict]:
+    """Transitions of one episode in the buffer's insert format; the last one is marked done."""
+    obs = flatten_observation(episode.observations, state_keys)
+    steps = len(episode)
+    for t in range(steps):
+        terminated = bool(episode.terminated[t])
+        yield {
+            "observations": {k: v[t] for k, v in obs.items()},
+            "actions": np.asarray(episode.actions[t], np.float32),
+            "rewards": float(episode.rewards[t]),
+            "masks": 0.0 if terminated else 1.0,
+            "dones": terminated or bool(episode.truncated[t]) or t == steps - 1,
+            "next_observations": {k: v[t + 1] for k, v in obs.items()},
+        }
+
+
+def load_episode_file(buffer: ReplayBuffer, path: str | os.PathLike, state_keys: Sequence[str], *,
+                      only_successful: bool = False) -> int:
+    """Insert every complete episode of an HDF5 episode file into `buffer`; returns transitions added."""
+    added = 0
+    for episode in read_episodes(path, only_successful=only_successful):
+        for transition in episode_transitions(episode, state_keys):
+            buffer.insert(transition)
+            added += 1
+    return added
+
+
+def _squeeze_stack(value):
+    value = np.asarray(value)
+    return value[0] if value.ndim >= 2 and value.shape[0] == 1 else value
+
+
+def load_serl_pickle(path: str | os.PathLike, buffer: ReplayBuffer | None = None, *,
+                     squeeze_frame_stack: bool = True) -> list[dict]:
+    """Read a SERL demo file (a pickled list of transition dicts) from local disk.
+
+    Unpickling can run arbitrary code: only use files you trust. Observation entries with a leading
+    frame-stack axis of size 1 are squeezed. Transitions are inserted into `buffer` when given.
+    """
+    path = os.fspath(path)
+    log.warning("loading %s with pickle: unpickling runs code from the file, only load files you trust", path)
+    with open(path, "rb") as f:
+        data = pickle.load(f)  # noqa: S301 - local file, warned above
+    if not isinstance(data, list) or not all(isinstance(t, Mapping) for t in data):
+        raise ValueError(f"{path}: expected a pickled list of transition dicts")
+    out = []
+    for i, t in enumerate(data):
+        try:
+            conv = {
+                "observations": {k: _squeeze_stack(v) if squeeze_frame_stack else np.asarray(v)
+                                 for k, v in t["observations"].items()},
+                "next_observations": {k: _squeeze_stack(v) if squeeze_frame_stack else np.asarray(v)
+                                      for k, v in t["next_observations"].items()},
+                "actions": np.asarray(t["actions"], np.float32),
+                "rewards": float(t["rewards"]),
+                "masks": float(t["masks"]),
+                "dones": bool(t["dones"]),
+            }
+        except KeyError as err:
+            raise ValueError(f"{path}: transition {i} lacks {err}") from None
+        if "grasp_penalty" in t:
+            conv["grasp_penalty"] = float(t["grasp_penalty"])
+        out.append(conv)
+        if buffer is not None:
+            buffer.insert(conv)
+    return out

@@ -1,0 +1,162 @@
+"""A scripted expert for the twin tasks, behind the ``Teleop`` interface (it "drives" like a person would).
+
+It reads the arm's state and the twin's ground-truth scene through the env's robot client, plans a
+few waypoints and returns the action that moves towards the current one, plus Gaussian noise so the
+demos are not all identical. Used by ``serl record-demos --teleop scripted`` and ``serl train``.
+
+- ``PandaPickCube``: above the cube (yaw aligned to its faces) → down → close → lift.
+- ``PandaPegInsertion``: peg tip above the hole (yaw aligned) → down into the hole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from robot_servers.control.pose import euler_to_quat, orientation_error, quat_conjugate, quat_multiply, quat_to_euler, rotate
+from serl.devices.base import Teleop, TeleopCommand
+
+DOWN = np.array([1.0, 0.0, 0.0, 0.0])
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertConfig:
+    noise: float = 0.1  # std of Gaussian noise on the twist (action units)
+    gain: float = 0.8  # fraction of the remaining error corrected per step
+    seed: int | None = None
+    approach_height: float = 0.05  # m above the cube / hole top before going down
+    lift_height: float = 0.16  # m the cube is lifted (the task needs 0.1)
+    grasp_steps: int = 4  # steps the gripper is given to close
+
+
+def _wrap(angle: float, period: float) -> float:
+    """Angle folded into [-period/2, period/2)."""
+    return (angle + period / 2) % period - period / 2
+
+
+def _gripper_yaw(quat: np.ndarray) -> float:
+    return float(quat_to_euler(quat_multiply(quat, quat_conjugate(DOWN)))[2])
+
+
+def _yaw_quat(yaw: float) -> np.ndarray:
+    return quat_multiply(euler_to_quat([0.0, 0.0, yaw]), DOWN)
+
+
+class ScriptedExpert(Teleop):
+    """Solves the twin tasks from ground truth. ``env`` is the env the ``InterventionWrapper`` wraps."""
+
+    def __init__(self, env: gym.Env, config: ExpertConfig = ExpertConfig()):
+        self.env = env
+        self.base = env.unwrapped
+        task = getattr(self.base, "task", None)
+        if task is None or not hasattr(self.base, "client"):
+            raise ValueError("ScriptedExpert needs a FrankaEnv (with .task and .client) under the wrappers")
+        if task.scene not in ("pick_cube", "peg_insertion"):
+            raise ValueError(f"ScriptedExpert: no script for scene {task.scene!r} (task {task.name})")
+        self.task = task
+        self.expert_config = config
+        self.rng = np.random.default_rng(config.seed)
+        self.reset()
+
+    def reset(self) -> None:
+        self.noise_factor = 1.0
+        self.phase = "approach"
+        self.phase_steps = 0
+        self.initial_cube_z: float | None = None
+
+    # ------------------------------------------------------------------ planning
+    def _target(self, tcp: np.ndarray, scene: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, str | None]:
+        """(target position, target orientation, gripper command) for the current phase."""
+        cfg = self.expert_config
+        yaw = _gripper_yaw(tcp[3:])
+        if self.task.scene == "pick_cube":
+            cube = scene["cube"]
+            if self.initial_cube_z is None:
+                self.initial_cube_z = float(cube[2])
+            target_yaw = yaw + _wrap(float(quat_to_euler(cube[3:])[2]) - yaw, np.pi / 2)
+            orientation = _yaw_quat(target_yaw)
+            above = np.array([cube[0], cube[1], cube[2] + cfg.approach_height])
+            xy_error = np.linalg.norm(tcp[:2] - cube[:2])
+            if self.phase == "approach":
+                if xy_error < 0.006 and abs(tcp[2] - above[2]) < 0.02 and abs(target_yaw - yaw) < 0.08:
+                    self._enter("descend")
+                return above, orientation, "open"
+            if self.phase == "descend":
+                grasp = np.array([cube[0], cube[1], cube[2] - 0.004])
+                if xy_error > 0.015:
+                    self._enter("approach")
+                elif tcp[2] - cube[2] < 0.008:
+                    self._enter("grasp")
+                return grasp, orientation, "open"
+            if self.phase == "grasp":
+                if self.phase_steps >= cfg.grasp_steps:
+                    self._enter("lift")
+                return np.array([cube[0], cube[1], cube[2] - 0.004]), orientation, "close"
+            # lift: hold the grasp and rise; start over if the cube slipped out
+            if tcp[2] - cube[2] > 0.03:
+                self._enter("approach")
+                return above, orientation, "open"
+            lift = np.array([tcp[0], tcp[1], self.initial_cube_z + cfg.lift_height])
+            return lift, orientation, "close"
+
+        from serl.envs.tasks import HOLE_DEPTH, peg_tip
+
+        hole, peg = scene["hole"], scene["peg"]
+        tip = peg_tip(peg)
+        target_yaw = yaw + _wrap(float(quat_to_euler(hole[3:])[2]) - float(quat_to_euler(peg[3:])[2]), np.pi / 2)
+        orientation = _yaw_quat(target_yaw)
+        tip_to_tcp = tcp[:3] - tip
+        xy_error = np.linalg.norm(tip[:2] - hole[:2])
+        # a person slows down and steadies near the hole: noise shrinks with the remaining xy error
+        self.noise_factor = float(np.clip(xy_error / 0.01, 0.1, 1.0))
+        top = hole[2] + HOLE_DEPTH
+        if self.phase == "approach":
+            goal_tip = np.array([hole[0], hole[1], top + cfg.approach_height / 2])
+            if xy_error < 0.001 and abs(target_yaw - yaw) < 0.015 and abs(tip[2] - goal_tip[2]) < 0.01:
+                self._enter("insert")
+            return goal_tip + tip_to_tcp, orientation, None
+        goal_tip = np.array([hole[0], hole[1], hole[2]])
+        if xy_error > 0.002 and tip[2] > top:
+            self._enter("approach")
+        return goal_tip + tip_to_tcp, orientation, None
+
+    def _enter(self, phase: str) -> None:
+        self.phase = phase
+        self.phase_steps = 0
+
+    # ------------------------------------------------------------------ frames
+    def _to_action_frame(self, twist_base: np.ndarray, tcp_quat: np.ndarray) -> np.ndarray:
+        """Base-frame twist (action units) → the frame of the actions the wrapper injects."""
+        out = twist_base.copy()
+        if self.task.action_frame == "ee":
+            inverse = quat_conjugate(tcp_quat)
+            return np.concatenate([rotate(inverse, out[:3]), rotate(inverse, out[3:])])
+        env: Any = self.env
+        while env is not None:
+            if type(env).__name__ == "RelativeFrame" and getattr(env, "reset_pose", None) is not None:
+                inverse = quat_conjugate(np.asarray(env.reset_pose[3:], dtype=np.float64))
+                out = np.concatenate([rotate(inverse, out[:3]), rotate(inverse, out[3:])])
+            env = getattr(env, "env", None)
+        return out
+
+    def read(self) -> TeleopCommand:
+        state = self.base.state if self.base.state is not None else self.base.read_state()
+        tcp = np.asarray(state.tcp_pose, dtype=np.float64)
+        scene = {k: np.asarray(v, dtype=np.float64) for k, v in self.base.client.scene().items()}
+        position, orientation, gripper = self._target(tcp, scene)
+        self.phase_steps += 1
+        pos_scale, rot_scale, _ = self.task.action_scale
+        cfg = self.expert_config
+        # apply_delta composes exp(δ) ⊗ current, so δ = −orientation_error(current, desired)
+        rotation = -orientation_error(tcp[3:], orientation)
+        twist = np.concatenate([(position - tcp[:3]) / pos_scale, rotation / rot_scale]) * cfg.gain
+        twist = np.clip(twist, -1.0, 1.0)
+        if cfg.noise > 0:
+            twist = np.clip(twist + self.rng.normal(0.0, cfg.noise * self.noise_factor, 6), -1.0, 1.0)
+        twist = np.clip(self._to_action_frame(twist, tcp[3:]), -1.0, 1.0)
+        if self.task.gripper_mode == "none":
+            gripper = None
+        return TeleopCommand(twist, gripper, {"phase_" + self.phase: True}, active=True, timestamp=0.0)

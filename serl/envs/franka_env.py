@@ -1,0 +1,329 @@
+"""``FrankaEnv``: one gymnasium env for the twin and the real arm, on a ``RobotClient``.
+
+One step sends a single target (scaled 6-D end-effector delta applied to the measured pose,
+clipped to the task's safety box, plus an optional gripper width), keeps the control period,
+then reads state and images. Lockstep clients (the twin in-process) are advanced by exactly one
+period; real-time clients are paced with a drift-free clock (``next_tick += period``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from robot_servers.backends.base import MAX_GRIPPER_WIDTH, RobotState
+from robot_servers.cameras.base import CropResize
+from robot_servers.control.pose import apply_delta
+from serl.envs.robot_client import RobotClient
+from serl.envs.task_config import TaskConfig
+
+STATE_SIZES = {
+    "tcp_pose": 7,
+    "tcp_vel": 6,
+    "wrench": 6,
+    "gripper_width": 1,
+    "q": 7,
+    "dq": 7,
+    "target_pose": 7,
+}
+GRIPPER_THRESHOLD = 0.5  # binary mode: > +0.5 opens, < -0.5 closes, in between keeps
+
+
+class RobotClientError(RuntimeError):
+    """The robot client failed mid-episode (dropped connection, server gone). ``reset()`` reconnects."""
+
+
+class GroundTruthReward(Protocol):
+    """Reward from the twin's ground truth: ``reset`` at episode start, then called every step."""
+
+    def reset(self, scene: Mapping[str, np.ndarray], state: RobotState) -> None: ...
+
+    def __call__(self, scene: Mapping[str, np.ndarray], state: RobotState) -> tuple[float, bool]:
+        """(reward, success)."""
+
+
+class FrankaEnv(gym.Env):
+    """Gymnasium env on a ``RobotClient`` driven by a ``TaskConfig``.
+
+    Observation: ``{"state": {name: float32 array}, "images": {camera: (H, W, 3) uint8}}``
+    (``images`` only when the task has cameras). Action: ``[dx, dy, dz, rx, ry, rz, gripper]``
+    in [-1, 1] (no gripper entry when ``gripper_mode == "none"``). ``reward_fn="task"`` takes the
+    task's ground-truth reward where it has one (sim scenes, registered rewards); otherwise the
+    reward is 0 until a classifier or keyboard wrapper supplies it.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(
+        self,
+        client: RobotClient,
+        task: TaskConfig,
+        *,
+        reward_fn: GroundTruthReward | None | str = "task",
+        hooks: Sequence[Callable] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        render_mode: str | None = None,
+    ):
+        from serl.envs.reset_hooks import build_hooks
+
+        unknown = [key for key in task.state_keys if key not in STATE_SIZES]
+        if unknown:
+            raise ValueError(f"TaskConfig.state_keys: unknown entries {unknown}; known: {sorted(STATE_SIZES)}")
+        if task.action_frame not in ("base", "ee"):
+            raise ValueError(f"TaskConfig.action_frame must be 'base' or 'ee', got {task.action_frame!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.client = client
+        self.task = task
+        if isinstance(reward_fn, str):
+            if reward_fn != "task":
+                raise ValueError(f"reward_fn: expected a reward object, None or 'task', got {reward_fn!r}")
+            from serl.envs.tasks import default_reward
+
+            reward_fn = default_reward(task)
+        self.reward_fn = reward_fn
+        self.hooks = list(build_hooks(task) if hooks is None else hooks)
+        self.render_mode = render_mode
+        self.period = 1.0 / task.control_hz
+        self.metadata = {**self.metadata, "render_fps": task.control_hz}
+        self._clock = clock
+        self._sleep = sleep
+        self._state: RobotState | None = None
+        self._obs: dict | None = None
+        self._gripper_command: float | None = None
+        self._broken = False
+        self._episode_index = 0
+        self._steps = 0
+        self._overruns = 0
+        self._next_tick = 0.0
+        self._last_tick = 0.0
+
+        action_dim = 6 if task.gripper_mode == "none" else 7
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(action_dim,), dtype=np.float32)
+        state_space = {key: _unbounded(STATE_SIZES[key]) for key in task.state_keys}
+        state_space.update({f"{name}_pose": _unbounded(7) for name in task.scene_objects})
+        spaces: dict[str, gym.Space] = {"state": gym.spaces.Dict(state_space)}
+        if task.cameras:
+            spaces["images"] = gym.spaces.Dict(
+                {cam.name: gym.spaces.Box(0, 255, shape=(*cam.size, 3), dtype=np.uint8) for cam in task.cameras}
+            )
+        self.observation_space = gym.spaces.Dict(spaces)
+
+    # ----------------------------------------------------------------- gymnasium API
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Run the task's reset hooks, then return the first observation."""
+        super().reset(seed=seed)
+        if self._broken:
+            self.client.reconnect()
+            self._broken = False
+        with self._client_call("reset"):
+            state = self.client.state()
+            if state.errors:
+                self.client.recover()
+            self._state = state
+            self._gripper_command = None
+            self._start_clock()
+            for hook in self.hooks:
+                hook(self, self._episode_index, self.np_random)
+            self._obs = self._observe(*self._read())
+            if self._gripper_command is None:
+                self._gripper_command = MAX_GRIPPER_WIDTH if self._state.gripper_width > MAX_GRIPPER_WIDTH / 2 else 0.0
+            if self.reward_fn is not None:
+                self.reward_fn.reset(self.client.scene(), self._state)
+        self._start_clock()
+        self._episode_index += 1
+        self._steps = 0
+        self._overruns = 0
+        return self._obs, {"succeed": False, "intervened": False, "episode_index": self._episode_index - 1}
+
+    def step(self, action):
+        """Apply one scaled end-effector delta (+ gripper), keep the period, observe."""
+        if self._broken:
+            raise RobotClientError("the robot client failed earlier in this episode; call reset() to reconnect")
+        if self._state is None:
+            raise RuntimeError("call reset() before step()")
+        action = self._check_action(action)
+        pos_scale, rot_scale, gripper_scale = self.task.action_scale
+        delta = np.concatenate([action[:3] * pos_scale, action[3:6] * rot_scale])
+        target = apply_delta(self._state.tcp_pose, delta, self.task.action_frame)
+        clipped = self.task.safety_box.clip(target)
+        gripper = None if self.task.gripper_mode == "none" else self._gripper_from_action(action[6] * gripper_scale)
+        with self._client_call("step"):
+            if self.client.lockstep:
+                state, frames = self.client.step(clipped, gripper, advance=self.period, images=bool(self.task.cameras))
+                period_error = 0.0
+            else:
+                self.client.set_target(clipped, gripper)
+                period_error = self._keep_period()
+                state, frames = self._read()
+            self._obs = self._observe(state, frames)
+            reward, succeed = self._reward()
+        if gripper is not None:
+            self._gripper_command = gripper
+        self._steps += 1
+        terminated = bool(succeed)
+        truncated = not terminated and self._steps >= self.task.max_episode_steps
+        info = {
+            "succeed": bool(succeed),
+            "intervened": False,
+            "gripper_changed": gripper is not None,
+            "safety_clipped": not _same_pose(clipped, target),
+            "target_pose": clipped,
+            "control_period_error": period_error,
+            "overruns": self._overruns,
+            "robot_errors": list(self._state.errors),
+        }
+        return self._obs, float(reward), terminated, truncated, info
+
+    def render(self):
+        """Camera images side by side (``rgb_array``), or None without cameras."""
+        if self.render_mode != "rgb_array" or self._obs is None or "images" not in self._obs:
+            return None
+        return np.concatenate(list(self._obs["images"].values()), axis=1)
+
+    def close(self):
+        self.client.close()
+
+    # ----------------------------------------------------------------- helpers for reset hooks
+
+    @property
+    def state_order(self) -> tuple[str, ...]:
+        """State entry names in the task's order (the observation space's Dict sorts them)."""
+        return tuple(self.task.state_keys) + tuple(f"{name}_pose" for name in self.task.scene_objects)
+
+    @property
+    def state(self) -> RobotState | None:
+        """The newest robot state the env has read."""
+        return self._state
+
+    def read_state(self) -> RobotState:
+        self._state = self.client.state()
+        return self._state
+
+    def command_gripper(self, width: float) -> None:
+        """Send a gripper width now and remember it as the binary gripper's state."""
+        self.client.set_gripper(width)
+        self._gripper_command = float(width)
+
+    def wait_period(self) -> float:
+        """Let one control period pass (advance the twin, or sleep on the drift-free clock)."""
+        return self._keep_period()
+
+    # ----------------------------------------------------------------- internals
+
+    def _check_action(self, action) -> np.ndarray:
+        try:
+            arr = np.asarray(action, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"action: expected {self.action_space.shape[0]} numbers, got {action!r}") from None
+        if arr.shape != self.action_space.shape:
+            raise ValueError(f"action: expected shape {self.action_space.shape}, got {arr.shape}")
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if bad.size:
+            raise ValueError(f"action: entries {bad.tolist()} are not finite ({arr[bad].tolist()})")
+        return np.clip(arr, -1.0, 1.0)
+
+    def _gripper_from_action(self, value: float) -> float | None:
+        """Gripper width to send this step, or None when the command does not change."""
+        if self.task.gripper_mode == "binary":
+            if value > GRIPPER_THRESHOLD:
+                wanted = MAX_GRIPPER_WIDTH
+            elif value < -GRIPPER_THRESHOLD:
+                wanted = 0.0
+            else:
+                return None
+        else:
+            wanted = (float(np.clip(value, -1.0, 1.0)) + 1.0) / 2.0 * MAX_GRIPPER_WIDTH
+        if self._gripper_command is not None and abs(wanted - self._gripper_command) < 1e-5:
+            return None
+        return wanted
+
+    def _start_clock(self) -> None:
+        self._next_tick = self._last_tick = self._clock()
+
+    def _keep_period(self) -> float:
+        if self.client.lockstep:
+            self.client.advance(self.period)
+            return 0.0
+        self._next_tick += self.period
+        now = self._clock()
+        if now > self._next_tick:
+            self._overruns += 1
+            self._next_tick = now
+        else:
+            self._sleep(self._next_tick - now)
+        tick = self._clock()
+        error = tick - self._last_tick - self.period
+        self._last_tick = tick
+        return error
+
+    def _read(self) -> tuple[RobotState, dict]:
+        if self.task.cameras:
+            return self.client.observe()
+        return self.client.state(), {}
+
+    def _observe(self, state: RobotState, frames: Mapping[str, tuple[np.ndarray, float]]) -> dict:
+        self._state = state
+        values = {
+            "tcp_pose": state.tcp_pose,
+            "tcp_vel": state.tcp_vel,
+            "wrench": state.wrench,
+            "gripper_width": [state.gripper_width],
+            "q": state.q,
+            "dq": state.dq,
+            "target_pose": state.target_pose,
+        }
+        obs_state = {key: np.asarray(values[key], dtype=np.float32) for key in self.task.state_keys}
+        if self.task.scene_objects:
+            scene = self.client.scene()
+            for name in self.task.scene_objects:
+                obs_state[f"{name}_pose"] = np.asarray(scene[name][:7], dtype=np.float32)
+        obs: dict[str, Any] = {"state": obs_state}
+        if self.task.cameras:
+            images = {}
+            for cam in self.task.cameras:
+                if cam.name not in frames:
+                    raise RobotClientError(f"camera {cam.name!r} missing from the client's frames {sorted(frames)}")
+                frame = np.asarray(frames[cam.name][0], dtype=np.uint8)
+                if frame.shape != (*cam.size, 3):
+                    frame = CropResize(crop=None, size=cam.size).apply(frame)
+                images[cam.name] = frame
+            obs["images"] = images
+        return obs
+
+    def _reward(self) -> tuple[float, bool]:
+        if self.reward_fn is None:
+            return 0.0, False
+        reward, succeed = self.reward_fn(self.client.scene(), self._state)
+        return float(reward), bool(succeed)
+
+    @contextlib.contextmanager
+    def _client_call(self, what: str):
+        try:
+            yield
+        except (ValueError, NotImplementedError, RobotClientError):
+            raise
+        except OSError as exc:  # ConnectionError, TimeoutError, socket errors: the link is gone
+            self._broken = True
+            raise RobotClientError(
+                f"robot client failed during {what}: {type(exc).__name__}: {exc}. "
+                "The episode is over; the next reset() reconnects."
+            ) from exc
+        except Exception:
+            self._broken = True
+            raise
+
+
+def _unbounded(size: int) -> gym.spaces.Box:
+    return gym.spaces.Box(-np.inf, np.inf, shape=(size,), dtype=np.float32)
+
+
+def _same_pose(a: np.ndarray, b: np.ndarray, tolerance: float = 1e-9) -> bool:
+    """Equal positions and rotations (q and −q are the same rotation)."""
+    return bool(np.allclose(a[:3], b[:3], atol=tolerance) and abs(np.dot(a[3:], b[3:])) > 1 - tolerance)

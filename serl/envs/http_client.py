@@ -1,0 +1,184 @@
+"""``HttpRobotClient``: the ``RobotClient`` that speaks the robot server's HTTP API.
+
+One keep-alive connection (httpx). ``observe()`` reads state and all camera frames in one round
+trip and ``step()`` sends a target, advances a lockstep twin and observes in one; the plain
+``state()``/``images()`` calls exist too. A dropped connection or a restarted server raises
+``RobotConnectionError``; the next call reconnects (so the env's next ``reset()`` works).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import msgpack
+import numpy as np
+
+from robot_servers.backends.base import ImpedanceParams, RobotState
+from robot_servers.server import SESSION_HEADER, decode_images
+from serl.envs.robot_client import RobotClient
+
+
+class RobotConnectionError(ConnectionError):
+    """The robot server cannot be reached, or restarted since the last call (episode state is lost)."""
+
+
+class RobotServerError(RuntimeError):
+    """The server refused a command for a reason other than bad input (e.g. an active safety stop)."""
+
+
+class HttpRobotClient(RobotClient):
+    """``RobotClient`` over HTTP. ``token`` is sent as a bearer token; ``timeout`` bounds every request (s)."""
+
+    def __init__(self, url: str = "http://127.0.0.1:5000", token: str | None = None, timeout: float = 2.0):
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self._session: str | None = None
+        self._client: httpx.Client | None = None
+        self.lockstep = bool(self.health()["lockstep"])
+
+    # -- transport
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            self._client = httpx.Client(base_url=self.url, headers=headers, timeout=self.timeout,
+                                        limits=httpx.Limits(max_keepalive_connections=2))
+        return self._client
+
+    def _drop_connection(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _request(self, method: str, path: str, json: Any = None, timeout: float | None = None) -> httpx.Response:
+        headers = {SESSION_HEADER: self._session} if self._session else None
+        try:
+            response = self._http().request(method, path, json=json, headers=headers,
+                                            timeout=self.timeout if timeout is None else timeout)
+        except httpx.TransportError as exc:
+            self._drop_connection()
+            self._session = None  # this error already ended the episode; accept whichever server answers next
+            raise RobotConnectionError(
+                f"robot server at {self.url} unreachable during {method} {path}: {exc!r}; "
+                "the next call reconnects (reset the env once the server is back)") from exc
+        session = response.headers.get(SESSION_HEADER)
+        if self._session is not None and session is not None and session != self._session:
+            self._session = session
+            raise RobotConnectionError(
+                f"robot server at {self.url} restarted (new session {session}); the episode state is lost — "
+                "reset the env; the next call talks to the new server")
+        self._session = session or self._session
+        if response.status_code >= 400:
+            self._raise_for(response, method, path)
+        return response
+
+    def _raise_for(self, response: httpx.Response, method: str, path: str) -> None:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"detail": response.text}
+        message = body.get("message") or body.get("detail")
+        if isinstance(message, list):
+            message = "; ".join(str(item.get("msg", item)) for item in message)
+        where = f"{method} {path} -> {response.status_code}"
+        if response.status_code == 422:
+            raise ValueError(f"{message} ({where})")
+        if response.status_code in (401, 403):
+            raise PermissionError(f"{message} ({where})")
+        if response.status_code == 404:
+            raise NotImplementedError(f"the robot server has no {path} ({where}); is it a lockstep twin?")
+        raise RobotServerError(f"{message} ({where})")
+
+    @staticmethod
+    def _unpack(response: httpx.Response) -> dict[str, Any]:
+        return msgpack.unpackb(response.content, raw=False)
+
+    def reconnect(self) -> None:
+        """Start afresh with whichever server answers now (the env calls it on the reset after an error)."""
+        self._drop_connection()
+        self._session = None
+        self.lockstep = bool(self.health()["lockstep"])
+
+    # -- RobotClient
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/health").json()
+
+    def state(self) -> RobotState:
+        return RobotState.from_dict(self._request("GET", "/state").json())
+
+    def set_target(self, pose, gripper=None) -> None:
+        body = {"pose": _floats(pose, "pose")}
+        if gripper is not None:
+            body["gripper"] = _floats([gripper], "gripper")[0]
+        self._request("POST", "/target", body)
+
+    def set_gripper(self, width) -> None:
+        self._request("POST", "/gripper", {"width": _floats([width], "width")[0]})
+
+    def set_impedance(self, params: ImpedanceParams) -> None:
+        self._request("POST", "/impedance", params.validate().to_dict())
+
+    def joint_reset(self, q=None, duration: float = 3.0) -> None:
+        body = {"duration": float(duration), "q": None if q is None else _floats(q, "q")}
+        self._request("POST", "/joint_reset", body, timeout=self.timeout + float(duration) + 5.0)
+
+    def recover(self) -> None:
+        self._request("POST", "/recover")
+
+    def images(self) -> dict[str, tuple[np.ndarray, float]]:
+        return decode_images(self._unpack(self._request("GET", "/images")))
+
+    def observe(self) -> tuple[RobotState, dict[str, tuple[np.ndarray, float]]]:
+        """State and every camera's newest frame in one round trip."""
+        payload = self._unpack(self._request("GET", "/observe"))
+        return RobotState.from_dict(payload["state"]), decode_images(payload["images"])
+
+    def step(self, pose=None, gripper: float | None = None, advance: float | None = None,
+             images: bool = True) -> tuple[RobotState, dict[str, tuple[np.ndarray, float]]]:
+        """Target (optional), lockstep advance (optional), then observe — one round trip."""
+        body: dict[str, Any] = {"images": images}
+        if pose is not None:
+            body["pose"] = _floats(pose, "pose")
+        if gripper is not None:
+            body["gripper"] = float(gripper)
+        if advance is not None:
+            body["advance"] = float(advance)
+        payload = self._unpack(self._request("POST", "/step", body, timeout=self.timeout + (advance or 0.0) * 10))
+        return RobotState.from_dict(payload["state"]), decode_images(payload["images"])
+
+    def advance(self, seconds: float) -> None:
+        if not self.lockstep:
+            return super().advance(seconds)
+        self._request("POST", "/sim/advance", {"seconds": float(seconds)}, timeout=self.timeout + float(seconds) * 10)
+
+    def scene(self) -> dict[str, np.ndarray]:
+        return {name: np.asarray(pose, dtype=np.float64) for name, pose in self._request("GET", "/sim/scene").json().items()}
+
+    def reset_robot(self, q=None) -> None:
+        try:
+            self._request("POST", "/sim/reset_robot", {"q": None if q is None else _floats(q, "q")})
+        except NotImplementedError:
+            return super().reset_robot(q)  # a real arm: the env falls back to a joint reset
+
+    def reset_scene(self, seed: int | None = None) -> None:
+        self._request("POST", "/sim/reset_scene", {"seed": None if seed is None else int(seed)})
+
+    def close(self) -> None:
+        self._drop_connection()
+
+    def __enter__(self) -> "HttpRobotClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _floats(values, field: str) -> list[float]:
+    """Plain floats for JSON (which has no NaN/inf: those are refused here, naming the field)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{field}: expected a flat sequence of numbers, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{field}: values must be finite, got {arr.tolist()}")
+    return arr.tolist()

@@ -1,0 +1,200 @@
+"""The actor process: runs the env with the newest policy weights and streams transitions to the learner.
+
+Weights are swapped between env steps as soon as a newer version arrives. When the learner is gone the
+actor keeps acting with the weights it has (the transport queues transitions and reconnects).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from serl.runtime.config import ActorConfig, config_hash, write_config
+from serl.runtime.envs import build_env, observation_example, space_signature
+from serl.runtime.logging import MetricsLogger, summary_line, write_status
+from serl.runtime.policy import create_agent, decode_weights
+
+
+class EpisodeStats:
+    """Return, success, length, intervention rate and control-period timing of one episode."""
+
+    def __init__(self):
+        self.ret = 0.0
+        self.length = 0
+        self.interventions = 0
+        self.success = False
+        self.period_errors: list[float] = []
+        self.step_seconds: list[float] = []
+
+    def add(self, reward: float, info: dict, step_seconds: float) -> None:
+        self.ret += float(reward)
+        self.length += 1
+        self.interventions += bool(info.get("intervened", False))
+        self.success |= bool(info.get("succeed", False))
+        if "control_period_error" in info:
+            self.period_errors.append(abs(float(info["control_period_error"])))
+        self.step_seconds.append(step_seconds)
+
+    def summary(self) -> dict[str, float]:
+        steps = np.asarray(self.step_seconds) if self.step_seconds else np.zeros(1)
+        out = {
+            "episode/return": self.ret,
+            "episode/length": self.length,
+            "episode/success": float(self.success),
+            "episode/intervention_rate": self.interventions / max(self.length, 1),
+            "timing/step_ms_mean": 1e3 * float(steps.mean()),
+            "timing/step_ms_p99": 1e3 * float(np.percentile(steps, 99)),
+        }
+        if self.period_errors:
+            out["timing/control_period_error_ms_max"] = 1e3 * max(self.period_errors)
+        return out
+
+
+def make_transition(obs, action, reward, next_obs, terminated, truncated, info) -> dict:
+    """The transition dict the learner's buffers take (the human's action when intervened)."""
+    executed = info.get("executed_action")
+    return {
+        "observations": obs,
+        "actions": np.asarray(action if executed is None else executed, dtype=np.float32),
+        "rewards": np.float32(np.squeeze(reward)),
+        "masks": np.float32(1.0 - float(terminated)),
+        "dones": bool(terminated or truncated),
+        "next_observations": next_obs,
+        "intervened": bool(info.get("intervened", False)),
+    }
+
+
+def connect(cfg: ActorConfig, hash_: str, actor_id: str):
+    """An ActorClient to the learner (non-blocking sends, reconnects on its own)."""
+    from serl.transport.actor import ActorClient
+    from serl.transport.actor import ActorConfig as TransportConfig
+
+    return ActorClient(TransportConfig(
+        actor_id=actor_id, config_hash=hash_, host=cfg.net.host,
+        request_port=cfg.net.port, weights_port=cfg.net.weights_port,
+    ))
+
+
+def run_actor(cfg: ActorConfig, run_dir: Path, stop: threading.Event | None = None) -> dict:
+    """Act until ``max_env_steps`` or ``stop``; returns final counters."""
+    stop = stop or threading.Event()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = build_env(cfg.env, seed=cfg.run.seed, teleop=cfg.teleop)
+    write_config(run_dir, cfg, "actor_config.json", extra={"spaces": space_signature(env)})
+    agent = create_agent(cfg.run.seed, observation_example(env), int(np.prod(env.action_space.shape)), cfg.agent)
+    actor_id = f"{socket.gethostname()}-{os.getpid()}"
+    client = connect(cfg, config_hash(cfg.env, cfg.agent), actor_id)
+    logger = MetricsLogger(cfg.run.logger, run_dir / "tb" / "actor", run_name=cfg.run.name)
+    status_path = run_dir / "status" / "actor.json"
+    episodes_path = run_dir / "episodes.jsonl"  # one line per episode: the learning curve
+    rng = jax.random.PRNGKey(cfg.run.seed + 1)
+    action_rng = np.random.default_rng(cfg.run.seed)
+    low, high = env.action_space.low, env.action_space.high
+
+    weights = WeightsSlot()
+    steps = episodes = 0
+    recent_success: list[float] = []
+    recent_return: list[float] = []
+    obs, _ = env.reset(seed=cfg.run.seed)
+    stats = EpisodeStats()
+    try:
+        while not stop.is_set() and (cfg.max_env_steps == 0 or steps < cfg.max_env_steps):
+            agent = weights.apply_newest(client, agent, steps)
+            if cfg.max_lag and weights.meta.get("training") and steps - weights.at_step >= cfg.max_lag:
+                agent = _wait_for_learner(client, weights, agent, steps, stop)
+            weights_version = weights.version
+
+            started = time.perf_counter()
+            if steps < cfg.random_steps:
+                action = action_rng.uniform(low, high).astype(np.float32)
+            else:
+                rng, key = jax.random.split(rng)
+                action = np.asarray(agent.sample_actions(obs, key), dtype=np.float32)
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            client.send(make_transition(obs, action, reward, next_obs, terminated, truncated, info))
+            stats.add(reward, info, time.perf_counter() - started)
+            steps += 1
+            obs = next_obs
+            if terminated or truncated:
+                episodes += 1
+                summary = stats.summary()
+                recent_success = (recent_success + [summary["episode/success"]])[-20:]
+                recent_return = (recent_return + [summary["episode/return"]])[-20:]
+                summary["weights_version"] = weights_version
+                logger.log(summary, steps)
+                with open(episodes_path, "a") as handle:
+                    handle.write(json.dumps({"env_steps": steps, "episode": episodes, **summary}) + "\n")
+                write_status(status_path, {
+                    "env_steps": steps, "episodes": episodes, "weights_version": weights_version,
+                    "success_rate": float(np.mean(recent_success)), "return": float(np.mean(recent_return)),
+                    "intervention_rate": summary["episode/intervention_rate"],
+                    "step_ms_p99": summary["timing/step_ms_p99"],
+                })
+                if not cfg.quiet and episodes % cfg.log_every == 0:
+                    print(summary_line("actor", {
+                        "steps": steps, "episode": episodes, "return": round(summary["episode/return"], 3),
+                        "success": int(summary["episode/success"]),
+                        "success_rate20": round(float(np.mean(recent_success)), 2), "weights": weights_version,
+                    }), flush=True)
+                obs, _ = env.reset()
+                stats = EpisodeStats()
+    finally:
+        write_status(status_path, {
+            "env_steps": steps, "episodes": episodes, "weights_version": weights.version, "done": True,
+            "success_rate": float(np.mean(recent_success)) if recent_success else 0.0,
+            "return": float(np.mean(recent_return)) if recent_return else 0.0,
+        })
+        client.close(flush_timeout=5.0)
+        logger.close()
+        env.close()
+    return {"env_steps": steps, "episodes": episodes, "weights_version": weights.version}
+
+
+class WeightsSlot:
+    """The weights the actor uses: swapped in between steps whenever the transport holds newer ones."""
+
+    def __init__(self):
+        self.version = -1
+        self.meta: dict[str, float] = {}
+        self.received_at = 0.0
+        self.at_step = 0
+        self._blob = None
+
+    def apply_newest(self, client, agent, step: int):
+        newest = client.latest_weights()
+        if newest is None or newest[1] is self._blob:
+            return agent
+        version, self._blob = newest
+        try:
+            agent, self.meta = decode_weights(agent, self._blob)
+        except ValueError as err:
+            print(f"[actor] ignoring weights version {version}: {err}", flush=True)
+            return agent
+        self.version, self.received_at, self.at_step = version, time.monotonic(), step
+        return agent
+
+
+def _wait_for_learner(client, weights: WeightsSlot, agent, step: int, stop: threading.Event, patience: float = 10.0):
+    """Wait for newer weights (the learner caught up); go on acting after ``patience`` s without any."""
+    deadline = time.monotonic() + patience
+    version = weights.version
+    while not stop.is_set() and time.monotonic() < deadline and weights.version == version:
+        time.sleep(0.001)
+        agent = weights.apply_newest(client, agent, step)
+    return agent
+
+
+def main_with_signals(cfg: ActorConfig, run_dir: Path) -> dict:
+    """Run the actor; SIGINT/SIGTERM stop it after the current step."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return run_actor(cfg, run_dir, stop)

@@ -1,0 +1,261 @@
+"""Typed configs of the runtime processes (learner, actor, train, eval) and the run directory layout.
+
+A run lives in ``<root>/<task>/<name>/``: ``config.json`` (resolved config), ``checkpoints/``, ``tb/``
+(TensorBoard events of learner and actor), ``status/`` (small JSON files the progress display reads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal, Mapping
+
+from serl.agents.sac import SACConfig
+from serl.runtime.logging import LoggerKind
+
+# RLPD-style state-SAC defaults (critic ensemble 10, min over 2, LayerNorm) come from SACConfig itself.
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """Which env the actor runs (and whose spaces the learner builds its agent for)."""
+
+    task: str = "PandaPickCube"
+    """Task name from serl.envs.tasks (e.g. PandaPickCube, PandaPegInsertion)."""
+    pixels: bool = False
+    """Use the task's camera observations."""
+    robot_url: str | None = None
+    """Robot server URL (HttpRobotClient); None runs the twin in-process (LocalRobot)."""
+    robot_token: str | None = None
+    """Bearer token for the robot server."""
+    overrides: tuple[str, ...] = ()
+    """Task config overrides as key=value (value parsed as JSON when possible), e.g. max_episode_steps=50."""
+    task_module: str | None = None
+    """Module name or .py file imported first, to register your own tasks (serl.envs.tasks.register_task)."""
+
+    def override_dict(self) -> dict:
+        """``overrides`` as a dict; ValueError naming a malformed entry."""
+        parsed = {}
+        for item in self.overrides:
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"env.overrides: expected key=value, got {item!r}")
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                value = raw
+            parsed[key.strip()] = tuple(value) if isinstance(value, list) else value
+        return parsed
+
+    def identity(self) -> dict:
+        """What actor and learner must agree on (hashed into the transport handshake)."""
+        return {"task": self.task, "pixels": self.pixels, "overrides": sorted(self.overrides),
+                "task_module": self.task_module}
+
+
+@dataclasses.dataclass(frozen=True)
+class NetConfig:
+    """Where the learner listens / the actor connects."""
+
+    host: str = "127.0.0.1"
+    """Learner address (actor) or bind address (learner; 0.0.0.0 for a second machine)."""
+    port: int = 5588
+    """Transitions, handshake and heartbeats (ZeroMQ ROUTER)."""
+    weights_port: int = 5589
+    """Weight broadcast (ZeroMQ PUB)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Where the run writes and what it is called."""
+
+    root: Path = Path("runs")
+    name: str = ""
+    """Run name; empty = a timestamp (``serl train``) or the latest run of the task (learner --resume)."""
+    seed: int = 0
+    logger: LoggerKind = "tensorboard"
+
+    def directory(self, task: str) -> Path:
+        if not self.name:
+            raise ValueError("run.name: empty (the caller should resolve it first)")
+        return self.root / task.replace(":", "_").replace("/", "_") / self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    """``serl learner``: replay buffers + SAC updates, fed by actors over the network."""
+
+    env: EnvConfig = EnvConfig()
+    run: RunConfig = RunConfig()
+    net: NetConfig = NetConfig()
+    agent: SACConfig = SACConfig()
+    demos: Path | None = None
+    """HDF5 demo file (serl record-demos) loaded into the demo buffer."""
+    batch_size: int = 256
+    """Minibatch per critic step; one agent.update per received env step gets agent.utd_ratio × batch_size rows."""
+    demo_ratio: float = 0.5
+    """Share of each batch drawn from the demo buffer (when it holds data)."""
+    min_online_steps: int = 100
+    """Online transitions received before updates start."""
+    buffer_capacity: int = 200_000
+    publish_every: int = 10
+    """Publish actor weights every this many updates."""
+    max_backlog: int = 200
+    """Most owed updates carried over when the learner falls behind the actors."""
+    checkpoint_every: int = 2_000
+    """Env steps between checkpoints (one is always written on exit)."""
+    keep_checkpoints: int = 3
+    log_every: int = 200
+    """Env steps between log / console lines."""
+    max_env_steps: int = 0
+    """Stop (with a checkpoint) after this many received env steps; 0 = run until interrupted."""
+    resume: bool = False
+    """Continue from the run's latest checkpoint."""
+    quiet: bool = False
+    """No console summary lines (serl train shows its own display)."""
+
+    def __post_init__(self):
+        _positive(self, "batch_size", "publish_every", "checkpoint_every", "log_every", "buffer_capacity")
+        if not 0.0 <= self.demo_ratio < 1.0:
+            raise ValueError(f"demo_ratio: expected in [0, 1), got {self.demo_ratio}")
+        if self.min_online_steps < 1:
+            raise ValueError("min_online_steps: must be at least 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorConfig:
+    """``serl actor``: runs the env with the newest weights and streams transitions to the learner."""
+
+    env: EnvConfig = EnvConfig()
+    run: RunConfig = RunConfig()
+    net: NetConfig = NetConfig()
+    agent: SACConfig = SACConfig()
+    teleop: Literal["none", "keyboard", "spacemouse", "gamepad", "scripted"] = "none"
+    """Teleop device for human interventions."""
+    random_steps: int = 0
+    """Uniform random actions for the first steps (before the policy acts)."""
+    max_env_steps: int = 0
+    """Stop after this many env steps; 0 = run until interrupted."""
+    max_lag: int = 0
+    """While the learner trains, wait for newer weights after this many steps on the same ones (10 s at most);
+    keeps the update-to-data ratio in fast sims. 0 = free-running (real robots)."""
+    log_every: int = 1
+    """Episodes between log lines."""
+    quiet: bool = False
+
+    def __post_init__(self):
+        _positive(self, "log_every")
+        if self.max_lag < 0 or self.random_steps < 0 or self.max_env_steps < 0:
+            raise ValueError("max_lag, random_steps, max_env_steps: must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """``serl eval``: a checkpoint's deterministic policy for N episodes."""
+
+    run_dir: Path
+    """Run directory (holds config.json and checkpoints/)."""
+    episodes: int = 10
+    seed: int = 1000
+    step: int | None = None
+    """Checkpoint step; None = latest."""
+    env: EnvConfig | None = None
+    """Env to evaluate in; None = the run's own."""
+
+    def __post_init__(self):
+        _positive(self, "episodes")
+
+
+def _positive(cfg, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{name}: must be positive, got {getattr(cfg, name)}")
+
+
+def default_run_name() -> str:
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def latest_run(root: Path, task: str) -> str | None:
+    """Name of the most recently modified run of ``task`` under ``root`` that has a config."""
+    base = root / task.replace(":", "_").replace("/", "_")
+    if not base.is_dir():
+        return None
+    runs = [p for p in base.iterdir() if (p / "config.json").exists()]
+    return max(runs, key=lambda p: (p / "config.json").stat().st_mtime).name if runs else None
+
+
+def to_jsonable(cfg) -> dict:
+    """A config dataclass as plain JSON types (paths as strings, tuples as lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def write_config(directory: Path, cfg, filename: str = "config.json", extra: Mapping | None = None) -> Path:
+    """Write the resolved config beside the run's checkpoints (atomic replace)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / filename
+    payload = {"kind": type(cfg).__name__, **to_jsonable(cfg), **dict(extra or {})}
+    tmp = path.with_name(f".{filename}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return path
+
+
+def config_hash(env: EnvConfig, agent: SACConfig) -> str:
+    """Hash of what actor and learner must share: the env identity and the agent config."""
+    blob = json.dumps({"env": env.identity(), "agent": to_jsonable(agent)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def from_dict(cls, data: Mapping):
+    """Rebuild a (nested) config dataclass from its JSON form; unknown keys are an error."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - fields - {"kind"}
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
+    values = {}
+    for name in fields & set(data):
+        values[name] = _coerce(hints[name], data[name])
+    return cls(**values)
+
+
+def _coerce(hint, value):
+    import types
+    import typing
+
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        for option in options:
+            try:
+                return _coerce(option, value)
+            except (TypeError, ValueError):
+                continue
+        return value
+    if origin is typing.Annotated:
+        return _coerce(typing.get_args(hint)[0], value)
+    if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+        return from_dict(hint, value)
+    if hint is Path or (isinstance(hint, type) and issubclass(hint, os.PathLike)):
+        return Path(value)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v) for v in value)
+        if args:
+            return tuple(_coerce(a, v) for a, v in zip(args, value))
+        return tuple(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+        if hint is float and isinstance(value, int):
+            return float(value)
+        raise TypeError(f"expected {hint.__name__}, got {type(value).__name__}")
+    return value

@@ -1,0 +1,34 @@
+"""Entry of the child processes ``serl train`` starts: ``python -m serl.runtime.launch learner|actor CONFIG.json RUN_DIR``.
+
+The config file holds the resolved config (JSON), so the child runs exactly what the parent wrote down.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from serl.runtime.config import ActorConfig, LearnerConfig, from_dict
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 3 or argv[0] not in ("learner", "actor"):
+        print("usage: python -m serl.runtime.launch learner|actor CONFIG.json RUN_DIR", file=sys.stderr)
+        return 2
+    kind, config_path, run_dir = argv
+    data = json.loads(Path(config_path).read_text())
+    if kind == "learner":
+        from serl.runtime.learner import main_with_signals
+
+        main_with_signals(from_dict(LearnerConfig, data), Path(run_dir))
+    else:
+        from serl.runtime.actor import main_with_signals
+
+        main_with_signals(from_dict(ActorConfig, data), Path(run_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

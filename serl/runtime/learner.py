@@ -1,0 +1,231 @@
+"""The learner process: transitions from actors → replay buffers → SAC updates → weights back to the actors.
+
+Update-to-data is tied to received env steps: every received transition owes one ``agent.update`` call
+(which itself runs ``agent.config.utd_ratio`` critic steps). When the learner falls behind, at most
+``max_backlog`` owed updates are kept. Weights are published every ``publish_every`` updates and whenever
+the backlog empties, with the learner's counters in the payload so actors can pace themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from serl.data.replay import MixedSampler, ReplayBuffer
+from serl.agents.checkpoint import Checkpointer
+from serl.runtime.config import LearnerConfig, config_hash, write_config
+from serl.runtime.envs import build_env, observation_example, space_signature
+from serl.runtime.logging import MetricsLogger, summary_line, write_status
+from serl.runtime.policy import create_agent, encode_weights
+
+
+@dataclasses.dataclass
+class Counters:
+    """Progress that survives restarts (stored in every checkpoint)."""
+
+    env_steps: int = 0
+    updates: int = 0
+    interventions: int = 0
+    episodes: int = 0
+    weights_version: int = 0
+
+
+def env_spec(cfg: LearnerConfig) -> tuple[dict, int, dict]:
+    """Observation example, action size and space signature of the task (from a twin env built once)."""
+    env = build_env(dataclasses.replace(cfg.env, robot_url=None), seed=cfg.run.seed)
+    try:
+        spaces = space_signature(env)
+        try:
+            spaces["state_keys"] = list(env.get_wrapper_attr("state_layout"))
+        except AttributeError:
+            spaces["state_keys"] = []
+        return observation_example(env), int(np.prod(env.action_space.shape)), spaces
+    finally:
+        env.close()
+
+
+def load_demos(path: Path, buffer: ReplayBuffer, state_keys: list[str]) -> int:
+    """Insert every transition of an HDF5 demo file into ``buffer`` (state flattened in the env's order)."""
+    from serl.data.demos import load_episode_file
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"demos: {path} not found")
+    return load_episode_file(buffer, path, state_keys)
+
+
+class Learner:
+    """Buffers, agent, transport and counters of one learner run; ``step()`` does one slice of work."""
+
+    def __init__(self, cfg: LearnerConfig, run_dir: Path):
+        from serl.transport.learner import LearnerConfig as TransportConfig
+        from serl.transport.learner import LearnerServer
+
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.checkpoint_dir = run_dir / "checkpoints"
+        obs_example, self.action_dim, spaces = env_spec(cfg)
+        write_config(run_dir, cfg, extra={"spaces": spaces, "config_hash": config_hash(cfg.env, cfg.agent)})
+        self.agent = create_agent(cfg.run.seed, obs_example, self.action_dim, cfg.agent)
+        self.online = ReplayBuffer(obs_example, self.action_dim, cfg.buffer_capacity, seed=cfg.run.seed)
+        self.demo = ReplayBuffer(obs_example, self.action_dim, cfg.buffer_capacity, seed=cfg.run.seed + 1)
+        self.counters = Counters()
+        transport_state = None
+        self.checkpointer = Checkpointer(self.checkpoint_dir, max_to_keep=cfg.keep_checkpoints)
+        if cfg.resume and self.checkpointer.latest_step() is not None:
+            step = self.checkpointer.latest_step()
+            self.agent, buffers, meta = self.checkpointer.restore(self.agent, step)
+            self.online, self.demo = buffers["online"], buffers["demo"]
+            self.counters = Counters(**meta["counters"])
+            transport_state = meta.get("transport")
+            print(f"[learner] resumed from checkpoint {step}: {self.counters}", flush=True)
+        elif cfg.demos is not None:
+            count = load_demos(cfg.demos, self.demo, spaces["state_keys"])
+            print(f"[learner] loaded {count} demo transitions from {cfg.demos}", flush=True)
+        self.sampler = MixedSampler(self.online, self.demo, cfg.demo_ratio)
+        self.server = LearnerServer(TransportConfig(
+            host=cfg.net.host, request_port=cfg.net.port, weights_port=cfg.net.weights_port,
+            config_hash=config_hash(cfg.env, cfg.agent),
+        ))
+        if transport_state is not None:
+            self.server.load_state_dict(transport_state)
+        self.server.start()
+        self.logger = MetricsLogger(cfg.run.logger, run_dir / "tb" / "learner", run_name=cfg.run.name,
+                                    config=dataclasses.asdict(cfg))
+        self.backlog = 0
+        self.training = len(self.online) >= cfg.min_online_steps
+        self.last_checkpoint = self.counters.env_steps
+        self.last_log = self.counters.env_steps
+        self.metrics: dict[str, float] = {}
+        self._rate_window: list[tuple[float, int, int]] = [(time.monotonic(), self.counters.updates, self.counters.env_steps)]
+        self.publish()
+
+    # ---- one slice of work -------------------------------------------------------------------------
+    def receive(self, timeout: float) -> int:
+        """Move received transitions into the buffers; returns how many arrived."""
+        received = 0
+        for batch in self.server.drain(timeout=timeout):
+            for transition in batch.transitions:
+                transition = _as_buffer_transition(transition)
+                self.online.insert(transition)
+                if transition.get("intervened"):
+                    self.demo.insert(transition)
+                    self.counters.interventions += 1
+                self.counters.episodes += bool(transition["dones"])
+                received += 1
+        self.counters.env_steps += received
+        if self.training:
+            self.backlog = min(self.backlog + received, self.cfg.max_backlog)
+        elif len(self.online) >= self.cfg.min_online_steps:
+            self.training = True
+            self.backlog = min(received, self.cfg.max_backlog)
+            self.publish()  # tells actors that updates start, so they pace themselves from now on
+        return received
+
+    def update(self) -> None:
+        batch = self.sampler.sample(self.cfg.batch_size * self.agent.config.utd_ratio)
+        self.agent, metrics = self.agent.update(batch)
+        self.counters.updates += 1
+        self.backlog -= 1
+        if self.counters.updates % self.cfg.publish_every == 0 or self.backlog == 0:
+            self.metrics = {k: float(v) for k, v in metrics.items()}
+            self.publish()
+
+    def publish(self) -> None:
+        self.counters.weights_version += 1
+        meta = {"env_steps": self.counters.env_steps, "updates": self.counters.updates, "backlog": self.backlog,
+                "training": float(self.training)}
+        self.server.publish_weights(encode_weights(self.agent, meta), self.counters.weights_version)
+
+    def step(self) -> None:
+        """Receive (waiting briefly only when idle), update once if an update is owed, log, checkpoint."""
+        self.receive(timeout=0.0 if self.backlog else 0.05)
+        if self.backlog > 0:
+            self.update()
+        if self.counters.env_steps - self.last_log >= self.cfg.log_every:
+            self.log()
+        if self.counters.env_steps - self.last_checkpoint >= self.cfg.checkpoint_every:
+            self.save()
+
+    def log(self) -> None:
+        self.last_log = self.counters.env_steps
+        now = time.monotonic()
+        self._rate_window = (self._rate_window + [(now, self.counters.updates, self.counters.env_steps)])[-10:]
+        t0, u0, s0 = self._rate_window[0]
+        elapsed = max(now - t0, 1e-9)
+        figures = {
+            "learner/updates_per_s": (self.counters.updates - u0) / elapsed,
+            "learner/env_steps_per_s": (self.counters.env_steps - s0) / elapsed,
+            "learner/online_size": len(self.online),
+            "learner/demo_size": len(self.demo),
+            "learner/backlog": self.backlog,
+            **{f"agent/{k}": v for k, v in self.metrics.items()},
+        }
+        self.logger.log(figures, self.counters.env_steps)
+        self.write_status(figures["learner/updates_per_s"])
+        if not self.cfg.quiet:
+            print(summary_line("learner", {
+                "env_steps": self.counters.env_steps, "updates": self.counters.updates,
+                "updates/s": round(figures["learner/updates_per_s"], 1), "online": len(self.online),
+                "demo": len(self.demo), **{k: round(v, 4) for k, v in self.metrics.items() if k in ("critic_loss", "q", "temperature")},
+            }), flush=True)
+
+    def write_status(self, updates_per_s: float = 0.0, **extra) -> None:
+        write_status(self.run_dir / "status" / "learner.json", {
+            **dataclasses.asdict(self.counters), "updates_per_s": updates_per_s, "backlog": self.backlog,
+            "online_size": len(self.online), "demo_size": len(self.demo), **extra,
+        })
+
+    def save(self) -> Path:
+        """Checkpoint agent, buffers, counters and the transport's dedup table (taken in this thread)."""
+        self.last_checkpoint = self.counters.env_steps
+        if self.checkpointer.latest_step() == self.counters.env_steps:
+            return self.checkpoint_dir  # orbax steps are write-once; nothing new arrived since
+        meta = {"counters": dataclasses.asdict(self.counters), "transport": self.server.state_dict()}
+        self.checkpointer.save(self.counters.env_steps, self.agent, {"online": self.online, "demo": self.demo}, meta)
+        return self.checkpoint_dir
+
+    def finished(self) -> bool:
+        return bool(self.cfg.max_env_steps) and self.counters.env_steps >= self.cfg.max_env_steps and self.backlog == 0
+
+    def close(self) -> None:
+        self.server.close()
+        self.checkpointer.close()
+        self.logger.close()
+
+
+def _as_buffer_transition(transition: dict) -> dict:
+    out = dict(transition)
+    out["intervened"] = bool(np.asarray(transition.get("intervened", False)))
+    out["dones"] = bool(np.asarray(transition["dones"]))
+    return out
+
+
+def run_learner(cfg: LearnerConfig, run_dir: Path, stop: threading.Event | None = None) -> Counters:
+    """Serve actors and train until ``stop`` (or ``max_env_steps``); always writes a final checkpoint."""
+    stop = stop or threading.Event()
+    learner = Learner(cfg, run_dir)
+    print(f"[learner] listening on {cfg.net.host}:{learner.server.request_port} "
+          f"(weights on {learner.server.weights_port}); run dir {run_dir}", flush=True)
+    try:
+        while not stop.is_set() and not learner.finished():
+            learner.step()
+    finally:
+        learner.receive(timeout=0.2)  # what the transport already acked goes into the final checkpoint
+        path = learner.save()
+        learner.write_status(done=True)
+        print(f"[learner] checkpoint written to {path}: {learner.counters}", flush=True)
+        learner.close()
+    return learner.counters
+
+
+def main_with_signals(cfg: LearnerConfig, run_dir: Path) -> Counters:
+    """Run the learner; SIGINT/SIGTERM finish the current update, checkpoint and exit."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return run_learner(cfg, run_dir, stop)

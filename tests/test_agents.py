@@ -1,0 +1,167 @@
+"""SAC losses against hand-computed values, ensemble min-subset, grasp-critic targets, config and update."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from serl.agents import SACAgent, SACConfig, losses
+from serl.agents.augment import random_shift
+from serl.networks.actor import gaussian_log_prob, sample_tanh_gaussian, tanh_log_det_jacobian
+
+
+def test_td_target_and_critic_loss_by_hand():
+    rewards = jnp.array([1.0, 0.5])
+    masks = jnp.array([1.0, 0.0])
+    next_q = jnp.array([2.0, 10.0])
+    target = losses.td_target(rewards, masks, 0.9, next_q)
+    np.testing.assert_allclose(target, [1.0 + 0.9 * 2.0, 0.5])
+    with_entropy = losses.td_target(rewards, masks, 0.9, next_q, jnp.array([-1.0, -1.0]), 0.5, backup_entropy=True)
+    np.testing.assert_allclose(with_entropy, [1.0 + 0.9 * (2.0 + 0.5), 0.5])
+    qs = jnp.array([[2.0, 0.0], [3.0, 1.0]])  # (N=2, B=2), target (2.8, 0.5)
+    expected = ((2.0 - 2.8) ** 2 + (0.0 - 0.5) ** 2 + (3.0 - 2.8) ** 2 + (1.0 - 0.5) ** 2) / 4
+    np.testing.assert_allclose(losses.critic_loss(qs, target), expected, rtol=1e-6)
+
+
+def test_actor_and_temperature_loss_by_hand():
+    qs = jnp.array([[1.0, 3.0], [3.0, 5.0]])  # ensemble mean = (2, 4)
+    log_prob = jnp.array([-1.0, 1.0])
+    np.testing.assert_allclose(losses.actor_loss(qs, log_prob, 0.5), ((0.5 * -1 - 2) + (0.5 * 1 - 4)) / 2)
+    # entropy 1.0 above a target of -2 -> loss = alpha * 3, gradient w.r.t. alpha positive (alpha shrinks)
+    np.testing.assert_allclose(losses.temperature_loss(0.2, 1.0, -2.0), 0.6, rtol=1e-6)
+    assert jax.grad(lambda a: losses.temperature_loss(a, 1.0, -2.0))(0.2) > 0
+
+
+def test_subsample_min_uses_a_random_subset_of_m_members():
+    qs = jnp.arange(10.0)[:, None] * jnp.ones((10, 3))  # member i has value i
+    seen = set()
+    for seed in range(40):
+        out = losses.subsample_min(jax.random.PRNGKey(seed), qs, 2)
+        assert out.shape == (3,)
+        assert np.all(out == out[0])  # one subset for the whole batch
+        seen.add(float(out[0]))
+    # min of 2 distinct members drawn from 0..9 is never 9, and varies across draws
+    assert 9.0 not in seen and len(seen) > 3
+    np.testing.assert_allclose(losses.subsample_min(jax.random.PRNGKey(0), qs, 10), jnp.zeros(3))
+
+
+def test_grasp_double_dqn_target_by_hand():
+    rewards = jnp.array([1.0, 0.0])
+    masks = jnp.array([1.0, 1.0])
+    online = jnp.array([[0.0, 5.0, 1.0], [9.0, 0.0, 0.0]])  # argmax: stay (1), close (0)
+    target_q = jnp.array([[7.0, 2.0, 100.0], [3.0, 50.0, 50.0]])
+    target = losses.grasp_td_target(rewards, masks, 0.5, online, target_q)
+    np.testing.assert_allclose(target, [1.0 + 0.5 * 2.0, 0.5 * 3.0])  # target net's value at the online argmax
+    q = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    idx = losses.gripper_action_to_index(jnp.array([1.0, -0.9]))  # open -> 2, close -> 0
+    np.testing.assert_array_equal(idx, [2, 0])
+    np.testing.assert_allclose(losses.grasp_critic_loss(q, idx, target), ((3 - 2) ** 2 + (4 - 1.5) ** 2) / 2)
+    np.testing.assert_array_equal(losses.gripper_index_to_action(jnp.array([0, 1, 2])), [-1.0, 0.0, 1.0])
+
+
+def test_tanh_gaussian_log_prob_matches_change_of_variables():
+    mean, log_std = jnp.array([[0.3, -0.2]]), jnp.array([[-0.5, 0.1]])
+    action, log_prob = sample_tanh_gaussian(jax.random.PRNGKey(0), mean, log_std)
+    pre = jnp.arctanh(action)
+    naive = gaussian_log_prob(pre, mean, log_std) - jnp.sum(jnp.log(1 - action**2), -1)
+    np.testing.assert_allclose(log_prob, naive, rtol=1e-4)
+    assert np.isfinite(tanh_log_det_jacobian(jnp.array([[50.0, -50.0]]))).all()
+
+
+def test_random_shift_is_per_sample_edge_padded_crop():
+    images = jnp.arange(2 * 6 * 6).reshape(2, 6, 6, 1).astype(jnp.uint8)
+    out = random_shift(jax.random.PRNGKey(3), images, pad=2)
+    assert out.shape == images.shape and out.dtype == jnp.uint8
+    padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+    offsets = []
+    for b in range(2):
+        found = [(i, j) for i in range(5) for j in range(5) if np.array_equal(padded[b, i:i + 6, j:j + 6], out[b])]
+        assert found, "each output must be a crop of the edge-padded input"
+        offsets.append(found[0])
+    many = random_shift(jax.random.PRNGKey(4), jnp.broadcast_to(images[:1], (16, 6, 6, 1)), pad=2)
+    assert len({np.asarray(m).tobytes() for m in many}) > 1  # shifts differ across the batch
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ValueError, match="unknown keys.*bogus"):
+        SACConfig.from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match="num_min_qs"):
+        SACConfig(num_qs=2, num_min_qs=3)
+    cfg = SACConfig.rlpd()
+    assert (cfg.num_qs, cfg.num_min_qs, cfg.critic_layer_norm, cfg.utd_ratio) == (10, 2, True, 20)
+    assert SACConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.num_qs = 3
+
+
+def _batch(rng, n, state_dim=3, action_dim=2):
+    return {
+        "observations": {"state": rng.normal(size=(n, state_dim)).astype(np.float32)},
+        "next_observations": {"state": rng.normal(size=(n, state_dim)).astype(np.float32)},
+        "actions": rng.uniform(-1, 1, (n, action_dim)).astype(np.float32),
+        "rewards": rng.normal(size=n).astype(np.float32),
+        "masks": np.ones(n, np.float32),
+        "dones": np.zeros(n, np.float32),
+    }
+
+
+def test_update_runs_utd_critic_steps_and_one_actor_step():
+    obs = {"state": np.zeros(3, np.float32)}
+    cfg = SACConfig(hidden_dims=(16, 16), num_qs=4, num_min_qs=2, critic_layer_norm=True, utd_ratio=3)
+    agent = SACAgent.create(0, obs, 2, cfg)
+    new, metrics = agent.update(_batch(np.random.default_rng(0), 3 * 8))
+    assert int(new.critic.step) == 3 and int(new.actor.step) == 1 and int(new.temp.step) == 1 and int(new.step) == 1
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert agent.target_entropy == -1.0
+    ensemble = new.critic.params["critic"]
+    leaves = jax.tree_util.tree_leaves(ensemble)
+    assert all(leaf.shape[0] == 4 for leaf in leaves)  # params split over members
+    assert not np.allclose(leaves[0][0], leaves[0][1])
+    # target moved by Polyak from the initial params, only a little
+    before = jax.tree_util.tree_leaves(agent.target_critic_params)
+    after = jax.tree_util.tree_leaves(new.target_critic_params)
+    online = jax.tree_util.tree_leaves(new.critic.params)
+    moved = [float(jnp.abs(a - b).max()) for a, b in zip(after, before)]
+    assert max(moved) > 0
+    assert max(float(jnp.abs(o - b).max()) for o, b in zip(online, before)) > max(moved)
+    with pytest.raises(ValueError, match="multiple of utd_ratio"):
+        agent.update(_batch(np.random.default_rng(0), 10))
+
+
+def test_actor_update_period_skips_actor():
+    obs = {"state": np.zeros(3, np.float32)}
+    agent = SACAgent.create(0, obs, 2, SACConfig(hidden_dims=(8,), utd_ratio=2, actor_update_period=2))
+    rng = np.random.default_rng(1)
+    agent, m0 = agent.update(_batch(rng, 8))
+    agent, m1 = agent.update(_batch(rng, 8))
+    assert int(agent.critic.step) == 4 and int(agent.actor.step) == 1
+    assert np.isfinite(float(m0["actor_loss"])) and np.isnan(float(m1["actor_loss"]))
+
+
+def test_actions_in_bounds_single_and_batched_with_grasp_critic():
+    obs = {"state": np.zeros(3, np.float32)}
+    agent = SACAgent.create(0, obs, 7, SACConfig(hidden_dims=(8,), grasp_critic=True))
+    assert agent.continuous_dim == 6 and agent.target_entropy == -3.0
+    single = np.asarray(agent.sample_actions(obs, jax.random.PRNGKey(0)))
+    assert single.shape == (7,) and np.all(np.abs(single[:6]) <= 1) and single[6] in (-1.0, 0.0, 1.0)
+    batched = np.asarray(agent.eval_actions({"state": np.zeros((5, 3), np.float32)}))
+    assert batched.shape == (5, 7)
+    np.testing.assert_array_equal(np.asarray(agent.eval_actions(obs)), batched[0])
+
+
+def test_grasp_critic_learns_the_rewarded_gripper_action():
+    obs = {"state": np.zeros(3, np.float32)}
+    agent = SACAgent.create(0, obs, 3, SACConfig(hidden_dims=(16,), grasp_critic=True, discount=0.0, utd_ratio=4, grasp_lr=3e-3))
+    rng = np.random.default_rng(0)
+    n = 4 * 32
+    batch = _batch(rng, n, action_dim=3)
+    batch["actions"][:, 2] = rng.choice([-1.0, 0.0, 1.0], n)
+    batch["rewards"] = (batch["actions"][:, 2] == 1.0).astype(np.float32)  # opening pays 1
+    batch["grasp_penalty"] = np.where(batch["actions"][:, 2] == 0.0, 0.0, -0.1).astype(np.float32)
+    for _ in range(60):
+        agent, metrics = agent.update(batch)
+    q = agent.grasp_q(agent.grasp.params, agent.encode(agent.critic.params["encoder"], batch["observations"]))
+    np.testing.assert_allclose(np.asarray(q).mean(0), [-0.1, 0.0, 0.9], atol=0.1)
+    assert np.all(np.asarray(agent.eval_actions(batch["observations"]))[:, 2] == 1.0)

@@ -1,0 +1,98 @@
+"""The ``serl`` command: subcommands, typed configs that reject unknown keys, configs that round-trip through JSON."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from serl.cli.main import COMMANDS, main
+from serl.runtime.config import (
+    ActorConfig,
+    EnvConfig,
+    LearnerConfig,
+    NetConfig,
+    RunConfig,
+    config_hash,
+    from_dict,
+    to_jsonable,
+    write_config,
+)
+
+
+def serl(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "serl.cli.main", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_every_subcommand(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("train", "learner", "actor", "serve", "eval", "record-demos", "demos", "classifier", "bench"):
+        assert name in COMMANDS and name in out
+
+
+def test_unknown_command_is_an_error(capsys):
+    assert main(["trian"]) == 2
+    assert "unknown command 'trian'" in capsys.readouterr().err
+
+
+def test_unknown_option_is_rejected_by_tyro():
+    result = serl("learner", "--env.task", "PandaPickCube", "--no-such-option", "3")
+    assert result.returncode != 0
+    assert "no-such-option" in result.stderr
+
+
+def test_train_parses_positional_task_and_nested_agent_options():
+    import tyro
+
+    from serl.cli.train import TrainConfig
+
+    cfg = tyro.cli(TrainConfig, args=["PandaPegInsertion", "--env-steps", "500", "--agent.num-qs", "4",
+                                      "--overrides", "max_episode_steps=50"])
+    assert cfg.task == "PandaPegInsertion" and cfg.env_steps == 500 and cfg.agent.num_qs == 4
+    assert cfg.overrides == ("max_episode_steps=50",)
+    with pytest.raises(ValueError, match="env_steps"):
+        TrainConfig(env_steps=0)
+
+
+def test_configs_round_trip_through_json(tmp_path):
+    learner = LearnerConfig(
+        env=EnvConfig(task="PandaPickCube", overrides=("max_episode_steps=40",)),
+        run=RunConfig(root=tmp_path, name="x", seed=3), net=NetConfig(port=7000, weights_port=7001),
+        demos=tmp_path / "demos.h5", batch_size=32, resume=True,
+    )
+    path = write_config(tmp_path, learner)
+    data = json.loads(path.read_text())
+    assert data["kind"] == "LearnerConfig" and data["env"]["overrides"] == ["max_episode_steps=40"]
+    assert from_dict(LearnerConfig, data) == learner
+    actor = ActorConfig(max_lag=5, teleop="keyboard")
+    assert from_dict(ActorConfig, json.loads(json.dumps(to_jsonable(actor)))) == actor
+    with pytest.raises(ValueError, match="unknown keys"):
+        from_dict(LearnerConfig, {**data, "bogus": 1})
+
+
+def test_bad_values_name_the_field():
+    with pytest.raises(ValueError, match="demo_ratio"):
+        LearnerConfig(demo_ratio=1.5)
+    with pytest.raises(ValueError, match="batch_size"):
+        LearnerConfig(batch_size=0)
+    with pytest.raises(ValueError, match="env.overrides"):
+        EnvConfig(overrides=("no_equals_sign",)).override_dict()
+    assert EnvConfig(overrides=("max_episode_steps=50", "reward=keyboard")).override_dict() == {
+        "max_episode_steps": 50, "reward": "keyboard"}
+
+
+def test_config_hash_changes_with_what_actor_and_learner_must_share():
+    base = LearnerConfig()
+    same = config_hash(base.env, base.agent)
+    assert config_hash(EnvConfig(), base.agent) == same
+    assert config_hash(EnvConfig(pixels=True), base.agent) != same
+    assert config_hash(base.env, dataclasses.replace(base.agent, num_qs=4)) != same
+    # where the actor's robot is does not matter to the learner
+    assert config_hash(EnvConfig(robot_url="http://10.0.0.2:5000"), base.agent) == same
+
+
+def test_eval_refuses_a_directory_without_a_run(tmp_path):
+    result = serl("eval", "--run-dir", str(tmp_path))
+    assert result.returncode != 0 and "config.json" in result.stderr

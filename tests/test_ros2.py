@@ -1,0 +1,222 @@
+"""Ros2Backend end to end: backend → DDS on loopback → twin node (a subprocess serving crisp's topics)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+if importlib.util.find_spec("mujoco") is None:  # the twin node needs it; not imported here (MUJOCO_GL)
+    pytest.skip("mujoco is not installed", allow_module_level=True)
+
+from robot_servers.backends.base import ImpedanceParams  # noqa: E402
+from robot_servers.backends.ros2 import HOME_Q, Ros2Backend, Ros2Config  # noqa: E402
+from robot_servers.ros2 import crisp  # noqa: E402
+
+pytestmark = [pytest.mark.ros2, pytest.mark.timeout(120)]
+
+DOMAIN = 1 + os.getpid() % 90  # unique per test process: runs in parallel do not see each other
+
+
+def start_twin_node(domain: int) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-m", "robot_servers.ros2.twin_node", "--domain-id", str(domain)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = process.stdout.readline()
+    if not line.startswith("READY"):
+        process.kill()
+        raise RuntimeError(f"twin node did not start: {line}{process.stdout.read()[-2000:]}")
+    return process
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_for(predicate, timeout: float, period: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(period)
+    return predicate()
+
+
+@pytest.fixture(scope="module")
+def twin_node():
+    process = start_twin_node(DOMAIN)
+    yield process
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def backend(twin_node):
+    # generous staleness limit for the shared 2-core CI box; the stale test sets its own
+    with Ros2Backend(Ros2Config(domain_id=DOMAIN, stale_after=0.5)) as b:
+        yield b
+
+
+@pytest.fixture
+def healthy(backend):
+    yield backend
+    if backend.state().errors:
+        backend.recover()
+
+
+def test_crisp_parameter_mapping_round_trips():
+    params = ImpedanceParams(translational_stiffness=(1000, 1500, 2000), rotational_stiffness=(50, 60, 70),
+                             translational_clip=(0.01, 0.02, 0.03), rotational_clip=(0.1, 0.2, 0.3))
+    values = crisp.impedance_to_parameters(params)
+    assert values["task.k_pos_y"] == 1500 and values["task.k_rot_z"] == 70
+    assert values["task.error_clip.z"] == 0.03 and values["task.error_clip.rx"] == 0.1
+    assert values["task.d_pos_x"] == -1.0  # critical damping, crisp's convention
+    back = crisp.parameters_to_impedance(values)
+    assert np.allclose(back.translational_stiffness, params.translational_stiffness)
+    assert np.allclose(back.rotational_clip, params.rotational_clip) and back.translational_damping is None
+    with pytest.raises(ValueError, match="translational_stiffness"):
+        crisp.impedance_to_parameters(ImpedanceParams(translational_stiffness=(5500, 0, 0)))
+
+
+def test_config_validation_and_missing_rclpy_message(monkeypatch):
+    with pytest.raises(ValueError, match="domain_id"):
+        Ros2Config(domain_id=500)
+    with pytest.raises(ValueError, match="stale_after"):
+        Ros2Config(stale_after=0)
+    with pytest.raises(ValueError, match="target_pose_topic"):
+        Ros2Config(target_pose_topic="")
+    monkeypatch.setitem(sys.modules, "rclpy", None)
+    with pytest.raises(ImportError, match=r"serl-suite\[ros2\]"):
+        Ros2Backend(Ros2Config(domain_id=DOMAIN))
+
+
+def test_state_arrives_over_dds(backend):
+    state = backend.state()
+    assert state.errors == [] and state.controller_mode == "impedance"
+    assert state.tcp_pose[:3] == pytest.approx([0.307, 0.0, 0.487], abs=0.02)  # the twin's home TCP
+    assert np.abs(state.q - HOME_Q).max() < 0.05
+    assert 0.0 <= state.gripper_width <= 0.08
+    assert backend.state_age() < 0.1
+
+
+def test_target_pose_moves_the_twin(healthy):
+    backend = healthy
+    start = backend.state().tcp_pose
+    target = start.copy()
+    target[:3] += [0.05, -0.03, 0.02]
+    backend.set_target(target)
+    assert wait_for(lambda: np.linalg.norm(backend.state().tcp_pose[:3] - target[:3]) < 0.005, 5.0)
+    backend.set_target(start)
+    assert wait_for(lambda: np.linalg.norm(backend.state().tcp_pose[:3] - start[:3]) < 0.005, 5.0)
+
+
+def test_impedance_goes_through_crisp_parameters(healthy):
+    backend = healthy
+    backend.set_impedance(ImpedanceParams(translational_stiffness=(1200, 1300, 1400), translational_clip=(0.02, 0.02, 0.02)))
+    values = backend._get_parameters(["task.k_pos_x", "task.k_pos_z", "task.error_clip.y"])
+    assert values == {"task.k_pos_x": 1200.0, "task.k_pos_z": 1400.0, "task.error_clip.y": 0.02}
+    with pytest.raises(ValueError, match="5000"):
+        backend.set_impedance(ImpedanceParams(translational_stiffness=(5500, 100, 100)))
+    assert backend._get_parameters(["task.k_pos_x"]) == {"task.k_pos_x": 1200.0}, "a rejected change changes nothing"
+    backend.set_impedance(ImpedanceParams())
+
+
+def test_bad_commands_raise_and_change_nothing(healthy):
+    backend = healthy
+    before = backend.state().target_pose
+    with pytest.raises(ValueError, match="pose"):
+        backend.set_target([0.3, 0.0, 0.4, 1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="finite"):
+        backend.set_target([0.3, 0.0, np.inf, 1.0, 0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="width"):
+        backend.set_gripper(-0.01)
+    with pytest.raises(ValueError, match="q"):
+        backend.joint_reset([0.0] * 6)
+    assert np.allclose(backend.state().target_pose, before)
+
+
+def test_gripper_and_joint_reset(healthy):
+    backend = healthy
+    backend.set_gripper(0.02)
+    assert wait_for(lambda: abs(backend.state().gripper_width - 0.02) < 0.003, 3.0)
+    backend.set_gripper(0.08)
+    away = backend.state().tcp_pose.copy()
+    away[:3] += [0.04, 0.04, -0.04]
+    backend.set_target(away)
+    assert wait_for(lambda: np.abs(backend.state().q - HOME_Q).max() > 0.05, 5.0)
+    backend.joint_reset(duration=1.5)
+    state = backend.state()
+    assert np.abs(state.q - HOME_Q).max() < 0.03
+    assert state.controller_mode == "impedance" and state.errors == []
+    assert backend._get_parameters(["nullspace.projector_type"]) == {"nullspace.projector_type": "kinematic"}
+
+
+def test_malformed_message_flags_error_and_holds(healthy):
+    import rclpy
+    from geometry_msgs.msg import PoseStamped
+
+    backend = healthy
+    context = rclpy.Context()
+    context.init(domain_id=DOMAIN)
+    node = rclpy.create_node("bad_publisher", context=context)
+    try:
+        publisher = node.create_publisher(PoseStamped, "current_pose", 10)
+        bad = PoseStamped()
+        bad.pose.position.x = float("nan")
+        bad.pose.orientation.w = 1.0
+        assert wait_for(lambda: (publisher.publish(bad), bool(backend.state().errors))[1], 5.0, period=0.05)
+        state = backend.state()
+        assert any("malformed" in e and "current_pose" in e for e in state.errors)
+        assert state.controller_mode == "hold" and np.all(np.isfinite(state.tcp_pose))
+        with pytest.raises(RuntimeError, match="recover"):
+            backend.set_target(state.tcp_pose)
+    finally:
+        node.destroy_node()
+        context.try_shutdown()
+    time.sleep(0.3)  # let in-flight bad messages drain before recovering
+    backend.recover()
+    assert backend.state().errors == []
+    backend.set_target(backend.state().tcp_pose)
+
+
+def test_stale_state_flags_error_holds_and_recovers():
+    domain = DOMAIN + 100
+    process = start_twin_node(domain)
+    try:
+        with Ros2Backend(Ros2Config(domain_id=domain, stale_after=0.1)) as backend:
+            os.kill(process.pid, signal.SIGSTOP)  # the arm's driver freezes: no more state messages
+            try:
+                assert wait_for(lambda: any("stale" in e for e in backend.state().errors), 3.0)
+                assert backend.state().controller_mode == "hold"
+                with pytest.raises(RuntimeError, match="recover"):
+                    backend.set_target(backend.state().tcp_pose)
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
+            backend.recover()
+            state = backend.state()
+            assert state.errors == [] and state.controller_mode == "impedance"
+    finally:
+        stop(process)
+
+
+def test_episode_through_the_robot_server(backend, tmp_path):
+    from backend_episode import run_episode, video_cameras
+
+    cameras = video_cameras(tmp_path)
+    try:
+        figures = run_episode(backend, cameras, HOME_Q)
+    finally:
+        for camera in cameras.values():
+            camera.close()
+    assert figures["tracking_error_mm_median"] < 20.0

@@ -1,0 +1,316 @@
+"""Robot server on loopback (real uvicorn, real MuJoCo twin): validation, safety, auth, watchdog, cameras, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import msgpack
+import numpy as np
+import pytest
+
+pytest.importorskip("robot_servers.backends.twin")  # sets MUJOCO_GL before mujoco loads
+
+from robot_servers.backends.twin import TwinBackend, TwinConfig  # noqa: E402
+from robot_servers.cameras.threaded import threaded_cameras  # noqa: E402
+from robot_servers.control.safety import SafetyBox  # noqa: E402
+from robot_servers.server import ServeConfig, ServerConfig, ServerThread, create_app, decode_images  # noqa: E402
+
+TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+DOWN = [1.0, 0.0, 0.0, 0.0]
+BOX = SafetyBox(position_low=(0.2, -0.3, 0.05), position_high=(0.6, 0.3, 0.6),
+                euler_low=(-0.3, -0.3, -1.0), euler_high=(0.3, 0.3, 1.0), center_quat=tuple(DOWN))
+HOME = [0.307, 0.0, 0.487]
+
+
+def _serve(backend, cameras=None, **config):
+    config.setdefault("token", TOKEN)
+    config.setdefault("safety_box", BOX)
+    return ServerThread(create_app(backend, cameras or {}, ServerConfig(**config))).start()
+
+
+@pytest.fixture(scope="module")
+def lockstep():
+    """A lockstep twin with two cameras behind a token-protected server (clip mode)."""
+    backend = TwinBackend(TwinConfig(scene="pick_cube", lockstep=True, cameras=("wrist", "front"), image_size=(64, 64)))
+    server = _serve(backend, backend.cameras())
+    client = httpx.Client(base_url=server.url, headers=AUTH, timeout=10)
+    yield backend, server, client
+    client.close()
+    server.stop()
+    backend.close()
+
+
+def _snapshot(backend):
+    state = backend.state()
+    return state.target_pose.copy(), state.gripper_width, state.timestamp
+
+
+def _raw_post(client, path, text):
+    return client.post(path, content=text.encode(), headers={"content-type": "application/json"})
+
+
+BAD_REQUESTS = [
+    ("/target", '{"pose": [0.4, 0, NaN, 1, 0, 0, 0]}', "pose[2]"),
+    ("/target", '{"pose": [0.4, 0, 0.3, 1, 0, 0, Infinity]}', "pose[6]"),
+    ("/target", '{"pose": [0.4, 0, -Infinity, 1, 0, 0, 0]}', "pose[2]"),
+    ("/target", '{"pose": [0.4, 0, 0.3, 1, 0, 0]}', "pose"),
+    ("/target", '{"pose": [0.4, 0, 0.3, 1, 0, 0, 0, 0]}', "pose"),
+    ("/target", '{"pose": [[0.4, 0, 0.3, 1, 0, 0, 0]]}', "pose[0]"),
+    ("/target", '{"pose": [0.4, 0, 0.3, 2, 0, 0, 0]}', "quaternion"),
+    ("/target", '{"pose": [0.4, 0, 0.3, 0, 0, 0, 0]}', "quaternion"),
+    ("/target", '{"pose": ["0.4", 0, 0.3, 1, 0, 0, 0]}', "pose[0]"),
+    ("/target", '{"pose": [0.4, 0, 0.3, 1, 0, 0, 0], "gripper": 0.5}', "gripper"),
+    ("/target", '{"pose": [0.4, 0, 0.3, 1, 0, 0, 0], "speed": 1}', "speed"),
+    ("/target", '{}', "pose"),
+    ("/target", 'not json', "body"),
+    ("/gripper", '{"width": NaN}', "width"),
+    ("/gripper", '{"width": -0.01}', "width"),
+    ("/gripper", '{"width": true}', "width"),
+    ("/impedance", '{"translational_stiffness": [7000, 0, 0]}', "translational_stiffness[0]"),
+    ("/impedance", '{"rotational_damping": [1, 2]}', "rotational_damping"),
+    ("/impedance", '{"nullspace_stiffness": Infinity}', "nullspace_stiffness"),
+    ("/joint_reset", '{"q": [0, 0, 0, -2, 0, 2]}', "q"),
+    ("/joint_reset", '{"q": [0, 0, 0, -2, 0, 2, NaN]}', "q[6]"),
+    ("/joint_reset", '{"q": [3.0, 0, 0, -2, 0, 2, 0.8]}', "q"),  # beyond the Panda's joint-1 limit
+    ("/joint_reset", '{"duration": -1}', "duration"),
+    ("/step", '{"pose": [0.4, 0, 0.3, 1, 0, 0, NaN], "advance": 0.1}', "pose[6]"),
+    ("/step", '{"advance": 100}', "advance"),
+    ("/sim/advance", '{"seconds": NaN}', "seconds"),
+    ("/sim/advance", '{"seconds": 0}', "seconds"),
+    ("/sim/reset_scene", '{"seed": -3}', "seed"),
+]
+
+
+@pytest.mark.parametrize("path,body,field", BAD_REQUESTS, ids=[f"{p}:{b[:40]}" for p, b, _ in BAD_REQUESTS])
+def test_bad_input_is_a_422_naming_the_field_and_changes_nothing(lockstep, path, body, field):
+    backend, _, client = lockstep
+    before = _snapshot(backend)
+    response = _raw_post(client, path, body)
+    assert response.status_code == 422, response.text
+    message = response.json()["message"] if "message" in response.json() else json.dumps(response.json())
+    assert field in message, message
+    after = _snapshot(backend)
+    np.testing.assert_array_equal(before[0], after[0])
+    assert before[1:] == after[1:]
+
+
+def test_valid_commands_reach_the_backend(lockstep):
+    backend, _, client = lockstep
+    pose = [0.35, 0.05, 0.4, *DOWN]
+    response = client.post("/target", json={"pose": pose, "gripper": 0.02})
+    assert response.status_code == 200 and response.json()["clipped"] is False
+    np.testing.assert_allclose(backend.state().target_pose, pose, atol=1e-12)
+    # a near-unit quaternion is normalised, not rejected
+    response = client.post("/target", json={"pose": [0.35, 0.05, 0.4, 1.02, 0, 0, 0]})
+    assert response.status_code == 200
+    np.testing.assert_allclose(backend.state().target_pose[3:], DOWN, atol=1e-12)
+    assert client.post("/sim/advance", json={"seconds": 0.5}).status_code == 200
+    state = client.get("/state").json()
+    assert state["timestamp"] == pytest.approx(backend.state().timestamp)
+    assert np.linalg.norm(np.subtract(state["tcp_pose"][:3], pose[:3])) < 0.05  # moving towards it
+    assert state["gripper_width"] < 0.08
+    stiff = {"translational_stiffness": [3000.0, 3000.0, 3000.0], "translational_clip": [0.02, 0.02, 0.02]}
+    assert client.post("/impedance", json=stiff).json()["impedance"]["translational_stiffness"] == [3000.0] * 3
+
+
+def test_targets_outside_the_box_are_clipped_or_rejected():
+    backend = TwinBackend(TwinConfig(scene="empty", lockstep=True, cameras=()))
+    outside = [0.9, 0.0, 0.3, *DOWN]
+    try:
+        with _serve(backend, on_violation="clip") as server:
+            response = httpx.post(server.url + "/target", json={"pose": outside}, headers=AUTH)
+            assert response.status_code == 200 and response.json()["clipped"] is True
+            np.testing.assert_allclose(backend.state().target_pose[:3], [0.6, 0.0, 0.3])
+        before = backend.state().target_pose.copy()
+        with _serve(backend, on_violation="reject") as server:
+            tilted = [0.4, 0.0, 0.3, *np.array([0.0, 0.7071068, 0.0, 0.7071068])]  # 90° off the downward axis
+            for pose, words in ((outside, "position x=0.9000"), (tilted, "orientation")):
+                response = httpx.post(server.url + "/target", json={"pose": pose}, headers=AUTH)
+                assert response.status_code == 422
+                assert response.json()["detail"][0]["loc"] == ["body", "pose"]
+                assert "safety box" in response.json()["detail"][0]["msg"] and words in response.json()["detail"][0]["msg"]
+                np.testing.assert_array_equal(backend.state().target_pose, before)
+    finally:
+        backend.close()
+
+
+def test_token_guards_every_path(lockstep):
+    _, server, client = lockstep
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/state", "/target", "/gripper", "/impedance", "/joint_reset", "/recover", "/images", "/health",
+            "/observe", "/step", "/sim/advance", "/sim/scene", "/sim/reset_scene"} <= set(paths)
+    for path, methods in list(paths.items()) + [("/openapi.json", {"get": None}), ("/docs", {"get": None})]:
+        for method in methods:
+            missing = httpx.request(method, server.url + path)
+            assert missing.status_code == 401 and "missing bearer token" in missing.json()["detail"]
+            assert missing.headers["www-authenticate"] == "Bearer"
+            wrong = httpx.request(method, server.url + path, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 403 and "invalid bearer token" in wrong.json()["detail"]
+            basic = httpx.request(method, server.url + path, headers={"Authorization": f"Basic {TOKEN}"})
+            assert basic.status_code == 403
+
+
+def test_images_are_all_cameras_in_one_binary_response(lockstep):
+    backend, _, client = lockstep
+    response = client.get("/images")
+    assert response.headers["content-type"] == "application/msgpack"
+    frames = decode_images(msgpack.unpackb(response.content))
+    assert set(frames) == {"wrist", "front"}
+    for frame, timestamp in frames.values():
+        assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8 and frame.std() > 1.0
+        assert timestamp == pytest.approx(backend.state().timestamp)
+    only = decode_images(msgpack.unpackb(client.get("/images", params={"camera": "front"}).content))
+    assert set(only) == {"front"}
+    np.testing.assert_array_equal(only["front"][0], frames["front"][0])  # same sim instant, same frame
+    unknown = client.get("/images", params={"camera": "top"})
+    assert unknown.status_code == 422 and "top" in unknown.json()["detail"][0]["msg"]
+    observed = msgpack.unpackb(client.get("/observe").content)
+    assert set(observed["images"]) == {"wrist", "front"} and len(observed["state"]["tcp_pose"]) == 7
+
+
+def test_step_combines_target_advance_and_observation(lockstep):
+    backend, _, client = lockstep
+    t0 = backend.state().timestamp
+    pose = [0.4, 0.0, 0.35, *DOWN]
+    payload = msgpack.unpackb(client.post("/step", json={"pose": pose, "gripper": 0.08, "advance": 0.1}).content)
+    assert payload["state"]["timestamp"] == pytest.approx(t0 + 0.1)
+    assert payload["target"] == pose and payload["clipped"] is False
+    assert set(payload["images"]) == {"wrist", "front"}
+    assert msgpack.unpackb(client.post("/step", json={"images": False}).content)["images"] == {}
+
+
+def test_measured_pose_leaving_the_box_holds_until_recover():
+    backend = TwinBackend(TwinConfig(scene="empty", lockstep=True, cameras=()))
+    box = SafetyBox(position_low=(0.2, -0.3, 0.3), position_high=(0.6, 0.3, 0.6), center_quat=tuple(DOWN))
+    try:
+        with _serve(backend, safety_box=box, measured_tolerance=0.01) as server:
+            client = httpx.Client(base_url=server.url, headers=AUTH)
+            # Something outside the server (a collision, a human) drags the arm below the box floor.
+            backend.set_target([0.307, 0.0, 0.2, *DOWN])
+            client.post("/sim/advance", json={"seconds": 1.5})
+            health = client.get("/health").json()
+            assert health["safety"]["stopped"] and "position z" in health["safety"]["reason"] and not health["ok"]
+            state = backend.state()
+            assert state.target_pose[2] > 0.28  # held where it crossed (z ≈ 0.29), not at the 0.2 target
+            served = client.get("/state").json()
+            assert any(error.startswith("safety_stop") for error in served["errors"])
+            blocked = client.post("/target", json={"pose": [0.4, 0.0, 0.4, *DOWN]})
+            assert blocked.status_code == 409 and "/recover" in blocked.json()["detail"]
+            np.testing.assert_array_equal(backend.state().target_pose, state.target_pose)
+            assert client.post("/recover").status_code == 200
+            assert not client.get("/health").json()["safety"]["stopped"]
+            # back inside the box: commands flow again and the check re-arms once inside
+            assert client.post("/target", json={"pose": [0.4, 0.0, 0.4, *DOWN]}).status_code == 200
+            client.post("/sim/advance", json={"seconds": 1.5})
+            health = client.get("/health").json()
+            assert health["safety"]["armed"] and not health["safety"]["stopped"] and health["ok"]
+            client.close()
+    finally:
+        backend.close()
+
+
+def test_watchdog_holds_the_arm_within_1mm_and_resumes():
+    backend = TwinBackend(TwinConfig(scene="empty", lockstep=False, cameras=()))
+    try:
+        with _serve(backend, watchdog_timeout=0.3) as server:
+            client = httpx.Client(base_url=server.url, headers=AUTH)
+            goal = [0.35, 0.05, 0.45, *DOWN]
+            for _ in range(12):  # a policy at 10 Hz...
+                client.post("/target", json={"pose": goal})
+                time.sleep(0.1)
+            assert not client.get("/health").json()["watchdog"]["holding"]
+            stopped_at = backend.state().tcp_pose[:3]  # ...then it stops sending
+            time.sleep(0.6)
+            health = client.get("/health").json()["watchdog"]
+            assert health["holding"] and health["trips"] == 1
+            held = backend.state()
+            assert np.linalg.norm(held.target_pose[:3] - held.tcp_pose[:3]) < 1e-3
+            time.sleep(0.5)
+            assert np.linalg.norm(backend.state().tcp_pose[:3] - stopped_at) < 1e-3
+            client.post("/target", json={"pose": goal})
+            assert not client.get("/health").json()["watchdog"]["holding"]
+            client.close()
+    finally:
+        backend.close()
+
+
+def test_threaded_cameras_serve_the_newest_frame_without_waiting():
+    # 480x640 frames take several ms each to render here; reads must not wait for one.
+    backend = TwinBackend(TwinConfig(scene="pick_cube", lockstep=False, cameras=("wrist", "front"),
+                                     image_size=(480, 640)))
+    cameras = threaded_cameras(backend.cameras(), max_fps=20, shared_thread=True)
+    try:
+        first = {name: camera.read() for name, camera in cameras.items()}
+        latencies = []
+        for _ in range(20):
+            start = time.perf_counter()
+            frames = {name: camera.read() for name, camera in cameras.items()}
+            latencies.append(time.perf_counter() - start)
+        assert max(latencies) < 2e-3, latencies
+        time.sleep(0.3)
+        later = {name: camera.read() for name, camera in cameras.items()}
+        for name in cameras:
+            assert later[name][1] > first[name][1]  # newer sim time: the thread keeps capturing
+            assert later[name][0].shape == (480, 640, 3) and not later[name][0].flags.writeable
+        assert frames
+    finally:
+        for camera in cameras.values():
+            camera.close()
+        backend.close()
+
+
+def test_real_time_server_has_no_advance_endpoint():
+    backend = TwinBackend(TwinConfig(scene="empty", lockstep=False, cameras=()))
+    try:
+        with _serve(backend, watchdog_timeout=None) as server:
+            paths = httpx.get(server.url + "/openapi.json", headers=AUTH).json()["paths"]
+            assert "/sim/advance" not in paths and "/sim/scene" in paths
+            response = httpx.post(server.url + "/step", json={"advance": 0.1}, headers=AUTH)
+            assert response.status_code == 422 and "lockstep" in response.json()["detail"][0]["msg"]
+    finally:
+        backend.close()
+
+
+def test_config_defaults_bind_loopback():
+    assert ServeConfig().host == "127.0.0.1" and ServeConfig().watchdog_timeout == 0.5
+    with pytest.raises(ValueError, match="on_violation"):
+        ServerConfig(on_violation="ignore")
+
+
+def test_cli_serves_a_task_and_warns_about_open_binding(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    env.pop("SERL_ROBOT_TOKEN", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robot_servers", "--backend", "twin", "--task", "PandaPickCube",
+         "--port", str(port), "--host", "0.0.0.0", "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        health = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert health is not None, proc.stdout.read() if proc.poll() is not None else "server did not start"
+        assert health["backend"] == "twin" and health["lockstep"] is False
+        assert health["safety"]["box"]["position_high"] == [0.7, 0.2, 0.35]  # PandaPickCube's box
+        assert health["watchdog"]["active"]
+        response = httpx.post(f"http://127.0.0.1:{port}/target", json={"pose": [0.9, 0, 0.2, *DOWN]})
+        assert response.json()["target"][0] == pytest.approx(0.7)
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=20)
+    assert "WITHOUT a token" in output
