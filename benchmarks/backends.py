@@ -151,7 +151,7 @@ def bench_ros2(quick: bool) -> dict:
 
     from robot_servers.backends.ros2 import Ros2Backend, Ros2Config
 
-    domain = 150 + os.getpid() % 60
+    domain = 1 + (os.getpid() // 7) % 100  # 0..101: DDS ports stay below Linux's ephemeral range
     steps = 30 if quick else 100
     node_proc = subprocess.Popen([sys.executable, "-m", "robot_servers.ros2.twin_node", "--domain-id", str(domain)],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -12,13 +12,13 @@ import argparse
 import json
 import multiprocessing as mp
 import pickle
-import threading
 import time
 
 import numpy as np
 import zmq
 
 from serl.transport import ActorClient, ActorConfig, LearnerConfig, LearnerServer, config_hash
+from serl.transport.schema import packb
 
 HASH = config_hash({"benchmark": "transport"})
 BATCH = ActorConfig().batch_size  # the pickle baseline batches like we do
@@ -359,7 +359,7 @@ def main() -> None:
         "benchmark": "transport",
         "mode": "quick" if quick else "full",
         "transition": "two 128x128x3 uint8 images + 20-d state in both observations and next_observations, 7-d action",
-        "transition_bytes": len(__import__("serl.transport.schema", fromlist=["packb"]).packb(make_transition(np.random.default_rng(0), 0))),
+        "transition_bytes": len(packb(make_transition(np.random.default_rng(0), 0))),
         "one_actor": one,
         "four_actors": four,
         "weights_broadcast_resnet10_mlp": weights_full,

@@ -7,6 +7,22 @@ tolerance) holds the arm and latches a safety stop until ``POST /recover``. A wa
 arm when no command arrives within ``watchdog_timeout``. Images travel as msgpack (raw bytes with
 shape, dtype and timestamp per camera), never pickle. An optional bearer token guards every path.
 
+Endpoints (JSON bodies; 422 names the bad field, 409 while a safety stop is active):
+
+    GET  /health            ok, errors, watchdog and safety status, cameras, session id
+    GET  /state             RobotState (server-side errors such as the safety stop appended)
+    POST /target            {"pose": [x, y, z, qx, qy, qz, qw], "gripper": width?}
+    POST /gripper           {"width": 0..0.08}
+    POST /impedance         ImpedanceParams fields
+    POST /joint_reset       {"q": [7]?, "duration": s}   (blocking)
+    POST /recover           clear backend errors and the safety stop
+    GET  /images            all cameras' newest frames (?camera=NAME to pick)   [msgpack]
+    GET  /observe           state + all frames in one response                   [msgpack]
+    POST /step              {"pose"?, "gripper"?, "advance"? (lockstep), "images": bool} → observe  [msgpack]
+    POST /sim/advance, GET /sim/scene, POST /sim/reset_scene, POST /sim/reset_robot   (twin only)
+
+Every response carries ``x-robot-session``; a request that sends a stale one gets 409 (server restarted).
+
 Wire format of binary responses (``application/msgpack``)::
 
     /images  -> {camera: {"shape": [H, W, 3], "dtype": "uint8", "timestamp": t, "data": bytes}}
@@ -18,8 +34,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import dataclasses
+import functools
 import hmac
 import json
 import logging
@@ -230,6 +246,12 @@ async def _validation_error_handler(_request: Request, exc: RequestValidationErr
     return JSONResponse(status_code=422, content={"detail": errors, "message": message})
 
 
+def _leading_field(message: str) -> str:
+    """Backends name the field first ("q: outside joint limits ..."); fall back to the whole body."""
+    head, sep, _ = message.partition(":")
+    return head if sep and head.replace("_", "").replace(".", "").isalnum() else "body"
+
+
 def _unprocessable(field: str, message: str) -> HTTPException:
     """422 shaped like pydantic's own errors, so clients find the field in the same place."""
     return HTTPException(status_code=422, detail=[{"loc": ["body", field], "msg": message, "type": "value_error"}])
@@ -395,8 +417,9 @@ class RobotGuard:
         try:
             return method(*args)
         except ValueError as exc:  # the backend's own validation: nothing moved
-            field = str(exc).split(":", 1)[0] if ":" in str(exc) else "body"
-            raise _unprocessable(field, str(exc)) from None
+            raise _unprocessable(_leading_field(str(exc)), str(exc)) from None
+        except RuntimeError as exc:  # a real arm in a fault state (stale driver, reflex) refuses until /recover
+            raise HTTPException(status_code=409, detail=str(exc)) from None
 
     # -- measured pose and watchdog
     def check_measured(self, state: RobotState) -> None:
@@ -538,6 +561,9 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
     def health() -> dict[str, Any]:
         out = guard.health()
         out["cameras"] = {name: list(camera.shape) for name, camera in cameras.items()}
+        camera_faults = [camera.error for camera in cameras.values() if getattr(camera, "error", None)]
+        out["errors"] += camera_faults
+        out["ok"] = out["ok"] and not camera_faults
         return out
 
     @app.get("/state", summary="Measured state of the arm (RobotState)")
@@ -562,7 +588,7 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
         try:
             params = body.to_params()
         except ValueError as exc:
-            raise _unprocessable(str(exc).split(":", 1)[0], str(exc)) from None
+            raise _unprocessable(_leading_field(str(exc)), str(exc)) from None
         guard.command(backend.set_impedance, params)
         return {"impedance": params.to_dict()}
 
@@ -697,6 +723,7 @@ class ServeConfig:
     measured_tolerance: float = 0.01
     watchdog_timeout: Optional[float] = 0.5
     lockstep: bool = False  # twin only: simulated time advances only on /sim/advance
+    camera: tuple[str, ...] = ()  # real cameras, e.g. realsense:wrist=SERIAL or opencv:front=/dev/video0
     camera_fps: float = 30.0  # capture rate of each camera thread
     option: tuple[str, ...] = ()  # extra backend options as KEY=VALUE (VALUE parsed as JSON when it parses)
     log_level: str = "info"
@@ -747,8 +774,16 @@ def build_server(config: ServeConfig) -> tuple[FastAPI, Backend, dict[str, Camer
 
         task = get_task(config.task)
     backend = make_backend(config.backend, **backend_options(config, task))
-    backend_cameras = callable(getattr(backend, "cameras", None))
+    backend_cameras = callable(getattr(backend, "cameras", None)) and not config.camera
     cameras: dict[str, Camera] = dict(backend.cameras()) if backend_cameras else {}
+    if config.camera:
+        from robot_servers.cameras.specs import open_cameras  # lazy: pyrealsense2 / cv2 only when asked
+
+        try:
+            cameras = open_cameras(config.camera, task.cameras if task is not None else ())
+        except Exception:
+            backend.close()
+            raise
     if not getattr(backend, "lockstep", False):
         # Lockstep frames are rendered on request so that they belong to the simulated instant.
         # Cameras the backend renders share its render context, hence one thread.

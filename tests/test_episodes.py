@@ -199,7 +199,10 @@ def wait_for_lines(proc: subprocess.Popen, count: int, timeout: float = 30.0) ->
 
 
 def assert_intact(path, at_least: int) -> int:
-    episodes = list(read_episodes(path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        episodes = list(read_episodes(path))
+    assert all("rolled back" in str(w.message) for w in caught), [str(w.message) for w in caught]
     assert len(episodes) >= at_least
     for k, episode in enumerate(episodes):
         assert episode.attrs["name"] == f"episode_{k:06d}"
@@ -295,3 +298,32 @@ def test_ctrl_c_inside_write_is_deferred_until_episode_is_on_disk(tmp_path):
     )
     assert proc.returncode == 3 and "interrupted after write" in proc.stdout, proc.stderr
     assert [int(e.actions[0, 0]) for e in read_episodes(path)] == [0, 1, 2]
+
+
+def test_discard_marks_an_episode_that_readers_then_skip(tmp_path):
+    path = tmp_path / "d.h5"
+    writer = EpisodeWriter(path)
+    names = [writer.write(record(EpisodeRecorder(), 2, float(k), True)) for k in range(3)]
+    writer.discard(names[1])
+    assert [e.attrs["name"] for e in read_episodes(path)] == ["episode_000000", "episode_000002"]
+    assert episode_count(path) == 2
+    assert [e.attrs["discarded"] for e in read_episodes(path, include_discarded=True)] == [False, True, False]
+    with pytest.raises(ValueError, match="no episode"):
+        writer.discard("episode_000009")
+    assert writer.write(record(EpisodeRecorder(), 2, 3.0, True)) == "episode_000003"
+    assert not os.path.exists(journal_path(path))
+
+
+def test_mark_success_sets_the_last_step():
+    recorder = EpisodeRecorder()
+    recorder.start(make_obs(0))
+    with pytest.raises(ValueError, match="no step"):
+        recorder.mark_success()
+    for t in range(3):
+        recorder.add(np.zeros(4), 0.0, make_obs(t + 1), False, t == 2, {})
+    recorder.mark_success()
+    episode = recorder.finish()
+    assert episode.success
+    np.testing.assert_array_equal(episode.rewards, [0, 0, 1])
+    np.testing.assert_array_equal(episode.terminated, [False, False, True])
+    np.testing.assert_array_equal(episode.truncated, [False, False, False])

@@ -150,7 +150,9 @@ def test_panda_config_selects_panda_limits():
 def test_lost_connection_is_a_fault_not_a_crash_and_recover_reconnects():
     host = unique_loopback().rsplit(".", 1)[0] + ".251"
     with running_simulator(host) as simulator:
-        backend = LibfrankaBackend(LibfrankaConfig(hostname=host, gripper=False))
+        from robot_servers.backends import make_backend
+
+        backend = make_backend("libfranka", hostname=host, gripper=False)  # the server's way in
         try:
             assert backend.state().errors == []
             simulator.kill()
@@ -183,3 +185,29 @@ def test_episode_through_the_robot_server(backend, tmp_path):
         for camera in cameras.values():
             camera.close()
     assert figures["tracking_error_mm_median"] < 20.0
+
+
+def test_state_keeps_answering_during_a_joint_reset(backend):
+    import threading
+
+    away = backend.state().tcp_pose.copy()
+    away[1] += 0.05
+    backend.set_target(away)
+    wait_for(lambda: np.linalg.norm(backend.state().tcp_pose[:3] - away[:3]) < 0.01, 5.0)
+    modes, read_times, refused = [], [], []
+    worker = threading.Thread(target=backend.joint_reset, kwargs={"duration": 2.0})
+    worker.start()
+    while worker.is_alive():
+        started = time.perf_counter()
+        mode = backend.state().controller_mode
+        read_times.append(time.perf_counter() - started)
+        modes.append(mode)
+        if mode == "joint" and not refused:
+            with pytest.raises(RuntimeError):
+                backend.set_target(away)  # no target while the joint move runs
+            refused.append(True)
+        time.sleep(0.02)
+    worker.join()
+    assert "joint" in modes and refused, set(modes)
+    assert max(read_times) < 0.1, f"state() blocked for {max(read_times):.3f} s during the joint reset"
+    assert backend.state().controller_mode == "impedance" and np.abs(backend.state().q - HOME_Q).max() < 0.03

@@ -22,7 +22,7 @@ from robot_servers.ros2 import crisp  # noqa: E402
 
 pytestmark = [pytest.mark.ros2, pytest.mark.timeout(120)]
 
-DOMAIN = 1 + os.getpid() % 90  # unique per test process: runs in parallel do not see each other
+DOMAIN = 1 + os.getpid() % 50  # unique per test process (0..101 is the safe range on Linux)
 
 
 def start_twin_node(domain: int) -> subprocess.Popen:
@@ -128,6 +128,8 @@ def test_impedance_goes_through_crisp_parameters(healthy):
     assert values == {"task.k_pos_x": 1200.0, "task.k_pos_z": 1400.0, "task.error_clip.y": 0.02}
     with pytest.raises(ValueError, match="5000"):
         backend.set_impedance(ImpedanceParams(translational_stiffness=(5500, 100, 100)))
+    with pytest.raises(ValueError, match="rejected"):
+        backend._set_parameters({"task.k_pos_x": 6000.0})  # the node enforces crisp's bounds itself
     assert backend._get_parameters(["task.k_pos_x"]) == {"task.k_pos_x": 1200.0}, "a rejected change changes nothing"
     backend.set_impedance(ImpedanceParams())
 
@@ -191,10 +193,12 @@ def test_malformed_message_flags_error_and_holds(healthy):
 
 
 def test_stale_state_flags_error_holds_and_recovers():
-    domain = DOMAIN + 100
+    from robot_servers.backends import make_backend
+
+    domain = DOMAIN + 50
     process = start_twin_node(domain)
     try:
-        with Ros2Backend(Ros2Config(domain_id=domain, stale_after=0.1)) as backend:
+        with make_backend("ros2", domain_id=domain, stale_after=0.25) as backend:  # the server's way in
             os.kill(process.pid, signal.SIGSTOP)  # the arm's driver freezes: no more state messages
             try:
                 assert wait_for(lambda: any("stale" in e for e in backend.state().errors), 3.0)
@@ -220,3 +224,62 @@ def test_episode_through_the_robot_server(backend, tmp_path):
         for camera in cameras.values():
             camera.close()
     assert figures["tracking_error_mm_median"] < 20.0
+
+
+def test_server_reports_a_frozen_driver_in_health_and_recovers():
+    from robot_servers.server import ServerConfig, ServerThread, create_app
+    from serl.envs.http_client import HttpRobotClient, RobotServerError
+
+    domain = DOMAIN + 51
+    process = start_twin_node(domain)
+    try:
+        with Ros2Backend(Ros2Config(domain_id=domain, stale_after=0.25)) as backend, \
+                ServerThread(create_app(backend, {}, ServerConfig(watchdog_timeout=None))) as server, \
+                HttpRobotClient(server.url, timeout=5.0) as client:
+            assert client.health()["ok"]
+            os.kill(process.pid, signal.SIGSTOP)
+            try:
+                assert wait_for(lambda: not client.health()["ok"], 3.0)
+                health = client.health()
+                assert any("stale" in e for e in health["errors"])
+                assert client.state().controller_mode == "hold"
+                with pytest.raises(RobotServerError):
+                    client.set_target(client.state().tcp_pose)  # refused, and the server stays up
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
+            client.recover()
+            assert client.health()["ok"]
+            target = client.state().tcp_pose.copy()
+            target[2] += 0.02
+            client.set_target(target)
+            assert wait_for(lambda: abs(client.state().tcp_pose[2] - target[2]) < 0.004, 5.0)
+    finally:
+        stop(process)
+
+
+def test_twin_node_ignores_targets_from_competing_publishers(healthy):
+    """crisp_controllers' rule, reproduced by the twin node: two publishers on target_pose → no target is taken."""
+    import rclpy
+    from geometry_msgs.msg import PoseStamped
+
+    backend = healthy
+    context = rclpy.Context()
+    context.init(domain_id=DOMAIN)
+    node = rclpy.create_node("second_commander", context=context)
+    try:
+        node.create_publisher(PoseStamped, "target_pose", 10)
+        assert wait_for(lambda: backend._node.count_publishers("target_pose") == 2, 5.0)
+        time.sleep(1.0)  # the twin node discovers the second publisher on its own schedule
+        start = backend.state().tcp_pose
+        moved = start.copy()
+        moved[0] += 0.04
+        assert wait_for(lambda: (backend.set_target(moved), False)[1], 1.0) is False  # keep sending for 1 s
+        assert np.linalg.norm(backend.state().tcp_pose[:3] - start[:3]) < 0.005
+    finally:
+        node.destroy_node()
+        context.try_shutdown()
+    assert wait_for(lambda: backend._node.count_publishers("target_pose") == 1, 5.0)
+    # resend until the twin node, too, has seen the second publisher go
+    assert wait_for(lambda: (backend.set_target(moved),
+                             np.linalg.norm(backend.state().tcp_pose[:3] - moved[:3]) < 0.005)[1], 8.0)
+    backend.set_target(start)

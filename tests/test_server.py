@@ -84,6 +84,8 @@ BAD_REQUESTS = [
     ("/sim/advance", '{"seconds": NaN}', "seconds"),
     ("/sim/advance", '{"seconds": 0}', "seconds"),
     ("/sim/reset_scene", '{"seed": -3}', "seed"),
+    ("/sim/reset_robot", '{"q": [0, 0, 0, -2, 0, 2, 9.0]}', "q[6]"),
+    ("/sim/reset_robot", '{"q": [0, 0, 0, 0.5, 0, 2, 0.8]}', "q"),  # joint 4 must stay negative on a Panda
 ]
 
 
@@ -144,7 +146,7 @@ def test_token_guards_every_path(lockstep):
     _, server, client = lockstep
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/state", "/target", "/gripper", "/impedance", "/joint_reset", "/recover", "/images", "/health",
-            "/observe", "/step", "/sim/advance", "/sim/scene", "/sim/reset_scene"} <= set(paths)
+            "/observe", "/step", "/sim/advance", "/sim/scene", "/sim/reset_scene", "/sim/reset_robot"} <= set(paths)
     for path, methods in list(paths.items()) + [("/openapi.json", {"get": None}), ("/docs", {"get": None})]:
         for method in methods:
             missing = httpx.request(method, server.url + path)
@@ -314,3 +316,20 @@ def test_cli_serves_a_task_and_warns_about_open_binding(tmp_path):
         proc.terminate()
         output, _ = proc.communicate(timeout=20)
     assert "WITHOUT a token" in output
+
+
+def test_backend_registry_builds_lazily_and_names_missing_extras():
+    from robot_servers.backends import backend_names, make_backend, register_backend
+
+    assert {"twin", "ros2", "libfranka"} <= set(backend_names())
+    with pytest.raises(ValueError, match="unknown backend 'ur5'"):
+        make_backend("ur5")
+
+    def needs_missing_library(**options):
+        import serl_no_such_robot_sdk  # noqa: F401
+
+    register_backend("missing", needs_missing_library, extra="franka")
+    with pytest.raises(ImportError, match=r"serl_no_such_robot_sdk.*serl-suite\[franka\]"):
+        make_backend("missing")
+    with make_backend("twin", scene="empty", lockstep=True, cameras=()) as twin:
+        assert twin.lockstep and twin.state().tcp_pose.shape == (7,)

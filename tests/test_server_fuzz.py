@@ -35,19 +35,43 @@ def _shorten_blocking_calls(spec: dict) -> dict:
     return spec
 
 
-def _fingerprint(backend: TwinBackend) -> tuple:
+def _fingerprint(backend) -> tuple:
     state = backend.state()
-    return (state.target_pose.tobytes(), state.timestamp, backend._gripper_goal, state.controller_mode)
+    return (state.target_pose.tobytes(), state.tcp_pose.tobytes(), state.q.tobytes(), state.timestamp,
+            state.controller_mode, tuple(state.errors))
+
+
+class CommandLog:
+    """The real twin, with every command that reaches it logged (and whether it was accepted)."""
+
+    COMMANDS = {"set_target", "set_gripper", "set_impedance", "joint_reset", "recover", "hold", "advance",
+                "reset_robot", "reset_scene"}
+
+    def __init__(self, backend: TwinBackend):
+        self._backend = backend
+        self.accepted: list[str] = []
+
+    def __getattr__(self, name):
+        attr = getattr(self._backend, name)
+        if name not in self.COMMANDS:
+            return attr
+
+        def logged(*args, **kwargs):
+            result = attr(*args, **kwargs)  # a ValueError here means the twin refused it and changed nothing
+            self.accepted.append(name)
+            return result
+
+        return logged
 
 
 @pytest.fixture(scope="module")
 def fuzz_target():
     backend = TwinBackend(TwinConfig(scene="pick_cube", lockstep=True, cameras=("wrist",), image_size=(16, 16)))
     box = SafetyBox(position_low=(0.2, -0.3, 0.05), position_high=(0.7, 0.3, 0.6), center_quat=(1.0, 0.0, 0.0, 0.0))
-    server = ServerThread(create_app(backend, backend.cameras(),
+    server = ServerThread(create_app(CommandLog(backend), backend.cameras(),
                                      ServerConfig(safety_box=box, on_violation="reject", token=TOKEN))).start()
     spec = httpx.get(server.url + "/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}).json()
-    yield backend, server, schemathesis.openapi.from_dict(_shorten_blocking_calls(spec))
+    yield server.server.config.app.state.guard.backend, server, schemathesis.openapi.from_dict(_shorten_blocking_calls(spec))
     server.stop()
     backend.close()
 
@@ -64,14 +88,16 @@ def test_fuzzed_requests_never_5xx_and_rejections_change_nothing(fuzz_target):
               suppress_health_check=list(HealthCheck))
     @given(case=strategy)
     def run(case):
-        before = _fingerprint(backend)
+        before, accepted = _fingerprint(backend), len(backend.accepted)
         response = case.call(base_url=server.url, session=session, timeout=10)
         seen["calls"] += 1
         seen["operations"].add(f"{case.method} {case.path}")
         assert response.status_code < 500, (case.method, case.path, case.body, response.text)
         if response.status_code >= 400:
             seen["rejected"] += 1
-            assert _fingerprint(backend) == before, (case.method, case.path, case.body, response.status_code)
+            where = (case.method, case.path, case.body, response.status_code)
+            assert backend.accepted[accepted:] == [], where  # a rejected command never reached the twin
+            assert _fingerprint(backend) == before, where
 
     run()
     print(f"fuzz: {seen['calls']} requests, {seen['rejected']} rejected, {len(seen['operations'])} operations")
@@ -79,3 +105,4 @@ def test_fuzzed_requests_never_5xx_and_rejections_change_nothing(fuzz_target):
     assert seen["rejected"] >= 100, seen  # the negative half really exercised validation
     assert {"POST /target", "POST /impedance", "POST /step", "POST /joint_reset"} <= seen["operations"]
     assert np.all(np.isfinite(backend.state().tcp_pose))
+    assert {"set_target", "advance"} <= set(backend.accepted)  # accepted commands did get through

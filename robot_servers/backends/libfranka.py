@@ -14,12 +14,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 from typing import Any, Literal
 
 import numpy as np
 
-from robot_servers.cameras.specs import camera_errors
 from robot_servers.backends.base import (
     Backend,
     ImpedanceParams,
@@ -27,6 +25,7 @@ from robot_servers.backends.base import (
     validate_gripper,
     validate_pose,
 )
+from robot_servers.cameras.specs import camera_errors
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +156,7 @@ class LibfrankaBackend(Backend):
         if overrides:
             config = dataclasses.replace(config, **overrides)
         self.config = config
-        self._franky = franky = _import_franky()
+        self._franky = _import_franky()
         self._lock = threading.RLock()
         self._impedance = config.impedance.validate()
         self._errors: list[str] = []
@@ -168,7 +167,7 @@ class LibfrankaBackend(Backend):
         self._robot = None
         self._gripper: _GripperWorker | None = None
         self._last_state: RobotState | None = None
-        self._cameras = {}
+        self._cameras: dict = {}
         self._connect()
         if config.cameras:
             from robot_servers.cameras.specs import open_cameras
@@ -220,6 +219,11 @@ class LibfrankaBackend(Backend):
 
     def _stop_tracker(self) -> None:
         tracker, self._tracker = self._tracker, None
+        self._stop(tracker)
+
+    @staticmethod
+    def _stop(tracker) -> None:
+        """Ramp the torque down and wait until the arm rests (about 0.5 s)."""
         if tracker is None:
             return
         try:
@@ -359,21 +363,27 @@ class LibfrankaBackend(Backend):
         low, high = ARM_JOINT_LIMITS[self.config.arm]
         if np.any(target < low) or np.any(target > high):
             raise ValueError(f"q: outside the {self.config.arm} joint limits")
+        allowed = max(duration * 5, 20.0)
         with self._lock:
             if self._errors:
                 raise RuntimeError(f"libfranka backend has errors {self._errors}; call recover() first")
-            self._stop_tracker()
+            if self._mode == "joint":
+                raise RuntimeError("a joint reset is already running")
+            tracker, self._tracker = self._tracker, None
             self._mode = "joint"
-            try:
-                # franky plans a time-optimal move within the robot's relative_dynamics_factor
-                self._robot.move(self._franky.JointMotion(target), asynchronous=True)
-                allowed = max(duration * 5, 20.0)
-                if not self._robot.join_motion(allowed):
-                    self._robot.stop()
-                    raise RuntimeError(f"joint reset did not finish within {allowed:.0f} s")
-            except Exception as exc:
+        try:
+            self._stop(tracker)
+            # franky plans a time-optimal move within the robot's relative_dynamics_factor. The lock
+            # is not held while the arm moves, so state and health keep answering.
+            self._robot.move(self._franky.JointMotion(target), asynchronous=True)
+            if not self._robot.join_motion(allowed):
+                self._robot.stop()
+                raise RuntimeError(f"joint reset did not finish within {allowed:.0f} s")
+        except Exception as exc:
+            with self._lock:
                 self._fault(f"joint reset failed: {exc}")
-                raise
+            raise
+        with self._lock:
             self._start_tracker()
 
     def recover(self) -> None:

@@ -12,6 +12,12 @@ Scenes: ``empty``; ``pick_cube`` (``reset_scene`` puts the cube at a random tabl
 yaw); ``peg_insertion`` (``reset_scene`` puts the hole block at a random pose and the peg in the
 closed hand at the current TCP, sticking 57 mm out of the fingertips — call it with the arm at its
 reset pose). ``scene`` gives object poses (xyz + quat xyzw); the hole's pose is its bottom centre.
+
+``state().wrench`` is the force/torque the environment exerts on the hand at the TCP (base frame),
+estimated like Franka's from the joint-space constraint torques: pressing on the table reads +z,
+a held object's weight −z. Not modelled: SERL's 0.005 target low-pass filter (targets step at once;
+envs interpolate), joint friction, reflex errors. ``python -m robot_servers.twin.snapshot --out DIR``
+saves one PNG per camera.
 """
 
 from __future__ import annotations
@@ -31,11 +37,11 @@ from robot_servers.backends.base import (
     validate_gripper,
     validate_pose,
 )
-from robot_servers.cameras.base import Camera, CropResize
 from robot_servers.control.impedance import ImpedanceController, matrix_to_quat_xyzw
 from robot_servers.control.pose import euler_to_quat, quat_multiply, wxyz_to_xyzw, xyzw_to_wxyz
 from robot_servers.control.safety import SafetyBox
-from robot_servers.twin import models
+from robot_servers.twin import fastloop, models
+from robot_servers.twin.cameras import TwinCamera
 from robot_servers.twin.rendering import make_renderer, mujoco, release_gl_context
 
 JOINT_KP = np.array([600.0, 600.0, 600.0, 600.0, 250.0, 150.0, 50.0])  # Nm/rad, joint-reset servo
@@ -129,9 +135,10 @@ class TwinBackend(Backend):
         self._target = np.array([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])  # xyz + quat xyzw
         self._target_pos = self._target[:3]
         self._target_quat = self._target[3:]
-        self._gripper_goal = MAX_GRIPPER_WIDTH
-        self._gripper_ref = MAX_GRIPPER_WIDTH
-        self._gripper_step = models.GRIPPER_SPEED * self.dt
+        # [goal width, reference width, max change per tick]: the fingers follow at the hand's speed
+        self._gripper = np.array([MAX_GRIPPER_WIDTH, MAX_GRIPPER_WIDTH, models.GRIPPER_SPEED * self.dt])
+        self._gripper_ctrl = model.actuator("gripper").id
+        self._fast = fastloop.runner()
         self._mode = "impedance"
         self._joint_start = self.home_q.copy()
         self._joint_goal = self.home_q.copy()
@@ -143,6 +150,8 @@ class TwinBackend(Backend):
         if config.scene != "empty":
             self.reset_scene(config.seed)
 
+        with self._lock:
+            self._run_ticks(0)  # compiles the numba loop now (once per process), not in the first real-time tick
         self._cameras: dict[str, TwinCamera] = {}
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
         self._closed = False
@@ -157,9 +166,9 @@ class TwinBackend(Backend):
         data = self.data
         data.qpos[:7] = q
         data.qvel[:7] = 0.0
-        data.qpos[self._finger_qpos] = self._gripper_ref / 2
+        data.qpos[self._finger_qpos] = self._gripper[1] / 2
         data.ctrl[:] = 0.0
-        data.ctrl[7] = self._gripper_ref / 2
+        data.ctrl[self._gripper_ctrl] = self._gripper[1] / 2
         mujoco.mj_forward(self.model, data)
         self._target_pos[:] = data.site_xpos[self._tcp]
         matrix_to_quat_xyzw(data.site_xmat[self._tcp], self._target_quat)
@@ -175,10 +184,11 @@ class TwinBackend(Backend):
                                     data.qfrc_bias, data.qfrc_gravcomp, self._target, data.ctrl)
         else:
             data.ctrl[:7] = self._joint_servo(data.qpos[:7], data.qvel[:7], data.qfrc_bias[:7] - data.qfrc_gravcomp[:7])
-        diff = self._gripper_goal - self._gripper_ref
+        gripper = self._gripper
+        diff = gripper[0] - gripper[1]
         if diff != 0.0:
-            self._gripper_ref += min(max(diff, -self._gripper_step), self._gripper_step)
-            data.ctrl[7] = self._gripper_ref / 2
+            gripper[1] += min(max(diff, -gripper[2]), gripper[2])
+            data.ctrl[self._gripper_ctrl] = gripper[1] / 2
         mujoco.mj_step2(model, data)
 
     def _joint_servo(self, q, dq, coriolis) -> np.ndarray:
@@ -222,8 +232,15 @@ class TwinBackend(Backend):
             for _ in range(n):
                 mujoco.mj_step(self.model, self.data)
             return
-        for _ in range(n):
-            self._tick()
+        if self._mode == "impedance" and self._fast is not None:
+            data, controller = self.data, self.controller
+            self._fast(n, self.model._address, data._address, self._tcp, self._jacp, self._jacr, self._tcp_pos,
+                       self._tcp_xmat, data.qpos, data.qvel, data.qfrc_bias, data.qfrc_gravcomp, data.ctrl,
+                       self._target, controller.gains, controller.q_ns, controller.tau, controller.force,
+                       self._gripper, self._gripper_ctrl)
+        else:
+            for _ in range(n):
+                self._tick()
         self._check_health()
 
     def _realtime_loop(self) -> None:
@@ -279,12 +296,12 @@ class TwinBackend(Backend):
                 self._target_pos[:] = pose[:3]
                 self._target_quat[:] = pose[3:]
             if width is not None:
-                self._gripper_goal = width
+                self._gripper[0] = width
 
     def set_gripper(self, width) -> None:
         width = validate_gripper(width, "width")
         with self._lock:
-            self._gripper_goal = width
+            self._gripper[0] = width
 
     def set_impedance(self, params: ImpedanceParams) -> None:
         with self._lock:
@@ -351,7 +368,7 @@ class TwinBackend(Backend):
         """
         goal = self.home_q.copy() if q is None else self._check_q(q, "q")
         with self._lock:
-            self._gripper_goal = self._gripper_ref = MAX_GRIPPER_WIDTH
+            self._gripper[:2] = MAX_GRIPPER_WIDTH
             self.data.qvel[:7] = 0.0
             self.data.qacc_warmstart[:] = 0.0
             self._reset_robot(goal)
@@ -392,9 +409,8 @@ class TwinBackend(Backend):
                 half = models.PEG_HALF
                 data.qpos[self._finger_qpos] = half
                 data.qvel[self._finger_qpos] = 0.0
-                self._gripper_goal = 0.0
-                self._gripper_ref = 0.0
-                data.ctrl[7] = 0.0
+                self._gripper[:2] = 0.0
+                data.ctrl[self._gripper_ctrl] = 0.0
             mujoco.mj_forward(model, data)
 
     def _set_free_body(self, name: str, position, quat_xyzw) -> None:
@@ -406,14 +422,15 @@ class TwinBackend(Backend):
         self.data.qvel[vadr:vadr + 6] = 0.0
 
     # ------------------------------------------------------------------ cameras
-    def cameras(self) -> dict[str, "TwinCamera"]:
+    def cameras(self) -> dict[str, TwinCamera]:
         """The configured cameras (created on first call)."""
         if not self._cameras:
             for name in self.config.cameras:
                 self._cameras[name] = TwinCamera(self, name)
         return dict(self._cameras)
 
-    def _render(self, camera: str, height: int, width: int) -> tuple[np.ndarray, float]:
+    def render(self, camera: str, height: int, width: int) -> tuple[np.ndarray, float]:
+        """(H, W, 3) uint8 frame of ``camera`` at the current state, and the sim time it shows."""
         with self._render_lock:
             renderer = self._renderers.get((height, width))
             if renderer is None:
@@ -437,23 +454,3 @@ class TwinBackend(Backend):
             for renderer in self._renderers.values():
                 renderer.close()
             self._renderers.clear()
-
-
-class TwinCamera(Camera):
-    """A camera of the twin: renders the current sim state (``read`` timestamp = sim time)."""
-
-    def __init__(self, backend: TwinBackend, name: str):
-        config = backend.config
-        self.name = name
-        self._backend = backend
-        self._render_hw = tuple(config.render_size or config.image_size)
-        self._crop = CropResize(crop=config.crops.get(name), size=tuple(config.image_size))
-        self._shape = (*config.image_size, 3)
-
-    def read(self) -> tuple[np.ndarray, float]:
-        frame, stamp = self._backend._render(self.name, *self._render_hw)
-        return self._crop.apply(frame), stamp
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self._shape

@@ -55,6 +55,14 @@ class ThreadedCamera(Camera):
             return self._latest
 
     @property
+    def error(self) -> str | None:
+        """Capture fault of this camera (its own, or one the wrapped camera reports), else None."""
+        with self._lock:
+            if self._error is not None:
+                return f"camera {self.name!r}: {self._error!r}"
+        return getattr(self.camera, "error", None)
+
+    @property
     def frames_captured(self) -> int:
         with self._lock:
             return self._frames

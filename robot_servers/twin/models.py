@@ -193,8 +193,8 @@ SCENES = ("empty", "pick_cube", "peg_insertion")
 
 # Wrist: beside the hand, looking past the fingertips (as a wrist-mounted RealSense D405).
 WRIST_CAMERA = '<camera name="wrist" pos="-0.07 0 0.06" xyaxes="0 -1 0 -0.753 0 0.659" fovy="70"/>'
-# Front: facing the robot across the table, aimed at (0.45, 0, 0.2).
-FRONT_CAMERA = '<camera name="front" pos="1.35 0 0.6" xyaxes="0 1 0 -0.4 0 0.9" fovy="50"/>'
+# Front: facing the robot across the table, aimed at (0.45, 0, 0.25): table and the hand at home in view.
+FRONT_CAMERA = '<camera name="front" pos="1.35 0 0.55" xyaxes="0 1 0 -0.3 0 0.9" fovy="50"/>'
 
 
 def build_mjcf(robot: str = "panda", scene: str = "pick_cube", timestep: float = 0.001,

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import flax.serialization
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from serl.data.replay import ReplayBuffer
@@ -81,9 +82,10 @@ class Checkpointer:
             step, args=ocp.args.Composite(agent=ocp.args.StandardRestore(template_state), meta=ocp.args.JsonRestore())
         )
         meta = dict(restored["meta"])
-        # same dtypes as a fresh agent, so the restored agent reuses compiled updates
+        # host arrays with a fresh agent's dtypes: orbax returns device-committed arrays, which would
+        # give the restored agent a new jit signature and a full recompile of update()
         state = jax.tree_util.tree_map(
-            lambda ref, value: jnp.asarray(value, dtype=jnp.asarray(ref).dtype), template_state, restored["agent"]
+            lambda ref, value: jnp.asarray(np.asarray(value), dtype=jnp.asarray(ref).dtype), template_state, restored["agent"]
         )
         agent = flax.serialization.from_state_dict(agent_template, state)
         buffers = {name: ReplayBuffer.load(self._buffer_path(name, step)) for name in meta.get("buffers", [])}

@@ -126,6 +126,24 @@ def _polyak(params, target_params, tau):
     return optax.incremental_update(params, target_params, tau)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_params(defs, continuous_dim, rng, obs):
+    """All network params in one compiled call (eager flax init compiles op by op, which is slow)."""
+    encoder_def, critic_def, actor_def, temp_def, grasp_def = defs
+    enc_rng, critic_rng, actor_rng, temp_rng, grasp_rng = jax.random.split(rng, 5)
+    encoder_params = encoder_def.init(enc_rng, obs).get("params", {})
+    features = encoder_def.apply({"params": encoder_params}, obs)
+    params = {
+        "encoder": encoder_params,
+        "critic": critic_def.init(critic_rng, features, jnp.zeros((1, continuous_dim)))["params"],
+        "actor": actor_def.init(actor_rng, features)["params"],
+        "temp": temp_def.init(temp_rng)["params"],
+    }
+    if grasp_def is not None:
+        params["grasp"] = grasp_def.init(grasp_rng, features)["params"]
+    return params
+
+
 class SACAgent(struct.PyTreeNode):
     """Immutable SAC agent; every method returns a new agent."""
 
@@ -169,34 +187,27 @@ class SACAgent(struct.PyTreeNode):
         )
         critic_def = CriticEnsemble(config.hidden_dims, config.num_qs, config.activation, config.critic_layer_norm)
         actor_def = TanhGaussianActor(config.hidden_dims, continuous_dim, config.activation, config.actor_layer_norm)
-        rng, enc_rng, critic_rng, actor_rng, temp_rng, grasp_rng = jax.random.split(rng, 6)
-
-        obs = _add_batch_axis(observation_example)
-        encoder_params = encoder_def.init(enc_rng, obs).get("params", {})
-        if config.pretrained_backbone:
-            if not image_keys:
-                raise ValueError("SACConfig.pretrained_backbone: the observations have no camera to encode")
-            encoder_params = insert_backbone_params(
-                encoder_params, load_backbone_params(config.pretrained_backbone), config.pretrained_backbone
-            )
-        features = encoder_def.apply({"params": encoder_params}, obs)
-        critic_params = {
-            "encoder": encoder_params,
-            "critic": critic_def.init(critic_rng, features, jnp.zeros((1, continuous_dim)))["params"],
-        }
-        critic = TrainState.create(apply_fn=None, params=critic_params, tx=_adam(config.critic_lr))
-        actor = TrainState.create(
-            apply_fn=None, params=actor_def.init(actor_rng, features)["params"], tx=_adam(config.actor_lr)
-        )
         temp_def = Temperature(config.init_temperature)
-        temp = TrainState.create(apply_fn=None, params=temp_def.init(temp_rng)["params"],
-                                 tx=_adam(config.temp_lr))
-        grasp_def = grasp = None
+        grasp_def = None
         if config.grasp_critic:
             grasp_def = DiscreteCritic(config.hidden_dims, losses.NUM_GRIPPER_ACTIONS, config.activation,
                                        config.critic_layer_norm)
-            grasp = TrainState.create(apply_fn=None, params=grasp_def.init(grasp_rng, features)["params"],
-                                      tx=_adam(config.grasp_lr))
+        rng, init_rng = jax.random.split(rng)
+        params = _init_params((encoder_def, critic_def, actor_def, temp_def, grasp_def), continuous_dim, init_rng,
+                              _add_batch_axis(observation_example))
+        if config.pretrained_backbone:
+            if not image_keys:
+                raise ValueError("SACConfig.pretrained_backbone: the observations have no camera to encode")
+            params["encoder"] = insert_backbone_params(
+                params["encoder"], load_backbone_params(config.pretrained_backbone), config.pretrained_backbone
+            )
+        critic_params = {"encoder": params["encoder"], "critic": params["critic"]}
+        critic = TrainState.create(apply_fn=None, params=critic_params, tx=_adam(config.critic_lr))
+        actor = TrainState.create(apply_fn=None, params=params["actor"], tx=_adam(config.actor_lr))
+        temp = TrainState.create(apply_fn=None, params=params["temp"], tx=_adam(config.temp_lr))
+        grasp = None
+        if grasp_def is not None:
+            grasp = TrainState.create(apply_fn=None, params=params["grasp"], tx=_adam(config.grasp_lr))
         # TrainState starts its step as a Python int; an int32 array keeps one jit signature from the start
         actor, critic, temp = (s.replace(step=jnp.zeros((), jnp.int32)) for s in (actor, critic, temp))
         grasp = grasp.replace(step=jnp.zeros((), jnp.int32)) if grasp is not None else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import tyro
@@ -21,7 +21,7 @@ from serl.data.episodes import Episode, read_config, read_episodes
 class DemoViewConfig:
     """Summarise, plot and render an HDF5 episode file."""
 
-    file: tyro.conf.Positional[Path]
+    file: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="FILE")]
     """The episode file (written by serl record-demos or the actor)."""
     episode: int = 0
     """Which episode (index among the complete ones) to plot and render."""
@@ -99,7 +99,7 @@ def save_plot(episodes: list[Episode], index: int, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     episode = episodes[index]
-    fig, axes = plt.subplots(3, 1, figsize=(9, 9), constrained_layout=True)
+    fig, axes = plt.subplots(3, 1, figsize=(9, 9))
     steps = np.arange(len(episode))
     for dim in range(episode.actions.shape[1]):
         axes[0].plot(steps, episode.actions[:, dim], label=f"a{dim}")
@@ -116,6 +116,7 @@ def save_plot(episodes: list[Episode], index: int, path: Path) -> Path:
     axes[2].bar(np.arange(len(episodes)), lengths, color=colours)
     axes[2].set_title("episode lengths (green: success)")
     axes[2].set_xlabel("episode")
+    fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
@@ -133,22 +134,33 @@ def _trajectory_frames(episode: Episode) -> np.ndarray:
     if pose is None:
         raise ValueError("video: the episode has neither images nor a tcp_pose state entry")
     xyz = np.asarray(pose)[:, :3]
-    fig, (top, side) = plt.subplots(1, 2, figsize=(6, 3), dpi=64, constrained_layout=True)
-    frames = []
+    fig, (top, side) = plt.subplots(1, 2, figsize=(6, 3), dpi=64)
     pad = 0.01
+    top.plot(xyz[:, 0], xyz[:, 1], color="0.8")
+    top.set_xlim(xyz[:, 0].min() - pad, xyz[:, 0].max() + pad)
+    top.set_ylim(xyz[:, 1].min() - pad, xyz[:, 1].max() + pad)
+    top.set_title("gripper x-y")
+    side.plot(xyz[:, 2], color="0.8")
+    side.set_title("gripper z")
+    fig.tight_layout()
+    path_top, = top.plot([], [], color="tab:blue", animated=True)
+    head, = top.plot([], [], "o", color="tab:red", animated=True)
+    path_side, = side.plot([], [], color="tab:blue", animated=True)
+    label = side.text(0.02, 0.92, "", transform=side.transAxes, animated=True)
+    fig.canvas.draw()
+    background = fig.canvas.copy_from_bbox(fig.bbox)
+    frames = []
+    # blitting: the static parts are drawn once, only the moving artists per frame
     for t in range(len(xyz)):
-        for ax in (top, side):
-            ax.clear()
-        top.plot(xyz[:, 0], xyz[:, 1], color="0.8")
-        top.plot(xyz[: t + 1, 0], xyz[: t + 1, 1], color="tab:blue")
-        top.scatter(xyz[t, 0], xyz[t, 1], color="tab:red")
-        top.set_xlim(xyz[:, 0].min() - pad, xyz[:, 0].max() + pad)
-        top.set_ylim(xyz[:, 1].min() - pad, xyz[:, 1].max() + pad)
-        top.set_title("x-y")
-        side.plot(xyz[:, 2], color="0.8")
-        side.plot(np.arange(t + 1), xyz[: t + 1, 2], color="tab:blue")
-        side.set_title(f"z, step {t}")
-        fig.canvas.draw()
+        fig.canvas.restore_region(background)
+        path_top.set_data(xyz[: t + 1, 0], xyz[: t + 1, 1])
+        head.set_data(xyz[t : t + 1, 0], xyz[t : t + 1, 1])
+        path_side.set_data(np.arange(t + 1), xyz[: t + 1, 2])
+        label.set_text(f"step {t}")
+        for artist in (path_top, head):
+            top.draw_artist(artist)
+        for artist in (path_side, label):
+            side.draw_artist(artist)
         frames.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
     plt.close(fig)
     return np.stack(frames)

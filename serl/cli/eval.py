@@ -49,9 +49,11 @@ def evaluate_policy(agent, env, episodes: int, seed: int) -> dict:
 def evaluate(cfg: EvalConfig) -> dict:
     """Restore the run's agent (latest or ``cfg.step``) and evaluate it; prints one JSON line."""
     from serl.agents.checkpoint import Checkpointer
+    from serl.runtime import enable_compilation_cache
     from serl.runtime.envs import build_env, observation_example
     from serl.runtime.policy import create_agent
 
+    enable_compilation_cache()
     run = load_run(cfg.run_dir)
     env = build_env(cfg.env or run.env, seed=cfg.seed)
     try:

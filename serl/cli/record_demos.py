@@ -26,7 +26,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import tyro
@@ -43,7 +43,7 @@ QUIT_KEYS = ("q", "escape")
 class RecordDemosConfig:
     """Record demonstrations into an HDF5 episode file."""
 
-    task: tyro.conf.Positional[str] = "PandaPickCube"
+    task: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="TASK")] = "PandaPickCube"
     """Task name (serl.envs.tasks), e.g. PandaPickCube, PandaPegInsertion."""
     n: int = 20
     """Episodes to keep (successful ones, unless --keep-failed)."""
@@ -168,6 +168,7 @@ class Controls:
         from serl.devices.keyboard import TerminalKeyboard
 
         self.reader = None
+        self._held: set[str] = set()
         if teleop_kind in ("spacemouse", "gamepad") or (teleop_kind == "keyboard" and not isinstance(teleop, TerminalKeyboard)):
             with contextlib.suppress(Exception):
                 from serl.devices.keyboard import TerminalKeyReader
@@ -176,7 +177,9 @@ class Controls:
                     self.reader = TerminalKeyReader()
 
     def keys(self, buttons: dict[str, bool]) -> set[str]:
-        pressed = {k for k, v in buttons.items() if v}
+        """Keys pressed since the last call; a held device button counts once (on its press)."""
+        held = {k for k, v in buttons.items() if v}
+        pressed, self._held = held - self._held, held
         if self.reader is not None:
             pressed |= {event.key.lower() if len(event.key) == 1 else event.key for event in self.reader.drain()}
         return pressed
@@ -262,6 +265,8 @@ def record_demos(cfg: RecordDemosConfig) -> None:
             obs, _ = env.reset(seed=cfg.seed + already + progress.attempts)
             recorder.start(obs)
             progress.step, progress.episode_return, progress.interventions = 0, 0.0, 0
+            if live is None and cfg.teleop != "scripted":
+                report(f"episode {progress.attempts + 1}: started (enter success · n fail · backspace discard last · q quit)")
             outcome = None
             next_tick = time.monotonic()
             while outcome is None:
@@ -281,6 +286,7 @@ def record_demos(cfg: RecordDemosConfig) -> None:
                     report(f"discarded {name}")
                 if outcome is None and keys & set(SUCCESS_KEYS):
                     recorder.mark_success()
+                    progress.episode_return += 1.0 - reward
                     outcome = "success"
                 elif outcome is None and keys & set(FAIL_KEYS):
                     outcome = "failure"

@@ -1,5 +1,8 @@
 """A scripted expert for the twin tasks, behind the ``Teleop`` interface (it "drives" like a person would).
 
+Like a person's device, it commands a twist in the robot's base frame; ``InterventionWrapper``
+turns it into the policy's action frame.
+
 It reads the arm's state and the twin's ground-truth scene through the env's robot client, plans a
 few waypoints and returns the action that moves towards the current one, plus Gaussian noise so the
 demos are not all identical. Used by ``serl record-demos --teleop scripted`` and ``serl train``.
@@ -11,12 +14,10 @@ demos are not all identical. Used by ``serl record-demos --teleop scripted`` and
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
 import gymnasium as gym
 import numpy as np
 
-from robot_servers.control.pose import euler_to_quat, orientation_error, quat_conjugate, quat_multiply, quat_to_euler, rotate
+from robot_servers.control.pose import euler_to_quat, orientation_error, quat_conjugate, quat_multiply, quat_to_euler
 from serl.devices.base import Teleop, TeleopCommand
 
 DOWN = np.array([1.0, 0.0, 0.0, 0.0])
@@ -127,21 +128,6 @@ class ScriptedExpert(Teleop):
         self.phase = phase
         self.phase_steps = 0
 
-    # ------------------------------------------------------------------ frames
-    def _to_action_frame(self, twist_base: np.ndarray, tcp_quat: np.ndarray) -> np.ndarray:
-        """Base-frame twist (action units) → the frame of the actions the wrapper injects."""
-        out = twist_base.copy()
-        if self.task.action_frame == "ee":
-            inverse = quat_conjugate(tcp_quat)
-            return np.concatenate([rotate(inverse, out[:3]), rotate(inverse, out[3:])])
-        env: Any = self.env
-        while env is not None:
-            if type(env).__name__ == "RelativeFrame" and getattr(env, "reset_pose", None) is not None:
-                inverse = quat_conjugate(np.asarray(env.reset_pose[3:], dtype=np.float64))
-                out = np.concatenate([rotate(inverse, out[:3]), rotate(inverse, out[3:])])
-            env = getattr(env, "env", None)
-        return out
-
     def read(self) -> TeleopCommand:
         state = self.base.state if self.base.state is not None else self.base.read_state()
         tcp = np.asarray(state.tcp_pose, dtype=np.float64)
@@ -156,7 +142,6 @@ class ScriptedExpert(Teleop):
         twist = np.clip(twist, -1.0, 1.0)
         if cfg.noise > 0:
             twist = np.clip(twist + self.rng.normal(0.0, cfg.noise * self.noise_factor, 6), -1.0, 1.0)
-        twist = np.clip(self._to_action_frame(twist, tcp[3:]), -1.0, 1.0)
         if self.task.gripper_mode == "none":
             gripper = None
         return TeleopCommand(twist, gripper, {"phase_" + self.phase: True}, active=True, timestamp=0.0)

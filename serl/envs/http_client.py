@@ -77,10 +77,10 @@ class HttpRobotClient(RobotClient):
         try:
             body = response.json()
         except ValueError:
-            body = {"detail": response.text}
-        message = body.get("message") or body.get("detail")
+            body = response.text
+        message = body.get("message") or body.get("detail") if isinstance(body, dict) else body
         if isinstance(message, list):
-            message = "; ".join(str(item.get("msg", item)) for item in message)
+            message = "; ".join(_describe(item) for item in message)
         where = f"{method} {path} -> {response.status_code}"
         if response.status_code == 422:
             raise ValueError(f"{message} ({where})")
@@ -172,6 +172,14 @@ class HttpRobotClient(RobotClient):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _describe(error: Any) -> str:
+    """One pydantic-style error as "field: message"."""
+    if not isinstance(error, dict):
+        return str(error)
+    loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query")]
+    return f"{'.'.join(loc) or 'body'}: {error.get('msg', '')}"
 
 
 def _floats(values, field: str) -> list[float]:

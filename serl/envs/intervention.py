@@ -13,14 +13,41 @@ policy's, and ``info`` says so:
 Works on any env with a Box action space: the first six dimensions take the twist (scaled to the
 space's bounds), a seventh takes the gripper (``gripper_close``/``gripper_open`` action values,
 ``gripper_idle`` when no gripper button is pressed, or the policy's value when that is None).
+
+The person steers in the robot's base frame (``teleop_frame="base"``) even when the policy acts in
+another frame: below a ``RelativeFrame`` wrapper (actions in the reset pose's frame) or on an
+``ee``-frame task, the twist is rotated into the policy's action frame, and that is what is stored.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 
+from robot_servers.control.pose import quat_conjugate, rotate
 from serl.devices.base import Teleop, TeleopCommand
+
+
+def base_to_action_frame(env: gym.Env, twist: np.ndarray) -> np.ndarray:
+    """A base-frame 6-D twist expressed in the frame of ``env``'s actions (see module docstring)."""
+    out = np.asarray(twist, dtype=np.float64).copy()
+    if out.shape[0] < 6:
+        return out
+    base = env.unwrapped
+    task = getattr(base, "task", None)
+    if task is not None and getattr(task, "action_frame", "base") == "ee" and getattr(base, "state", None) is not None:
+        inverse = quat_conjugate(np.asarray(base.state.tcp_pose[3:7], dtype=np.float64))
+        return np.concatenate([rotate(inverse, out[:3]), rotate(inverse, out[3:6]), out[6:]])
+    layer: Any = env
+    while layer is not None:
+        if type(layer).__name__ == "RelativeFrame" and getattr(layer, "reset_pose", None) is not None:
+            if getattr(layer, "_rotate_actions", True):
+                inverse = quat_conjugate(np.asarray(layer.reset_pose[3:7], dtype=np.float64))
+                out = np.concatenate([rotate(inverse, out[:3]), rotate(inverse, out[3:6]), out[6:]])
+        layer = getattr(layer, "env", None)
+    return out
 
 
 class InterventionWrapper(gym.Wrapper):
@@ -32,6 +59,7 @@ class InterventionWrapper(gym.Wrapper):
         gripper_close: float = -1.0,
         gripper_open: float = 1.0,
         gripper_idle: float | None = 0.0,
+        teleop_frame: str = "base",
         enabled: bool = True,
     ):
         super().__init__(env)
@@ -40,7 +68,10 @@ class InterventionWrapper(gym.Wrapper):
             raise ValueError(f"InterventionWrapper needs a 1-D Box action space, got {space}")
         if space.shape[0] < 1:
             raise ValueError("InterventionWrapper: empty action space")
+        if teleop_frame not in ("base", "action"):
+            raise ValueError(f"teleop_frame: expected 'base' or 'action', got {teleop_frame!r}")
         self.teleop = teleop
+        self.teleop_frame = teleop_frame
         self.gripper_close = float(gripper_close)
         self.gripper_open = float(gripper_open)
         self.gripper_idle = gripper_idle
@@ -65,7 +96,10 @@ class InterventionWrapper(gym.Wrapper):
         centre, half = (high + low) / 2.0, (high - low) / 2.0
         action = centre.copy() if policy_action is None else np.asarray(policy_action, dtype=np.float64).copy()
         moving = min(dim, 6)
-        action[:moving] = centre[:moving] + half[:moving] * np.clip(command.twist[:moving], -1.0, 1.0)
+        twist = np.clip(command.twist, -1.0, 1.0)
+        if self.teleop_frame == "base":
+            twist = np.clip(base_to_action_frame(self.env, twist), -1.0, 1.0)
+        action[:moving] = centre[:moving] + half[:moving] * twist[:moving]
         if dim > 6:
             gripper = command.gripper
             if gripper == "close":

@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from serl.runtime import enable_compilation_cache
 from serl.runtime.config import ActorConfig, config_hash, write_config
 from serl.runtime.envs import build_env, observation_example, space_signature
 from serl.runtime.logging import MetricsLogger, summary_line, write_status
@@ -194,6 +195,7 @@ def _wait_for_learner(client, weights: WeightsSlot, agent, step: int, stop: thre
 
 def main_with_signals(cfg: ActorConfig, run_dir: Path) -> dict:
     """Run the actor; SIGINT/SIGTERM stop it after the current step."""
+    enable_compilation_cache()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -18,6 +18,7 @@ import numpy as np
 
 from serl.data.replay import MixedSampler, ReplayBuffer
 from serl.agents.checkpoint import Checkpointer
+from serl.runtime import enable_compilation_cache
 from serl.runtime.config import LearnerConfig, config_hash, write_config
 from serl.runtime.envs import build_env, observation_example, space_signature
 from serl.runtime.logging import MetricsLogger, summary_line, write_status
@@ -225,6 +226,7 @@ def run_learner(cfg: LearnerConfig, run_dir: Path, stop: threading.Event | None 
 
 def main_with_signals(cfg: LearnerConfig, run_dir: Path) -> Counters:
     """Run the learner; SIGINT/SIGTERM finish the current update, checkpoint and exit."""
+    enable_compilation_cache()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

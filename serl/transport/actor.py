@@ -367,11 +367,9 @@ class ActorClient:
         cfg = self.config
         self._form_batches(now)
         if now >= self._pause_until:
-            in_window = 0
-            for batch in list(self._inflight.values()):
-                if in_window >= cfg.max_inflight_batches:
+            for position, batch in enumerate(list(self._inflight.values())):
+                if position >= cfg.max_inflight_batches:
                     break
-                in_window += 1
                 if not batch.sent:
                     rid = self._next_rid()
                     header = encode_message(

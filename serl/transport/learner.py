@@ -17,9 +17,9 @@ from serl.transport.schema import (
     SCHEMA_VERSION,
     ProtocolError,
     SchemaMismatch,
+    check_encodable,
     decode_message,
     decode_transition,
-    check_encodable,
     encode_message,
     short_hash,
 )

@@ -1,0 +1,107 @@
+"""Labelled episodes from the MuJoCo twin without a person: the scripted expert drives, ground truth labels.
+
+Successful episodes continue ``hold_steps`` past the first success (positives); failed ones are near misses
+(for PandaPickCube the cube is lifted only part of the way, or never grasped) so the negatives include frames
+that look almost like success.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+
+from serl.data.episodes import EpisodeRecorder, EpisodeWriter, episode_count
+
+
+def generate_twin_episodes(
+    task: str,
+    episodes: int,
+    out: str | os.PathLike,
+    *,
+    seed: int = 0,
+    image_size: tuple[int, int] = (128, 128),
+    cameras: tuple[str, ...] = ("wrist", "front"),
+    fail_fraction: float = 0.4,
+    noise: float = 0.1,
+    hold_steps: int = 8,
+    max_steps: int = 60,
+    progress: Callable[[int, bool, int], None] | None = None,
+) -> dict:
+    """Record ``episodes`` scripted rollouts of a twin task to ``out`` (HDF5 episode file), labelled from ground truth.
+
+    Returns a summary (episodes, successes, frames, positives).
+    """
+    from serl.devices.scripted import ExpertConfig, ScriptedExpert
+    from serl.envs.intervention import InterventionWrapper
+    from serl.envs.task_config import CameraSpec
+    from serl.envs.tasks import get_task, make_reward, make_sim_env
+
+    if episodes <= 0:
+        raise ValueError(f"episodes: must be positive, got {episodes}")
+    if not 0.0 <= fail_fraction <= 1.0:
+        raise ValueError(f"fail_fraction: must be in [0, 1], got {fail_fraction}")
+    base_task = get_task(task)
+    truth = make_reward(base_task)
+    if truth is None:
+        raise ValueError(f"task {task!r} has no ground-truth reward on the twin")
+    size = tuple(int(v) for v in image_size)
+    env = make_sim_env(
+        task, pixels=True, seed=seed, reward="classifier", max_episode_steps=max_steps + 1,
+        cameras=tuple(CameraSpec(name, size) for name in cameras),
+    )
+    rng = np.random.default_rng(seed)
+    base = env.unwrapped
+    config = {"task": task, "source": "twin-ground-truth", "image_size": list(size), "cameras": list(cameras),
+              "seed": seed, "noise": noise, "fail_fraction": fail_fraction, "hold_steps": hold_steps}
+    summary = {"episodes": 0, "successes": 0, "frames": 0, "positives": 0}
+    start_index = episode_count(out) if os.path.exists(out) else 0
+    try:
+        with EpisodeWriter(out, config=config) as writer:
+            for index in range(episodes):
+                fail = bool(rng.random() < fail_fraction)
+                expert_cfg = _expert_config(base_task.scene, fail, noise, int(rng.integers(1 << 31)), rng)
+                expert = ScriptedExpert(env, expert_cfg)
+                wrapped = InterventionWrapper(env, expert)
+                obs, _ = wrapped.reset(seed=seed + start_index + index)
+                truth.reset(base.client.scene(), base.state)
+                recorder = EpisodeRecorder(task=task, source="scripted")
+                recorder.start(obs)
+                # a failed run that never grasps: the expert stops acting after a few steps
+                idle_from = int(rng.integers(3, 15)) if fail and rng.random() < 0.3 else None
+                first_success = None
+                action = np.zeros(wrapped.action_space.shape, wrapped.action_space.dtype)
+                for step in range(max_steps):
+                    wrapped.enabled = idle_from is None or step < idle_from
+                    obs, _, _, _, info = wrapped.step(action)
+                    _, succeed = truth(base.client.scene(), base.state)
+                    info = {**info, "succeed": bool(succeed)}
+                    if succeed and first_success is None:
+                        first_success = step
+                    done = first_success is not None and step >= first_success + hold_steps
+                    recorder.add(action, float(succeed), obs, bool(done), step == max_steps - 1 and not done, info)
+                    if done:
+                        break
+                episode = recorder.finish(seed=seed + start_index + index, near_miss=fail)
+                writer.write(episode)
+                summary["episodes"] += 1
+                summary["successes"] += bool(episode.success)
+                summary["frames"] += len(episode) + 1
+                summary["positives"] += int(np.sum(episode.succeed))
+                if progress is not None:
+                    progress(index + 1, bool(episode.success), len(episode))
+    finally:
+        env.close()
+    return summary
+
+
+def _expert_config(scene: str, fail: bool, noise: float, seed: int, rng: np.random.Generator):
+    from serl.devices.scripted import ExpertConfig
+
+    if not fail:
+        return ExpertConfig(noise=noise, seed=seed)
+    if scene == "pick_cube":
+        # lifted, but not far enough: the hardest negatives
+        return ExpertConfig(noise=noise, seed=seed, lift_height=float(rng.uniform(0.0, 0.07)))
+    return ExpertConfig(noise=max(noise, 0.8), seed=seed)

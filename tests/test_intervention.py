@@ -1,0 +1,103 @@
+"""InterventionWrapper on real envs (gymnasium Pendulum, the MuJoCo twin) with a scripted teleop."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from serl.data.episodes import EpisodeRecorder
+from serl.devices import ScriptedTeleop, TeleopCommand
+from serl.envs.intervention import InterventionWrapper
+
+pytest.importorskip("mujoco")
+
+
+def idle():
+    return TeleopCommand.idle()
+
+
+def test_policy_action_replaced_exactly_when_input_is_non_idle():
+    env = gym.make("Pendulum-v1")  # action Box [-2, 2]: the twist is scaled into the bounds
+    teleop = ScriptedTeleop([idle(), TeleopCommand.move([0.5, 0, 0, 0, 0, 0]), idle(),
+                             TeleopCommand(np.array([0.01, 0, 0, 0, 0, 0]), active=False)])
+    env = InterventionWrapper(env, teleop)
+    env.reset(seed=0)
+    policy = np.array([-1.5], dtype=np.float32)
+    flags, executed, teleop_actions = [], [], []
+    for _ in range(4):
+        _, _, _, _, info = env.step(policy)
+        flags.append(info["intervened"])
+        executed.append(float(info["executed_action"][0]))
+        teleop_actions.append(info["teleop_action"])
+    assert flags == [False, True, False, False]
+    assert executed == [-1.5, 1.0, -1.5, -1.5]
+    assert teleop_actions[0] is None and float(teleop_actions[1][0]) == 1.0 and teleop_actions[2] is None
+    assert info["intervention_rate"] == pytest.approx(0.25)
+    _, info = env.reset()
+    assert info["intervened"] is False and env.episode_interventions == 0
+
+
+def test_non_box_action_space_is_rejected():
+    with pytest.raises(ValueError, match="Box"):
+        InterventionWrapper(gym.make("CartPole-v1"), ScriptedTeleop([]))
+
+
+def test_gripper_mapping_and_policy_gripper_kept_when_idle_is_none():
+    env = gym.make("serl/PandaPickCube-v0")
+    wrapper = InterventionWrapper(env, ScriptedTeleop([]), gripper_idle=None)
+    policy = np.array([0, 0, 0, 0, 0, 0, 0.3])
+    close = wrapper.teleop_to_action(TeleopCommand.move(np.zeros(6), "close"), policy)
+    assert close[6] == -1.0
+    assert wrapper.teleop_to_action(TeleopCommand.move(np.zeros(6), "open"), policy)[6] == 1.0
+    assert wrapper.teleop_to_action(TeleopCommand.move(np.ones(6)), policy)[6] == pytest.approx(0.3)
+    assert InterventionWrapper(env, ScriptedTeleop([])).teleop_to_action(TeleopCommand.move(np.ones(6)), policy)[6] == 0.0
+    env.close()
+
+
+def test_teleop_drives_the_twin_and_the_recorder_stores_the_human_action():
+    import serl.envs  # noqa: F401  (registers the ids)
+    from serl.envs.wrappers import default_wrappers
+
+    base = gym.make("serl/PandaPickCube-v0").unwrapped
+    env = default_wrappers(base)  # the actor's stack: relative frame, euler, flat state
+    moves = [TeleopCommand.move([0, 0, 1, 0, 0, 0])] * 5 + [idle()] * 3 + [TeleopCommand.move([0, 0, 0, 0, 0, 0], "close")]
+    env = InterventionWrapper(env, ScriptedTeleop(moves))
+    obs, _ = env.reset(seed=1)
+    z0 = base.state.tcp_pose[2]
+    recorder = EpisodeRecorder()
+    recorder.start({"state": {"flat": obs["state"]}})
+    policy = np.zeros(7, dtype=np.float32)
+    policy[0] = -0.5  # the policy wants -x; the human wants +z
+    infos = []
+    for _ in range(len(moves)):
+        obs, reward, terminated, truncated, info = env.step(policy)
+        recorder.add(policy, reward, {"state": {"flat": obs["state"]}}, terminated, truncated, info)
+        infos.append(info)
+    z_after_human = base.state.tcp_pose[2]
+    assert z_after_human > z0 + 0.05  # 5 steps of +z at 2 cm per step (the arm lags the target a little)
+    assert [i["intervened"] for i in infos] == [True] * 5 + [False] * 3 + [True]
+    assert base.state.gripper_width < 0.079  # the human's close reached the gripper
+    episode = recorder.finish()
+    # the human's base-frame +z, stored in the policy's frame (the reset pose's frame points down)
+    np.testing.assert_allclose(episode.actions[0], [0, 0, -1, 0, 0, 0, 0], atol=0.01)
+    np.testing.assert_allclose(episode.actions[5], policy)  # policy's action when idle
+    assert episode.actions[8][6] == -1.0
+    np.testing.assert_array_equal(episode.intervened, [True] * 5 + [False] * 3 + [True])
+    env.close()
+
+
+def test_scripted_expert_in_the_wrapper_solves_pick_cube():
+    from serl.devices import make_teleop
+    from serl.envs.tasks import make_sim_env
+    from serl.envs.wrappers import QuatToEuler, RelativeFrame
+
+    env = QuatToEuler(RelativeFrame(make_sim_env("PandaPickCube", seed=3)))
+    env = InterventionWrapper(env, make_teleop("scripted", env=env, noise=0.1, seed=3))
+    env.reset(seed=3)
+    for _ in range(100):
+        _, reward, terminated, truncated, info = env.step(np.zeros(7))
+        if terminated or truncated:
+            break
+    assert info["succeed"] and terminated and reward == 1.0
+    env.close()
