@@ -35,12 +35,14 @@ from serl.devices.spacemouse import FACING_ROBOT, SpaceMouseParser, command_from
 class SyntheticSpaceMouse(Teleop):
     """A SpaceMouse whose HID reports come from a thread: push along ±x for ``hold_s``, release, repeat."""
 
-    def __init__(self, events: int, period: float, seed: int = 0):
+    def __init__(self, events: int, period: float, seed: int = 0, hold_periods: float = 2.0):
+        self.hold_periods = hold_periods
         self.config = TeleopConfig(axis_map=FACING_ROBOT.axis_map, axis_signs=FACING_ROBOT.axis_signs)
         self.parser = SpaceMouseParser(find_model(0x256F, 0xC62E))
         self.lock = threading.Lock()
         self.event_times: list[float] = []
-        self.reads: list[tuple[float, bool]] = []
+        self.event_signs: list[float] = []
+        self.reads: list[tuple[float, bool, float]] = []
         self.rng = np.random.default_rng(seed)
         self.events, self.period = events, period
         self.done = threading.Event()
@@ -54,11 +56,13 @@ class SyntheticSpaceMouse(Teleop):
     def _run(self) -> None:
         time.sleep(self.period * 2)
         for k in range(self.events):
-            time.sleep(self.rng.uniform(1.5, 2.5) * self.period)  # random phase against the control ticks
+            time.sleep(self.rng.uniform(1.0, 2.0) * self.period)  # random phase against the control ticks
+            value = -300 if k % 2 else 300
             with self.lock:
                 self.event_times.append(time.perf_counter())
-            self._feed(-300 if k % 2 else 300)
-            time.sleep(1.2 * self.period)
+                self.event_signs.append(float(np.sign(value)))
+            self._feed(value)
+            time.sleep(self.hold_periods * self.period)
             self._feed(0)
         time.sleep(self.period * 2)
         self.done.set()
@@ -66,7 +70,7 @@ class SyntheticSpaceMouse(Teleop):
     def read(self) -> TeleopCommand:
         with self.lock:
             command = command_from_parser(self.parser, self.config, time.perf_counter())
-            self.reads.append((time.perf_counter(), command.active))
+            self.reads.append((time.perf_counter(), command.active, float(np.sign(command.twist[0]))))
         return command
 
 
@@ -85,6 +89,8 @@ def timed_client(client):
 
 def percentiles(values, scale: float) -> dict[str, float]:
     arr = np.asarray(values, dtype=np.float64) / scale
+    if arr.size == 0:
+        return {}
     return {"p50": round(float(np.percentile(arr, 50)), 3), "p99": round(float(np.percentile(arr, 99)), 3),
             "max": round(float(arr.max()), 3), "mean": round(float(arr.mean()), 3)}
 
@@ -149,9 +155,10 @@ def run(events: int, hz: float, use_server: bool) -> dict:
         target_stamps.clear()
         device.reads.clear()
         device.thread.start()
-        steps = 0
+        steps = overruns = 0
         while not device.done.is_set():
-            env.step(np.zeros(7, dtype=np.float32))
+            _, _, _, _, info = env.step(np.zeros(7, dtype=np.float32))
+            overruns = info.get("overruns", 0)
             steps += 1
     finally:
         env.close()
@@ -159,18 +166,23 @@ def run(events: int, hz: float, use_server: bool) -> dict:
             server.terminate()
             server.wait(timeout=20)
     reads = device.reads[: len(target_stamps)]
-    input_to_target, read_to_target = [], []
-    for event in device.event_times:
-        for (read_time, active), target_time in zip(reads, target_stamps):
-            if read_time >= event and active:
+    input_to_target, read_to_target, missed = [], [], 0
+    ends = device.event_times[1:] + [float("inf")]
+    for event, sign, end in zip(device.event_times, device.event_signs, ends):
+        for (read_time, active, read_sign), target_time in zip(reads, target_stamps):
+            if event <= read_time < end and active and read_sign == sign:
                 input_to_target.append(target_time - event)
                 read_to_target.append(target_time - read_time)
                 break
+        else:
+            missed += 1  # the push ended before the (stalled) control loop read the device
     return {"path": path, "control_hz": hz, "events": len(device.event_times), "matched": len(input_to_target),
-            "steps": steps, "input_to_target_periods": percentiles(input_to_target, period),
+            "missed": missed, "hold_periods": device.hold_periods, "steps": steps, "overruns": overruns,
+            "input_to_target_periods": percentiles(input_to_target, period),
             "read_to_target_periods": percentiles(read_to_target, period),
             "read_to_target_ms": percentiles(read_to_target, 1e-3),
-            "within_one_period_fraction": round(float(np.mean(np.asarray(input_to_target) <= period)), 3)}
+            "within_one_period_fraction": round(float(np.mean(np.asarray(input_to_target) <= period)), 3)
+            if input_to_target else 0.0}
 
 
 def main() -> None:

@@ -177,7 +177,7 @@ def frames_from_episodes(
         labels.append(label[index])
         episode_ids.append(np.full(len(index), len(sources)))
         steps.append(index)
-        sources.append(f"{os.fspath(path)}:{name}")
+        sources.append(f"{Path(path).resolve()}:{name}")
     if not sources:
         raise ValueError(f"{path}: no (labelled) episodes")
     return LabelledFrames(

@@ -180,7 +180,7 @@ def mistakes_sheet(path, images: Mapping[str, np.ndarray], probs, false_pos, fal
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
-                where = f"\n{sources[index]}" if sources else ""
+                where = f"\n{os.path.basename(sources[index])}" if sources else ""
                 ax.set_ylabel(f"{kind}\np={probs[index]:.3f}{where}", fontsize=7)
             if r == 0:
                 ax.set_title(cam, fontsize=9)

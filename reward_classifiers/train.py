@@ -226,6 +226,7 @@ def train_classifier(
         "steps_run": history[-1]["step"] if history else 0,
         "train_config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
         "data": frames.summary(),
+        "train_episodes": sorted({frames.sources[i] for i in np.unique(frames.episode[train_idx])}),
         "heldout_episodes": sorted({frames.sources[i] for i in np.unique(frames.episode[held_idx])}),
         "target_precision": cfg.target_precision,
         "target_precision_reached": reached,

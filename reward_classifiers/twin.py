@@ -33,7 +33,7 @@ def generate_twin_episodes(
 
     Returns a summary (episodes, successes, frames, positives).
     """
-    from serl.devices.scripted import ExpertConfig, ScriptedExpert
+    from serl.devices.scripted import ScriptedExpert
     from serl.envs.intervention import InterventionWrapper
     from serl.envs.task_config import CameraSpec
     from serl.envs.tasks import get_task, make_reward, make_sim_env
@@ -99,9 +99,10 @@ def generate_twin_episodes(
 def _expert_config(scene: str, fail: bool, noise: float, seed: int, rng: np.random.Generator):
     from serl.devices.scripted import ExpertConfig
 
+    if scene == "pick_cube":
+        # failures are lifted, but not far enough (the hardest negatives); successes hold at various heights
+        lift = rng.uniform(0.01, 0.085) if fail else rng.uniform(0.12, 0.2)
+        return ExpertConfig(noise=noise, seed=seed, lift_height=float(lift))
     if not fail:
         return ExpertConfig(noise=noise, seed=seed)
-    if scene == "pick_cube":
-        # lifted, but not far enough: the hardest negatives
-        return ExpertConfig(noise=noise, seed=seed, lift_height=float(rng.uniform(0.0, 0.07)))
     return ExpertConfig(noise=max(noise, 0.8), seed=seed)

@@ -5,7 +5,7 @@ import pytest
 
 from robot_servers.backends.base import ImpedanceParams
 from robot_servers.control import pose as P
-from robot_servers.control.impedance import ImpedanceController, matrix_to_quat_xyzw
+from robot_servers.control.impedance import RATE, ImpedanceController, matrix_to_quat_xyzw
 
 RNG = np.random.default_rng(0)
 DOWN = np.array([1.0, 0.0, 0.0, 0.0])
@@ -50,7 +50,7 @@ def test_law_matches_reference(error_scale):
         jac, pos, quat, q, dq, coriolis, target = random_case(error_scale)
         controller = ImpedanceController(params, tau_limit=np.full(7, 1e6))
         controller.reset(q_nullspace=np.zeros(7))
-        controller.gains[24] = 1e9  # lift the rate limit to compare one tick with the reference
+        controller.gains[RATE] = 1e9  # lift the rate limit to compare one tick with the reference
         tau = run(controller, jac, pos, quat, q, dq, coriolis, target)
         expected_tau, expected_force = reference_law(jac, pos, quat, q, dq, coriolis, target, params, np.zeros(7))
         np.testing.assert_allclose(controller.force, expected_force, rtol=1e-9, atol=1e-9)

@@ -88,27 +88,20 @@ def test_pretrained_backbone_file_loads_and_mismatch_is_clear(tmp_path, suffix):
         load_backbone_params(tmp_path / "missing.npz")
 
 
-def test_agent_loads_pretrained_backbone_for_every_camera(tmp_path):
+def test_drq_pixel_agent_pretrained_frozen_backbone_encoder_trained_by_critic_only(tmp_path):
     obs = {k: v[0] for k, v in _obs(size=16).items()}
     pretrained = _random_params(jax.eval_shape(SmallConv().init, jax.random.PRNGKey(7), _obs(size=16)["wrist"])["params"], 3)
     save_backbone_params(tmp_path / "small.npz", pretrained)
     cfg = SACConfig(hidden_dims=(16,), utd_ratio=2, encoder="small", encoder_latent_dim=8,
                     freeze_backbone=True, grasp_critic=True, pretrained_backbone=str(tmp_path / "small.npz"))
+    with pytest.raises(ValueError, match="no camera"):
+        SACAgent.create(0, {"state": obs["state"]}, 7, cfg)
     agent = SACAgent.create(0, obs, 7, cfg)
     assert agent.image_keys == ("front", "wrist")
     for params in (agent.critic.params["encoder"], agent.target_critic_params["encoder"]):
         for cam in ("encoder_front", "encoder_wrist"):
             for a, b in zip(jax.tree_util.tree_leaves(pretrained), jax.tree_util.tree_leaves(params[cam]["backbone"])):
                 np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="no camera"):
-        SACAgent.create(0, {"state": obs["state"]}, 7, cfg)
-
-
-def test_drq_pixel_agent_update_trains_encoder_through_critic_only():
-    obs = {k: v[0] for k, v in _obs(size=16).items()}
-    cfg = SACConfig(hidden_dims=(16,), utd_ratio=2, encoder="small", encoder_latent_dim=8,
-                    freeze_backbone=True, grasp_critic=True)
-    agent = SACAgent.create(0, obs, 7, cfg)
     n = 2 * 4
     rng = np.random.default_rng(1)
     batch = {"observations": _obs(batch=n, size=16), "next_observations": _obs(batch=n, size=16),

@@ -87,8 +87,10 @@ def test_record_demos_config_validation():
 
     with pytest.raises(ValueError, match="n:"):
         RecordDemosConfig(n=0)
-    with pytest.raises(ValueError, match="scripted"):
-        RecordDemosConfig(teleop="scripted", robot_url="http://127.0.0.1:1")
+    with pytest.raises(ValueError, match="max_episodes"):
+        RecordDemosConfig(max_episodes=-1)
+    with pytest.raises(ValueError, match="noise"):
+        RecordDemosConfig(noise=-0.1)
 
 
 # ----------------------------------------------------------------------------- a person at a terminal (real pty)

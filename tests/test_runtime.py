@@ -99,7 +99,7 @@ def stop(proc: subprocess.Popen, timeout: float = 60.0) -> int:
 def test_sigint_stops_train_and_all_children_and_writes_checkpoint(tmp_path):
     run_dir = tmp_path / "runs" / "PandaReach" / "sig"
     train = start(["train", "PandaReach", "--task-module", REACH, "--num-demos", "0", "--env-steps", "100000",
-                   "--run.root", "runs", "--run.name", "sig", "--min-online-steps", "50", "--batch-size", "128",
+                   "--run.root", "runs", "--run.name", "sig", "--min-online-steps", "1000000", "--batch-size", "128",
                    *SMALL_AGENT], tmp_path, "train")
     try:
         wait_for(lambda: read_status(run_dir / "status" / "actor.json").get("env_steps", 0) >= 100, 120,

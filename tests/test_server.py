@@ -223,14 +223,19 @@ def test_watchdog_holds_the_arm_within_1mm_and_resumes():
         with _serve(backend, watchdog_timeout=0.3) as server:
             client = httpx.Client(base_url=server.url, headers=AUTH)
             goal = [0.35, 0.05, 0.45, *DOWN]
-            for _ in range(12):  # a policy at 10 Hz...
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline:  # a policy at 10 Hz, until the arm has settled there...
                 client.post("/target", json={"pose": goal})
                 time.sleep(0.1)
-            assert not client.get("/health").json()["watchdog"]["holding"]
+                state = backend.state()
+                if np.linalg.norm(state.tcp_pose[:3] - goal[:3]) < 3e-3 and np.linalg.norm(state.tcp_vel[:3]) < 2e-3:
+                    break
+            watchdog = client.get("/health").json()["watchdog"]
+            assert not watchdog["holding"]
             stopped_at = backend.state().tcp_pose[:3]  # ...then it stops sending
             time.sleep(0.6)
             health = client.get("/health").json()["watchdog"]
-            assert health["holding"] and health["trips"] == 1
+            assert health["holding"] and health["trips"] == watchdog["trips"] + 1
             held = backend.state()
             assert np.linalg.norm(held.target_pose[:3] - held.tcp_pose[:3]) < 1e-3
             time.sleep(0.5)
@@ -249,12 +254,16 @@ def test_threaded_cameras_serve_the_newest_frame_without_waiting():
     cameras = threaded_cameras(backend.cameras(), max_fps=20, shared_thread=True)
     try:
         first = {name: camera.read() for name, camera in cameras.items()}
-        latencies = []
+        renders, latencies = [], []
+        for _ in range(3):
+            start = time.perf_counter()
+            cameras["front"].camera.read()  # what a read would cost if it waited for a new frame
+            renders.append(time.perf_counter() - start)
         for _ in range(20):
             start = time.perf_counter()
             frames = {name: camera.read() for name, camera in cameras.items()}
             latencies.append(time.perf_counter() - start)
-        assert max(latencies) < 2e-3, latencies
+        assert np.median(latencies) < np.median(renders) / 5, (latencies, renders)
         time.sleep(0.3)
         later = {name: camera.read() for name, camera in cameras.items()}
         for name in cameras:

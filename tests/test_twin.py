@@ -62,8 +62,10 @@ def test_models_have_published_kinematics_and_limits():
     assert panda.body_gravcomp[panda.body("hand").id] == 1.0
 
 
+@pytest.mark.parametrize("robot", ["panda", "fr3"])
 @pytest.mark.parametrize("axis", [0, 1, 2])
-def test_5cm_step_settles_within_5mm_and_1s(twin, axis):
+def test_5cm_step_settles_within_5mm_and_1s(robot, axis):
+    twin = TwinBackend(TwinConfig(robot=robot, scene="empty"))
     twin.advance(0.2)
     target = twin.state().tcp_pose.copy()
     target[axis] += 0.05 if axis != 2 else -0.05
@@ -73,6 +75,7 @@ def test_5cm_step_settles_within_5mm_and_1s(twin, axis):
     for _ in range(10):  # and it stays there
         errors.append(np.linalg.norm(twin.state().tcp_pose[:3] - target[:3]))
         twin.advance(0.05)
+    twin.close()
     assert max(errors) < 0.005, errors
 
 
@@ -351,3 +354,37 @@ def test_real_time_joint_reset_blocks_until_home():
         assert state.controller_mode == "impedance" and state.errors == []
         assert np.abs(state.q - backend.home_q).max() < 1e-3
     backend.close()  # idempotent
+
+
+def test_optional_serl_target_filter_smooths_steps():
+    moved = {}
+    for target_filter in (None, 0.005):
+        with TwinBackend(TwinConfig(scene="empty", target_filter=target_filter)) as backend:
+            start = backend.state().tcp_pose.copy()
+            target = start + np.r_[0.005, 0, 0, 0, 0, 0, 0]  # inside the 1 cm clip: the filter alone shapes it
+            backend.set_target(target)
+            np.testing.assert_allclose(backend.state().target_pose, target, atol=1e-12)  # the command is reported
+            backend.advance(0.05)
+            moved[target_filter] = backend.state().tcp_pose[0] - start[0]
+            backend.advance(1.0)
+            assert np.linalg.norm(backend.state().tcp_pose[:3] - target[:3]) < 0.0005
+    assert moved[0.005] < 0.5 * moved[None]  # only 1 − e^(−0.25) of the step has reached the law after 50 ms
+    with pytest.raises(ValueError, match="target_filter"):
+        TwinConfig(target_filter=0.0)
+
+
+def test_optional_fr3_visual_meshes():
+    pytest.importorskip("franky_sim")
+    with TwinBackend(TwinConfig(robot="fr3", scene="empty", visual="meshes")) as meshes, \
+            TwinBackend(TwinConfig(robot="fr3", scene="empty")) as primitives:
+        assert meshes.model.nmesh > 20 and primitives.model.nmesh == 0
+        assert meshes.model.nbody == primitives.model.nbody  # same bodies, same dynamics
+        np.testing.assert_allclose(meshes.model.body_mass, primitives.model.body_mass)
+        meshes.advance(0.2)
+        primitives.advance(0.2)
+        np.testing.assert_allclose(meshes.state().q, primitives.state().q, atol=1e-9)
+        with_meshes, _ = meshes.cameras()["front"].read()
+        plain, _ = primitives.cameras()["front"].read()
+        assert np.abs(with_meshes.astype(int) - plain).mean() > 1  # the arm looks different
+    with pytest.raises(ValueError, match="visual"):
+        TwinConfig(visual="wireframe")

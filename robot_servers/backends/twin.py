@@ -15,9 +15,9 @@ reset pose). ``scene`` gives object poses (xyz + quat xyzw); the hole's pose is 
 
 ``state().wrench`` is the force/torque the environment exerts on the hand at the TCP (base frame),
 estimated like Franka's from the joint-space constraint torques: pressing on the table reads +z,
-a held object's weight −z. Not modelled: SERL's 0.005 target low-pass filter (targets step at once;
-envs interpolate), joint friction, reflex errors. ``python -m robot_servers.twin.snapshot --out DIR``
-saves one PNG per camera.
+a held object's weight −z. SERL's per-tick target low-pass is optional (``target_filter=0.005``; off
+by default: targets apply at once and envs interpolate). Not modelled: joint friction, reflex errors.
+``python -m robot_servers.twin.snapshot --out DIR`` saves one PNG per camera.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from robot_servers.backends.base import (
     validate_gripper,
     validate_pose,
 )
-from robot_servers.control.impedance import ImpedanceController, matrix_to_quat_xyzw
-from robot_servers.control.pose import euler_to_quat, quat_multiply, wxyz_to_xyzw, xyzw_to_wxyz
+from robot_servers.control.impedance import ImpedanceController, filter_target, matrix_to_quat_xyzw
+from robot_servers.control.pose import euler_to_quat, wxyz_to_xyzw, xyzw_to_wxyz
 from robot_servers.control.safety import SafetyBox
 from robot_servers.twin import fastloop, models
 from robot_servers.twin.cameras import TwinCamera
@@ -72,6 +72,8 @@ class TwinConfig:
     seed: int = 0
     impedance: ImpedanceParams = dataclasses.field(default_factory=ImpedanceParams)
     home_q: tuple[float, ...] | None = None  # None = Franka's default home
+    target_filter: float | None = None  # SERL's per-tick target low-pass (0.005 there); None = targets apply at once
+    visual: str = "primitives"  # "primitives" (fast) | "meshes" (FR3 visual meshes from franky-sim; slow to render)
 
     def __post_init__(self):
         if self.robot not in models.ROBOTS:
@@ -85,6 +87,10 @@ class TwinConfig:
             size = getattr(self, field)
             if size is not None and (len(size) != 2 or min(size) < 1 or max(size) > 4096):
                 raise ValueError(f"{field}: expected (height, width) in 1..4096, got {size}")
+        if self.visual not in ("primitives", "meshes"):
+            raise ValueError(f"visual: expected 'primitives' or 'meshes', got {self.visual!r}")
+        if self.target_filter is not None and not 0.0 < self.target_filter <= 1.0:
+            raise ValueError(f"target_filter: must be in (0, 1] (SERL: 0.005) or None, got {self.target_filter}")
         if not 100.0 <= self.physics_hz <= 10000.0:
             raise ValueError(f"physics_hz: must be in [100, 10000], got {self.physics_hz}")
         for name in self.crops:
@@ -102,9 +108,13 @@ class TwinBackend(Backend):
         self.config = config
         self.lockstep = config.lockstep
         render_hw = config.render_size or config.image_size
-        self.model = mujoco.MjModel.from_xml_string(models.build_mjcf(
-            config.robot, config.scene, 1.0 / config.physics_hz,
-            offscreen_size=(max(640, render_hw[1]), max(480, render_hw[0]))))
+        mjcf = models.build_mjcf(config.robot, config.scene, 1.0 / config.physics_hz,
+                                 offscreen_size=(max(640, render_hw[1]), max(480, render_hw[0])))
+        if config.visual == "meshes":
+            from robot_servers.twin.meshes import add_mesh_visuals
+
+            mjcf = add_mesh_visuals(mjcf)
+        self.model = mujoco.MjModel.from_xml_string(mjcf)
         self.data = mujoco.MjData(self.model)
         self.dt = self.model.opt.timestep
         self._lock = threading.RLock()
@@ -122,7 +132,8 @@ class TwinBackend(Backend):
         self._tcp_xmat = self.data.site_xmat[self._tcp]
         self.joint_low = model.jnt_range[:7, 0].copy()
         self.joint_high = model.jnt_range[:7, 1].copy()
-        self.home_q = np.array(config.home_q if config.home_q is not None else models.HOME[config.robot], dtype=np.float64)
+        home = config.home_q if config.home_q is not None else models.HOME[config.robot]
+        self.home_q = np.array(home, dtype=np.float64)
         self._check_q(self.home_q, "home_q")
         self._object_bodies = {
             name: model.body(name).id for name in ("cube", "peg", "hole")
@@ -132,9 +143,9 @@ class TwinBackend(Backend):
         self.controller = ImpedanceController(config.impedance, tau_limit=model.actuator_ctrlrange[:7, 1])
         self._jacp = np.zeros((3, model.nv))
         self._jacr = np.zeros((3, model.nv))
-        self._target = np.array([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])  # xyz + quat xyzw
-        self._target_pos = self._target[:3]
-        self._target_quat = self._target[3:]
+        self._command = np.array([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])  # commanded target, xyz + quat xyzw
+        self._target = self._command.copy()  # what the law tracks: the command, low-passed when configured
+        self._filter_alpha = 1.0 if config.target_filter is None else float(config.target_filter)
         # [goal width, reference width, max change per tick]: the fingers follow at the hand's speed
         self._gripper = np.array([MAX_GRIPPER_WIDTH, MAX_GRIPPER_WIDTH, models.GRIPPER_SPEED * self.dt])
         self._gripper_ctrl = model.actuator("gripper").id
@@ -170,13 +181,19 @@ class TwinBackend(Backend):
         data.ctrl[:] = 0.0
         data.ctrl[self._gripper_ctrl] = self._gripper[1] / 2
         mujoco.mj_forward(self.model, data)
-        self._target_pos[:] = data.site_xpos[self._tcp]
-        matrix_to_quat_xyzw(data.site_xmat[self._tcp], self._target_quat)
+        self._snap_target_to_tcp()
         self.controller.reset(q)
         self._mode = "impedance"
 
+    def _snap_target_to_tcp(self) -> None:
+        """Target and command := the TCP pose of the current kinematics (hold still here)."""
+        self._command[:3] = self.data.site_xpos[self._tcp]
+        matrix_to_quat_xyzw(self.data.site_xmat[self._tcp], self._command[3:])
+        self._target[:] = self._command
+
     def _tick(self) -> None:
         model, data = self.model, self.data
+        filter_target(self._target, self._command, self._filter_alpha)
         mujoco.mj_step1(model, data)
         if self._mode == "impedance":
             mujoco.mj_jacSite(model, data, self._jacp, self._jacr, self._tcp)
@@ -204,9 +221,7 @@ class TwinBackend(Backend):
         return tau
 
     def _finish_joint_reset(self) -> None:
-        data = self.data
-        self._target_pos[:] = data.site_xpos[self._tcp]
-        matrix_to_quat_xyzw(data.site_xmat[self._tcp], self._target_quat)
+        self._snap_target_to_tcp()
         self.controller.q_ns[:] = self._joint_goal
         self._mode = "impedance"
         self._joint_done.set()
@@ -236,8 +251,8 @@ class TwinBackend(Backend):
             data, controller = self.data, self.controller
             self._fast(n, self.model._address, data._address, self._tcp, self._jacp, self._jacr, self._tcp_pos,
                        self._tcp_xmat, data.qpos, data.qvel, data.qfrc_bias, data.qfrc_gravcomp, data.ctrl,
-                       self._target, controller.gains, controller.q_ns, controller.tau, controller.force,
-                       self._gripper, self._gripper_ctrl)
+                       self._target, self._command, self._filter_alpha, controller.gains, controller.q_ns,
+                       controller.tau, controller.force, self._gripper, self._gripper_ctrl)
         else:
             for _ in range(n):
                 self._tick()
@@ -280,7 +295,7 @@ class TwinBackend(Backend):
                 q=q,
                 dq=dq,
                 gripper_width=float(np.clip(data.qpos[self._finger_qpos].sum(), 0.0, MAX_GRIPPER_WIDTH)),
-                target_pose=np.concatenate([self._target_pos, self._target_quat]),
+                target_pose=self._command.copy(),
                 controller_mode=self._mode,
                 errors=list(self._errors),
                 timestamp=float(data.time),
@@ -293,8 +308,7 @@ class TwinBackend(Backend):
             pose = self.config.safety_box.clip(pose)
         with self._lock:
             if self._mode == "impedance":
-                self._target_pos[:] = pose[:3]
-                self._target_quat[:] = pose[3:]
+                self._command[:] = pose
             if width is not None:
                 self._gripper[0] = width
 
@@ -352,14 +366,13 @@ class TwinBackend(Backend):
                 self._reset_robot(self.home_q)
             self._errors.clear()
             self._mode = "impedance"
-            self._target_pos[:] = self.data.site_xpos[self._tcp]
-            matrix_to_quat_xyzw(self.data.site_xmat[self._tcp], self._target_quat)
+            mujoco.mj_kinematics(self.model, self.data)
+            self._snap_target_to_tcp()
 
     def hold(self) -> None:
         with self._lock:
             mujoco.mj_kinematics(self.model, self.data)
-            self._target_pos[:] = self.data.site_xpos[self._tcp]
-            matrix_to_quat_xyzw(self.data.site_xmat[self._tcp], self._target_quat)
+            self._snap_target_to_tcp()
 
     def reset_robot(self, q=None) -> None:
         """Sim only: put the arm at rest at ``q`` (home when None), hand open, errors cleared.

@@ -30,14 +30,17 @@ except ImportError:  # pragma: no cover - numba is in the sim extra
     def _jit(function):
         return function
 
-# Layout of the packed gain vector (one array keeps the per-tick call cheap).
-K, D, CLIP_LOW, CLIP_HIGH = slice(0, 6), slice(6, 12), slice(12, 18), slice(18, 24)
-RATE = 24
+# Layout of the packed gain vector (one array keeps the per-tick call cheap): 6 stiffnesses,
+# 6 dampings, 6 lower clips, 6 upper clips, the rate limit, then per joint: nullspace stiffness,
+# nullspace damping, torque limit.
+K0, D0, CLIP_LOW0, CLIP_HIGH0, RATE, JOINTS0 = 0, 6, 12, 18, 24, 25
+K, D = slice(K0, K0 + 6), slice(D0, D0 + 6)
+CLIP_LOW, CLIP_HIGH = slice(CLIP_LOW0, CLIP_LOW0 + 6), slice(CLIP_HIGH0, CLIP_HIGH0 + 6)
 
 
 def _joint_slices(n: int) -> tuple[slice, slice, slice]:
     """(nullspace stiffness, nullspace damping, torque limit) slices of the gain vector for n joints."""
-    return slice(25, 25 + n), slice(25 + n, 25 + 2 * n), slice(25 + 2 * n, 25 + 3 * n)
+    return slice(JOINTS0, JOINTS0 + n), slice(JOINTS0 + n, JOINTS0 + 2 * n), slice(JOINTS0 + 2 * n, JOINTS0 + 3 * n)
 
 
 PANDA_TORQUE_LIMITS = np.array([87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0])  # Nm
@@ -119,30 +122,52 @@ def impedance_kernel(jacp, jacr, pos, xmat, qpos, qvel, bias, gravcomp, target, 
     error = np.empty(6)
     pose_error_franka(pos, xmat, target, error)
     for i in range(6):
-        clipped = min(max(error[i], gains[12 + i]), gains[18 + i])
+        clipped = min(max(error[i], gains[CLIP_LOW0 + i]), gains[CLIP_HIGH0 + i])
         twist = 0.0
         for j in range(n):
             twist += jac[i, j] * qvel[j]
-        force[i] = -gains[i] * clipped - gains[6 + i] * twist
+        force[i] = -gains[K0 + i] * clipped - gains[D0 + i] * twist
     # Nullspace projector I − Jᵀ(J Jᵀ)⁻¹J applied to the posture torque.
     jjt = jac @ jac.T
     for i in range(6):
         jjt[i, i] += NULLSPACE_REGULARIZATION
     posture = np.empty(n)
     for j in range(n):
-        posture[j] = gains[25 + j] * (q_ns[j] - qpos[j]) - gains[25 + n + j] * qvel[j]
+        posture[j] = gains[JOINTS0 + j] * (q_ns[j] - qpos[j]) - gains[JOINTS0 + n + j] * qvel[j]
     projected = jac.T @ np.linalg.solve(jjt, jac @ posture)
-    rate = gains[24]
+    rate = gains[RATE]
     for j in range(n):
         task = 0.0
         for i in range(6):
             task += jac[i, j] * force[i]
         desired = task + posture[j] - projected[j] + bias[j] - gravcomp[j]
         step = min(max(desired - tau[j], -rate), rate)
-        limit = gains[25 + 2 * n + j]
+        limit = gains[JOINTS0 + 2 * n + j]
         tau[j] = min(max(tau[j] + step, -limit), limit)
         ctrl[j] = tau[j]
     return tau
+
+
+@_jit
+def filter_target(target, command, alpha):
+    """SERL's per-tick target low-pass: ``target`` moves the fraction ``alpha`` towards ``command``
+    (position linearly, orientation by normalised lerp on the same hemisphere). ``alpha ≥ 1`` copies."""
+    if alpha >= 1.0:
+        for i in range(7):
+            target[i] = command[i]
+        return target
+    for i in range(3):
+        target[i] += alpha * (command[i] - target[i])
+    dot = target[3] * command[3] + target[4] * command[4] + target[5] * command[5] + target[6] * command[6]
+    sign = -1.0 if dot < 0.0 else 1.0
+    norm = 0.0
+    for i in range(3, 7):
+        target[i] += alpha * (sign * command[i] - target[i])
+        norm += target[i] * target[i]
+    norm = np.sqrt(norm)
+    for i in range(3, 7):
+        target[i] /= norm
+    return target
 
 
 class ImpedanceController:

@@ -1,74 +1,87 @@
-"""The twin's impedance tick loop compiled with numba, calling MuJoCo's C API through ctypes.
+"""The twin's impedance tick loop compiled with numba, calling MuJoCo's C API directly.
 
 A Python loop costs ~20 µs per tick around a ~10 µs ``mj_step``; here the whole loop of
 ``mj_step1`` → ``mj_jacSite`` → impedance law → gripper ramp → ``mj_step2`` runs without the
-interpreter. The arrays passed in are views into MjData, so MuJoCo and the law share memory.
-``available()`` is False when numba (sim extra) or the library cannot be loaded; the backend then
-runs the same steps in Python.
+interpreter, calling MuJoCo's C functions by symbol name (numba external functions, so the machine
+code is cached on disk). The arrays passed in are views into MjData: MuJoCo and the law share memory.
+``runner()`` is None when numba (sim extra) or the library is missing; the backend then runs the
+same steps in Python.
 """
 
 from __future__ import annotations
 
-import ctypes
 import glob
 import os
 
 import mujoco
 
-from robot_servers.control.impedance import HAVE_NUMBA, impedance_kernel
-
-_run = None
+from robot_servers.control.impedance import HAVE_NUMBA, filter_target, impedance_kernel
 
 
-def _load_library():
+def _load_mujoco_symbols() -> bool:
+    """Make libmujoco's symbols visible to numba's linker (the library the bindings already loaded)."""
+    if not HAVE_NUMBA or os.environ.get("SERL_TWIN_PYTHON_LOOP", "") == "1":
+        return False
     candidates = sorted(glob.glob(os.path.join(os.path.dirname(mujoco.__file__), "libmujoco.so*")))
     if not candidates:
-        return None
-    lib = ctypes.CDLL(candidates[0])  # the same library the bindings loaded: one mujoco in the process
-    pointer = ctypes.c_uint64
-    for name in ("mj_step1", "mj_step2"):
-        getattr(lib, name).argtypes = [pointer, pointer]
-        getattr(lib, name).restype = None
-    lib.mj_jacSite.argtypes = [pointer, pointer, pointer, pointer, ctypes.c_int]
-    lib.mj_jacSite.restype = None
-    return lib
+        return False
+    try:
+        import llvmlite.binding
+
+        llvmlite.binding.load_library_permanently(candidates[0])
+    except (OSError, RuntimeError):
+        return False
+    return True
 
 
-def _build():
+_AVAILABLE = _load_mujoco_symbols()
+
+if _AVAILABLE:
     import numba
+    from numba.core import types
 
-    lib = _load_library()
-    if lib is None:
-        return None
-    step1, step2, jac_site = lib.mj_step1, lib.mj_step2, lib.mj_jacSite
+    _ptr = types.uint64
+    _mj_step1 = types.ExternalFunction("mj_step1", types.void(_ptr, _ptr))
+    _mj_step2 = types.ExternalFunction("mj_step2", types.void(_ptr, _ptr))
+    _mj_jac_site = types.ExternalFunction("mj_jacSite", types.void(_ptr, _ptr, _ptr, _ptr, types.int32))
 
-    @numba.njit
+    @numba.njit(cache=True)
     def run_impedance_ticks(n, model_ptr, data_ptr, site, jacp, jacr, tcp_pos, tcp_xmat, qpos, qvel, bias,
-                            gravcomp, ctrl, target, gains, q_ns, tau, force, gripper, gripper_ctrl):
+                            gravcomp, ctrl, target, command, alpha, gains, q_ns, tau, force, gripper, gripper_ctrl):
+        """``n`` physics ticks with the impedance law tracking ``target`` (filtered towards ``command``
+        by ``alpha`` per tick); ``gripper`` = [goal, reference, max step] widths."""
         for _ in range(n):
-            step1(model_ptr, data_ptr)
-            jac_site(model_ptr, data_ptr, jacp.ctypes.data, jacr.ctypes.data, site)
+            filter_target(target, command, alpha)
+            _mj_step1(model_ptr, data_ptr)
+            _mj_jac_site(model_ptr, data_ptr, jacp.ctypes.data, jacr.ctypes.data, site)
             impedance_kernel(jacp, jacr, tcp_pos, tcp_xmat, qpos, qvel, bias, gravcomp, target, gains, q_ns,
                              tau, force, ctrl)
-            diff = gripper[0] - gripper[1]  # goal − reference: ramp at the hand's speed
+            diff = gripper[0] - gripper[1]  # ramp the finger reference at the hand's speed
             if diff != 0.0:
                 gripper[1] += min(max(diff, -gripper[2]), gripper[2])
                 ctrl[gripper_ctrl] = 0.5 * gripper[1]
-            step2(model_ptr, data_ptr)
+            _mj_step2(model_ptr, data_ptr)
 
-    return run_impedance_ticks
+    def _flush_if_kernel_changed() -> None:
+        """numba checks only this file's timestamp; the law it inlines lives in control/impedance.py."""
+        import robot_servers.control.impedance as law
+
+        try:
+            index = run_impedance_ticks._cache._cache_file._index_path
+            if os.path.exists(index) and os.path.getmtime(index) < os.path.getmtime(law.__file__):
+                run_impedance_ticks._cache.flush()
+        except (AttributeError, OSError):  # numba internals moved: worst case a stale cache, as numba itself
+            pass
+
+    _flush_if_kernel_changed()
+else:
+    run_impedance_ticks = None
 
 
 def available() -> bool:
-    return runner() is not None
+    return run_impedance_ticks is not None
 
 
 def runner():
-    """The compiled loop, or None without numba (compiled once per process, ~1 s)."""
-    global _run
-    if _run is None and HAVE_NUMBA and os.environ.get("SERL_TWIN_PYTHON_LOOP", "") != "1":
-        try:
-            _run = _build()
-        except (OSError, AttributeError):
-            _run = None
-    return _run
+    """The compiled loop (compiled on first use, then loaded from numba's disk cache), or None."""
+    return run_impedance_ticks

@@ -102,7 +102,7 @@ ROBOTS: dict[str, tuple[Link, ...]] = {
     "fr3": _links(_FR3_INERTIA, _FR3_RANGES, (0.195,) * 4 + (0.074,) * 3, (0.21,) * 7),
 }
 
-# FR3's home differs: joint 6 must stay above 0.5445 rad; Franka's default home suits both.
+# Franka's default home (TCP at 0.307, 0, 0.487 pointing down) lies inside both robots' limits (FR3 q6 ≥ 0.5445).
 HOME = {"panda": HOME_Q, "fr3": HOME_Q}
 
 HAND_MASS = 0.73

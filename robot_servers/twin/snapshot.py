@@ -1,6 +1,7 @@
 """Save one PNG per twin camera so a person can see the scene.
 
     python -m robot_servers.twin.snapshot --out snapshots/ [--scene peg_insertion --robot fr3 --height 480 --width 640]
+    python -m robot_servers.twin.snapshot --out snapshots/ --visual meshes   # FR3 visual meshes (needs franky-sim)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class SnapshotArgs:
     width: int = 640
     seed: int = 0
     settle: float = 0.5  # seconds of physics before the pictures
+    visual: str = "primitives"  # primitives | meshes (FR3 meshes from franky-sim)
 
 
 def snapshot(args: SnapshotArgs) -> dict[str, str]:
@@ -30,7 +32,8 @@ def snapshot(args: SnapshotArgs) -> dict[str, str]:
     from robot_servers.backends.twin import TwinBackend, TwinConfig
 
     args.out.mkdir(parents=True, exist_ok=True)
-    config = TwinConfig(robot=args.robot, scene=args.scene, image_size=(args.height, args.width), seed=args.seed)
+    config = TwinConfig(robot=args.robot, scene=args.scene, image_size=(args.height, args.width), seed=args.seed,
+                        visual=args.visual)
     written = {}
     with TwinBackend(config) as backend:
         backend.advance(args.settle)

@@ -187,6 +187,8 @@ class SACAgent(struct.PyTreeNode):
         )
         critic_def = CriticEnsemble(config.hidden_dims, config.num_qs, config.activation, config.critic_layer_norm)
         actor_def = TanhGaussianActor(config.hidden_dims, continuous_dim, config.activation, config.actor_layer_norm)
+        if config.pretrained_backbone and not image_keys:
+            raise ValueError("SACConfig.pretrained_backbone: the observations have no camera to encode")
         temp_def = Temperature(config.init_temperature)
         grasp_def = None
         if config.grasp_critic:
@@ -196,8 +198,6 @@ class SACAgent(struct.PyTreeNode):
         params = _init_params((encoder_def, critic_def, actor_def, temp_def, grasp_def), continuous_dim, init_rng,
                               _add_batch_axis(observation_example))
         if config.pretrained_backbone:
-            if not image_keys:
-                raise ValueError("SACConfig.pretrained_backbone: the observations have no camera to encode")
             params["encoder"] = insert_backbone_params(
                 params["encoder"], load_backbone_params(config.pretrained_backbone), config.pretrained_backbone
             )
@@ -357,9 +357,10 @@ class SACAgent(struct.PyTreeNode):
 
     # ---- acting ----------------------------------------------------------------------------------
     def _act(self, observations, rng, deterministic: bool):
-        single = observations["state" if "state" in observations else self.image_keys[0]].ndim == (
-            1 if "state" in observations else 3
-        )
+        if "state" in observations:
+            single = observations["state"].ndim == 1
+        else:
+            single = observations[self.image_keys[0]].ndim == 3
         obs = _add_batch_axis(observations) if single else observations
         features = self.encode(self.critic.params["encoder"], obs)
         mean, log_std = self.policy(self.actor.params, features)
@@ -372,7 +373,7 @@ class SACAgent(struct.PyTreeNode):
             actions = jnp.concatenate([actions, gripper[:, None]], axis=-1)
         return actions[0] if single else actions
 
-    @functools.partial(jax.jit, static_argnames=())
+    @jax.jit
     def sample_actions(self, observations, rng):
         """Stochastic actions in [-1, 1] (gripper in {-1, 0, 1} when the grasp critic is on); single or batched obs."""
         return self._act(observations, rng, deterministic=False)

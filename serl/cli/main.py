@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "record-demos": ("serl.cli.record_demos", "RecordDemosConfig", "record_demos", "record demos (scripted or teleop) to HDF5"),
     "demos": ("serl.cli.demo_view", "DemoViewConfig", "demo_view", "summarise / plot / render a demo file"),
     "bench": ("serl.cli.bench", "BenchConfig", "bench", "run benchmarks/*.py (--quick for the CI smoke mode)"),
-    "classifier": ("reward_classifiers.cli", "", "main", "reward classifiers: label | train | eval"),
+    "classifier": ("serl.cli.classifier", "", "main", "reward classifiers: label | train | eval"),
 }
 
 

@@ -48,7 +48,7 @@ class RecordDemosConfig:
     n: int = 20
     """Episodes to keep (successful ones, unless --keep-failed)."""
     teleop: Literal["scripted", "keyboard", "spacemouse", "gamepad"] = "keyboard"
-    """Who drives: the scripted expert (twin only) or a device."""
+    """Who drives: the scripted expert (twin only: it reads the twin's ground-truth scene) or a device."""
     out: Path = Path("demos.h5")
     """Output file; appended to when it exists."""
     seed: int = 0
@@ -83,8 +83,6 @@ class RecordDemosConfig:
             raise ValueError(f"max_episodes: must be >= 0, got {self.max_episodes}")
         if self.noise < 0:
             raise ValueError(f"noise: must be >= 0, got {self.noise}")
-        if self.teleop == "scripted" and self.robot_url is not None:
-            raise ValueError("teleop: the scripted expert needs the twin's ground truth; use it without --robot-url")
 
 
 @dataclasses.dataclass

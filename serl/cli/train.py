@@ -38,7 +38,7 @@ LearnerCommand = LearnerConfig
 ActorCommand = ActorConfig
 
 # State-based RLPD on CPU: ensemble 10 / min-of-2 / LayerNorm as in RLPD, a UTD a 2-core machine keeps up with.
-TRAIN_AGENT = SACConfig(num_qs=10, num_min_qs=2, critic_layer_norm=True, utd_ratio=4, init_temperature=0.1)
+TRAIN_AGENT = SACConfig(num_qs=10, num_min_qs=2, critic_layer_norm=True, utd_ratio=4, init_temperature=0.01, discount=0.97)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +68,7 @@ class TrainConfig:
     checkpoint_every: int = 2_000
     random_steps: int = 0
     max_lag: int = 10
-    """The actor waits for newer weights after this many steps on the same ones (keeps the UTD honest in sim)."""
+    """The actor waits while the learner owes this many updates (keeps the update-to-data ratio in sim)."""
     robot_server: bool = False
     """Start a twin robot server and let the actor use it over HTTP (default: twin in the actor's process)."""
     resume: bool = False
@@ -83,6 +83,8 @@ class TrainConfig:
             raise ValueError(f"env_steps: must be positive, got {self.env_steps}")
         if self.num_demos < 0:
             raise ValueError(f"num_demos: must be >= 0, got {self.num_demos}")
+        if self.robot_server and (self.pixels or self.task_module):
+            raise ValueError("robot_server: the served twin takes a registered state task only (no --pixels, --task-module)")
 
 
 def free_port() -> int:
@@ -120,6 +122,10 @@ def actor(cfg: ActorConfig) -> int:
 
 def _record_demos(cfg: TrainConfig, env: EnvConfig, path: Path) -> Path:
     from serl.cli.record_demos import RecordDemosConfig, record_demos
+    from serl.runtime.envs import import_task_module
+
+    if env.task_module:
+        import_task_module(env.task_module)
 
     fields = {f.name for f in dataclasses.fields(RecordDemosConfig)}
     options = {"task": cfg.task, "n": cfg.num_demos, "teleop": "scripted", "out": path, "seed": cfg.run.seed}
@@ -312,10 +318,9 @@ def train(cfg: TrainConfig) -> int:
 
 
 def _robot_server_args(cfg: TrainConfig, port: int) -> list[str]:
-    args = [sys.executable, "-m", "robot_servers", "--port", str(port), "--task", cfg.task]
-    if cfg.pixels:
-        args.append("--pixels")
-    return args
+    # a lockstep twin: the actor's env advances simulated time, so training runs faster than real time
+    return [sys.executable, "-m", "robot_servers", "--backend", "twin", "--task", cfg.task, "--port", str(port),
+            "--lockstep", "--log-level", "warning"]
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:

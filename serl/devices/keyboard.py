@@ -19,6 +19,7 @@ A terminal sends no key-release events, only the key and then auto-repeats while
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import collections
 import contextlib
@@ -168,6 +169,7 @@ class TerminalKeyReader:
         attrs[6][termios.VMIN] = 0
         attrs[6][termios.VTIME] = 0
         termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        atexit.register(self.close)  # never leave the user's terminal without echo
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="terminal-keys", daemon=True)
         self._thread.start()
@@ -208,6 +210,7 @@ class TerminalKeyReader:
         if self._stop.is_set():
             return
         self._stop.set()
+        atexit.unregister(self.close)
         self._thread.join(timeout=1.0)
         with contextlib.suppress(termios.error, OSError):
             termios.tcsetattr(self.fd, termios.TCSANOW, self._saved)

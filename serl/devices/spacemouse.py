@@ -192,7 +192,7 @@ def describe_missing(entries: list[dict[str, Any]]) -> str:
         seen = ", ".join(f"{e['vendor_id']:04x}:{e.get('product_id', 0):04x} {e.get('product_string') or ''}".strip() for e in others)
         message += f"; unsupported 3Dconnexion/Logitech devices seen: {seen} (pass vendor_id/product_id to SpaceMouse)"
     elif not entries:
-        message += " (hidapi saw no HID devices at all: on Linux this usually means no read access to /dev/hidraw*; " + UDEV_HINT + ")"
+        message += " (hidapi saw no HID devices at all: none is plugged in, or on Linux no read access to /dev/hidraw*; " + UDEV_HINT + ")"
     return message
 
 

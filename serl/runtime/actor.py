@@ -101,7 +101,7 @@ def run_actor(cfg: ActorConfig, run_dir: Path, stop: threading.Event | None = No
     low, high = env.action_space.low, env.action_space.high
 
     weights = WeightsSlot()
-    steps = episodes = 0
+    steps = episodes = robot_failures = 0
     recent_success: list[float] = []
     recent_return: list[float] = []
     obs, _ = env.reset(seed=cfg.run.seed)
@@ -109,7 +109,7 @@ def run_actor(cfg: ActorConfig, run_dir: Path, stop: threading.Event | None = No
     try:
         while not stop.is_set() and (cfg.max_env_steps == 0 or steps < cfg.max_env_steps):
             agent = weights.apply_newest(client, agent, steps)
-            if cfg.max_lag and weights.meta.get("training") and steps - weights.at_step >= cfg.max_lag:
+            if cfg.max_lag and weights.owed_updates(steps) >= cfg.max_lag:
                 agent = _wait_for_learner(client, weights, agent, steps, stop)
             weights_version = weights.version
 
@@ -119,7 +119,19 @@ def run_actor(cfg: ActorConfig, run_dir: Path, stop: threading.Event | None = No
             else:
                 rng, key = jax.random.split(rng)
                 action = np.asarray(agent.sample_actions(obs, key), dtype=np.float32)
-            next_obs, reward, terminated, truncated, info = env.step(action)
+            try:
+                next_obs, reward, terminated, truncated, info = env.step(action)
+                robot_failures = 0
+            except (RuntimeError, ConnectionError, OSError) as err:
+                # a safety stop or a lost robot server: end the episode here, clear errors, start a new one
+                robot_failures += 1
+                if robot_failures > cfg.max_robot_failures:
+                    raise
+                print(f"[actor] episode aborted by the robot ({err}); recovering", flush=True)
+                _recover(env)
+                obs, _ = env.reset()
+                stats = EpisodeStats()
+                continue
             client.send(make_transition(obs, action, reward, next_obs, terminated, truncated, info))
             stats.add(reward, info, time.perf_counter() - started)
             steps += 1
@@ -159,6 +171,17 @@ def run_actor(cfg: ActorConfig, run_dir: Path, stop: threading.Event | None = No
     return {"env_steps": steps, "episodes": episodes, "weights_version": weights.version}
 
 
+def _recover(env) -> None:
+    """Clear the robot's error state (safety stop, reflex) before the next reset, when the client can."""
+    client = getattr(env.unwrapped, "client", None)
+    if client is None:
+        return
+    try:
+        client.recover()
+    except (RuntimeError, ConnectionError, OSError) as err:
+        print(f"[actor] recover failed: {err}", flush=True)
+
+
 class WeightsSlot:
     """The weights the actor uses: swapped in between steps whenever the transport holds newer ones."""
 
@@ -168,6 +191,12 @@ class WeightsSlot:
         self.received_at = 0.0
         self.at_step = 0
         self._blob = None
+
+    def owed_updates(self, step: int) -> float:
+        """Updates the learner still owes, estimated from its last report plus the steps taken since."""
+        if not self.meta.get("training"):
+            return 0.0
+        return float(self.meta.get("backlog", 0)) + (step - self.at_step)
 
     def apply_newest(self, client, agent, step: int):
         newest = client.latest_weights()

@@ -36,6 +36,10 @@ class EnvConfig:
     """Task config overrides as key=value (value parsed as JSON when possible), e.g. max_episode_steps=50."""
     task_module: str | None = None
     """Module name or .py file imported first, to register your own tasks (serl.envs.tasks.register_task)."""
+    reward_classifier: Path | None = None
+    """Checkpoint directory from `serl classifier train`: the reward comes from that success classifier."""
+    classifier_k: int = 1
+    """Consecutive steps above the classifier's threshold that count as success (reward 1, episode end)."""
 
     def override_dict(self) -> dict:
         """``overrides`` as a dict; ValueError naming a malformed entry."""
@@ -141,10 +145,12 @@ class ActorConfig:
     max_env_steps: int = 0
     """Stop after this many env steps; 0 = run until interrupted."""
     max_lag: int = 0
-    """While the learner trains, wait for newer weights after this many steps on the same ones (10 s at most);
-    keeps the update-to-data ratio in fast sims. 0 = free-running (real robots)."""
+    """While the learner trains, wait (10 s at most) when it owes this many updates (its reported backlog plus
+    the steps taken since); keeps the update-to-data ratio in fast sims. 0 = free-running (real robots)."""
     log_every: int = 1
     """Episodes between log lines."""
+    max_robot_failures: int = 5
+    """Consecutive robot errors (safety stop, lost server) recovered from before the actor gives up."""
     quiet: bool = False
 
     def __post_init__(self):

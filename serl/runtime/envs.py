@@ -28,6 +28,10 @@ def build_env(cfg: EnvConfig, seed: int | None = None, teleop: str = "none") -> 
     else:
         env = _make_remote_env(cfg, overrides)
     env = flatten(env)
+    if cfg.reward_classifier is not None:
+        from reward_classifiers.runtime import ClassifierReward
+
+        env = ClassifierReward(env, cfg.reward_classifier, k=cfg.classifier_k)
     if teleop != "none":
         env = _with_intervention(env, teleop)
     return env

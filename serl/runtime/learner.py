@@ -98,6 +98,7 @@ class Learner:
         self.logger = MetricsLogger(cfg.run.logger, run_dir / "tb" / "learner", run_name=cfg.run.name,
                                     config=dataclasses.asdict(cfg))
         self.backlog = 0
+        self.rejected = 0
         self.training = len(self.online) >= cfg.min_online_steps
         self.last_checkpoint = self.counters.env_steps
         self.last_log = self.counters.env_steps
@@ -111,8 +112,16 @@ class Learner:
         received = 0
         for batch in self.server.drain(timeout=timeout):
             for transition in batch.transitions:
-                transition = _as_buffer_transition(transition)
-                self.online.insert(transition)
+                try:
+                    transition = _as_buffer_transition(transition)
+                    self.online.insert(transition)
+                except (KeyError, TypeError, ValueError) as err:
+                    # one actor with a wrong env must not take the learner down; its data is dropped loudly
+                    self.rejected += 1
+                    if self.rejected in (1, 10, 100) or self.rejected % 1000 == 0:
+                        print(f"[learner] dropped transition from {batch.actor_id} ({self.rejected} so far): {err}",
+                              flush=True)
+                    continue
                 if transition.get("intervened"):
                     self.demo.insert(transition)
                     self.counters.interventions += 1

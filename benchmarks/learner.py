@@ -1,0 +1,247 @@
+"""Learner benchmark: state RLPD update rate (ours vs sbx), pixel DrQ update rate, compile time at two UTDs,
+achieved GFLOP/s against measured dense-matmul GFLOP/s, and replay bytes per transition.
+
+Prints one JSON object. `--quick` runs tiny sizes without the peer (CI smoke test).
+The sbx peer runs in its own virtual environment (.venvs/sbx), created on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SBX_VENV = ROOT / ".venvs" / "sbx"
+
+SBX_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np, gymnasium as gym, jax
+    from sbx import SAC
+    from stable_baselines3.common.logger import configure
+    obs_dim, act_dim, hidden, n_critics, batch, utd, calls = map(int, sys.argv[1:8])
+    class Env(gym.Env):
+        observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+        action_space = gym.spaces.Box(-1, 1, (act_dim,), np.float32)
+        def reset(self, seed=None, options=None): return np.zeros(obs_dim, np.float32), {}
+        def step(self, a): return np.zeros(obs_dim, np.float32), 0.0, False, False, {}
+    model = SAC("MlpPolicy", Env(), buffer_size=10_000, learning_starts=0, batch_size=batch, gradient_steps=utd,
+                policy_delay=utd, policy_kwargs=dict(net_arch=[hidden, hidden], n_critics=n_critics, layer_norm=True),
+                seed=0, verbose=0)
+    model.set_logger(configure(None, []))
+    rb, rng, n = model.replay_buffer, np.random.default_rng(0), 10_000
+    rb.observations[:] = rng.normal(size=rb.observations.shape)
+    rb.next_observations[:] = rng.normal(size=rb.next_observations.shape)
+    rb.actions[:] = rng.uniform(-1, 1, rb.actions.shape)
+    rb.rewards[:] = rng.normal(size=rb.rewards.shape)
+    rb.full = True
+    t = time.perf_counter(); model.train(utd, batch); jax.block_until_ready(model.policy.qf_state.params)
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(calls):
+        model.train(utd, batch)
+    jax.block_until_ready(model.policy.qf_state.params)
+    elapsed = time.perf_counter() - t
+    print(json.dumps({"calls_per_s": calls / elapsed, "first_call_s": compile_s}))
+""")
+
+
+def ensure_sbx_venv() -> pathlib.Path:
+    """Create .venvs/sbx with torch (CPU build first) and sbx-rl when missing; return its python."""
+    python = SBX_VENV / "bin" / "python"
+    if python.exists() and subprocess.run([str(python), "-c", "import sbx"], capture_output=True).returncode == 0:
+        return python
+    subprocess.run([sys.executable, "-m", "venv", str(SBX_VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["torch==2.13.0"], check=True)  # CPU build; otherwise pip pulls a multi-GB CUDA build
+    subprocess.run(pip + ["sbx-rl", "gymnasium>=1.0"], check=True)
+    return python
+
+
+def _random_batch(rng, n, obs_example, action_dim):
+    def obs():
+        out = {}
+        for k, v in obs_example.items():
+            if v.dtype == np.uint8:
+                out[k] = rng.integers(0, 256, (n,) + v.shape, np.uint8)
+            else:
+                out[k] = rng.normal(size=(n,) + v.shape).astype(np.float32)
+        return out
+
+    return {"observations": obs(), "next_observations": obs(),
+            "actions": rng.uniform(-1, 1, (n, action_dim)).astype(np.float32),
+            "rewards": rng.normal(size=n).astype(np.float32), "masks": np.ones(n, np.float32)}
+
+
+def _time_calls(agent, batches, calls):
+    import jax
+
+    t = time.perf_counter()
+    for i in range(calls):
+        agent, metrics = agent.update(batches[i % len(batches)])
+    jax.block_until_ready(agent)
+    return (time.perf_counter() - t) / calls
+
+
+def _first_call(agent, batch):  # noqa: D103 - trace + compile + one run
+    import jax
+
+    t = time.perf_counter()
+    agent, _ = agent.update(batch)
+    jax.block_until_ready(agent)
+    return agent, time.perf_counter() - t
+
+
+def matmul_gflops(size: int, repeats: int) -> float:
+    """Measured dense float32 matmul throughput on the default device."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        out = f(a)
+    out.block_until_ready()
+    return 2 * size**3 * repeats / (time.perf_counter() - t) / 1e9
+
+
+def bench_state(quick: bool, with_peer: bool) -> dict:
+    from serl.agents import SACAgent, SACConfig
+    from serl.data.replay import ReplayBuffer
+
+    obs_dim, action_dim = 17, 6
+    hidden, n, m, batch, utd, calls = (32, 4, 2, 16, 2, 3) if quick else (256, 10, 2, 256, 20, 20)
+    cfg = SACConfig(hidden_dims=(hidden, hidden), num_qs=n, num_min_qs=m, critic_layer_norm=True, utd_ratio=utd)
+    example = {"state": np.zeros(obs_dim, np.float32)}
+    agent = SACAgent.create(0, example, action_dim, cfg)
+    rng = np.random.default_rng(0)
+    buffer = ReplayBuffer(example, action_dim, 10_000)
+    for _ in range(2000 if not quick else 100):
+        buffer.insert({"observations": {"state": rng.normal(size=obs_dim).astype(np.float32)},
+                       "next_observations": {"state": rng.normal(size=obs_dim).astype(np.float32)},
+                       "actions": rng.uniform(-1, 1, action_dim).astype(np.float32), "rewards": 0.0, "masks": 1.0,
+                       "dones": False})
+    agent, first = _first_call(agent, buffer.sample(batch * utd))
+    batches = [buffer.sample(batch * utd) for _ in range(4)]
+    per_call = _time_calls(agent, batches, calls)
+    t = time.perf_counter()
+    for _ in range(calls):
+        agent, _ = agent.update(buffer.sample(batch * utd))
+    import jax
+
+    jax.block_until_ready(agent)
+    per_call_sampled = (time.perf_counter() - t) / calls
+    result = {
+        "config": {"num_qs": n, "num_min_qs": m, "layer_norm": True, "hidden": [hidden, hidden], "batch": batch,
+                   "utd": utd, "obs_dim": obs_dim, "action_dim": action_dim},
+        "first_call_s": round(first, 3),
+        "update_calls_per_s": round(1 / per_call, 3),
+        "critic_steps_per_s": round(utd / per_call, 1),
+        "update_calls_per_s_with_sampling": round(1 / per_call_sampled, 3),
+    }
+    if with_peer:
+        try:
+            python = ensure_sbx_venv()
+            with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+                f.write(SBX_SCRIPT)
+            out = subprocess.run([str(python), f.name, str(obs_dim), str(action_dim), str(hidden), str(n), str(batch),
+                                  str(utd), str(calls)], capture_output=True, text=True, timeout=1800,
+                                 env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "")})
+            os.unlink(f.name)
+            peer = json.loads(out.stdout.strip().splitlines()[-1])
+            result["sbx"] = {"update_calls_per_s": round(peer["calls_per_s"], 3),
+                             "critic_steps_per_s": round(peer["calls_per_s"] * utd, 1),
+                             "first_call_s": round(peer["first_call_s"], 3),
+                             "note": "sbx SAC, same nets/batch/UTD, policy_delay=UTD, min over all critics, "
+                                     "train() includes its replay sampling"}
+            result["ratio_vs_sbx"] = round(result["update_calls_per_s_with_sampling"] / peer["calls_per_s"], 2)
+        except Exception as err:  # the peer is optional; say why it is missing
+            result["sbx"] = {"error": f"{type(err).__name__}: {err}"[:500]}
+    return result
+
+
+def bench_pixels(quick: bool) -> dict:
+    import jax
+
+    from serl.agents import SACAgent, SACConfig
+    from serl.data.replay import ReplayBuffer
+
+    size, batch, calls, encoder, filters, hidden = (
+        (16, 4, 2, "small", 64, (32, 32)) if quick else (128, 256, 3, "resnet10", 64, (256, 256))
+    )
+    utds = (1, 4) if quick else (1, 20)
+    example = {"state": np.zeros(20, np.float32), "front": np.zeros((size, size, 3), np.uint8),
+               "wrist": np.zeros((size, size, 3), np.uint8)}
+    rng = np.random.default_rng(0)
+    compile_times = {}
+    for utd in utds:
+        cfg = SACConfig(hidden_dims=hidden, num_qs=2, critic_layer_norm=True, utd_ratio=utd, encoder=encoder,
+                        resnet_filters=filters, freeze_backbone=True, grasp_critic=True)
+        agent = SACAgent.create(0, example, 7, cfg)
+        b = _random_batch(rng, batch * utd, example, 7) if utd == 1 else jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct((batch * utd,) + x.shape[1:], x.dtype), b)
+        t = time.perf_counter()
+        compiled = SACAgent.update.lower(agent, b).compile()  # trace + XLA compile, what a first update() pays
+        compile_times[utd] = time.perf_counter() - t
+        if utd == 1:
+            t = time.perf_counter()
+            agent, _ = compiled(agent, b)
+            jax.block_until_ready(agent)
+            first_call = compile_times[utd] + time.perf_counter() - t
+            cost = compiled.cost_analysis()
+            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+            flops = float(cost["flops"]) if cost and "flops" in cost else None
+            t = time.perf_counter()
+            for _ in range(calls):
+                agent, _ = compiled(agent, b)
+            jax.block_until_ready(agent)
+            per_call = (time.perf_counter() - t) / calls
+    capacity = 1000
+    buffer = ReplayBuffer({**example, "front": np.zeros((128, 128, 3), np.uint8),
+                           "wrist": np.zeros((128, 128, 3), np.uint8)}, 7, capacity)
+    frame_bytes = 2 * 128 * 128 * 3
+    mm = matmul_gflops(512 if quick else 2048, 3 if quick else 10)
+    gflops = flops / per_call / 1e9 if flops else None
+    return {
+        "config": {"cameras": 2, "image": [size, size], "encoder": encoder, "frozen_backbone": True, "batch": batch,
+                   "critic_ensemble": 2, "grasp_critic": True, "augmentation": "random shift pad 4"},
+        "compile_s": {f"utd{k}": round(v, 2) for k, v in compile_times.items()},
+        "first_call_s_utd1": round(first_call, 2),
+        "update_calls_per_s_utd1": round(1 / per_call, 4),
+        "gflop_per_call": round(flops / 1e9, 2) if flops else None,
+        "achieved_gflops": round(gflops, 2) if gflops else None,
+        "matmul_gflops": round(mm, 2),
+        "fraction_of_matmul": round(gflops / mm, 3) if gflops else None,
+        "replay_bytes_per_transition": round(buffer.nbytes / capacity, 1),
+        "one_observation_frame_bytes": frame_bytes,
+        "replay_ratio_to_frames": round(buffer.nbytes / capacity / frame_bytes, 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, no peer (CI smoke test)")
+    parser.add_argument("--no-peer", action="store_true", help="skip sbx")
+    parser.add_argument("--skip-pixels", action="store_true")
+    args = parser.parse_args()
+    import jax
+
+    report = {"benchmark": "learner", "quick": args.quick, "device": str(jax.devices()[0]),
+              "cpu_count": os.cpu_count(), "state_rlpd": bench_state(args.quick, not (args.quick or args.no_peer))}
+    if not args.skip_pixels:
+        report["pixel_drq"] = bench_pixels(args.quick)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The learner's bookkeeping in one process, over real sockets: buffer routing, weights, checkpoint + resume, refusal."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from serl.agents.sac import SACConfig
+from serl.runtime.actor import make_transition
+from serl.runtime.config import EnvConfig, LearnerConfig, NetConfig, RunConfig, config_hash
+from serl.runtime.learner import Learner
+from serl.runtime.policy import create_agent, decode_weights, policy_params
+from serl.transport.actor import ActorClient, HandshakeRejected
+from serl.transport.actor import ActorConfig as TransportConfig
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return LearnerConfig(
+        env=EnvConfig(task="gym:Pendulum-v1"), run=RunConfig(root=tmp_path, name="unit", logger="none"),
+        net=NetConfig(port=free_port(), weights_port=free_port()), agent=SACConfig(hidden_dims=(16, 16)),
+        batch_size=4, min_online_steps=6, checkpoint_every=1000, quiet=True,
+    )
+
+
+def client_for(cfg: LearnerConfig, config_hash_: str) -> ActorClient:
+    return ActorClient(TransportConfig(actor_id="unit-actor", config_hash=config_hash_, host="127.0.0.1",
+                                       request_port=cfg.net.port, weights_port=cfg.net.weights_port,
+                                       flush_interval_s=0.01))
+
+
+def transition(i: int, intervened: bool) -> dict:
+    obs = {"state": np.full(3, i, np.float32)}
+    next_obs = {"state": np.full(3, i + 1, np.float32)}
+    info = {"intervened": intervened, "executed_action": np.array([0.5], np.float32) if intervened else None}
+    return make_transition(obs, np.array([-0.1], np.float32), -1.0, next_obs, False, i % 5 == 4, info)
+
+
+def receive_until(learner: Learner, steps: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while learner.counters.env_steps < steps and time.monotonic() < deadline:
+        learner.receive(timeout=0.1)
+    assert learner.counters.env_steps == steps
+
+
+def test_learner_routes_interventions_publishes_weights_and_resumes(cfg, tmp_path):
+    run_dir = tmp_path / "run"
+    learner = Learner(cfg, run_dir)
+    client = client_for(cfg, config_hash(cfg.env, cfg.agent))
+    try:
+        assert client.wait_connected(10)
+        for i in range(10):
+            client.send(transition(i, intervened=i % 3 == 0))
+        assert client.flush(10)
+        receive_until(learner, 10)
+        assert len(learner.online) == 10 and len(learner.demo) == 4 and learner.counters.interventions == 4
+        # the human's action is what was stored, for both buffers
+        assert np.allclose(learner.demo.actions[:4], 0.5) and learner.counters.episodes == 2
+        assert learner.training and learner.backlog == 10
+        while learner.backlog:
+            learner.update()
+        assert learner.counters.updates == 10
+
+        # the actor gets the newest weights and they fit its own agent
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (client.latest_weights() or (-1,))[0] < learner.counters.weights_version:
+            time.sleep(0.05)
+        version, blob = client.latest_weights()
+        assert version == learner.counters.weights_version
+        actor_agent = create_agent(cfg.run.seed, {"state": np.zeros(3, np.float32)}, 1, cfg.agent)
+        actor_agent, meta = decode_weights(actor_agent, blob)
+        assert meta["updates"] == 10 and meta["env_steps"] == 10
+        expected = policy_params(learner.agent)["actor"]
+        got = policy_params(actor_agent)["actor"]
+        assert all(np.allclose(a, b) for a, b in zip(_leaves(expected), _leaves(got)))
+        learner.save()
+    finally:
+        client.close()
+        learner.close()
+
+    resumed = Learner(dataclasses.replace(cfg, resume=True), run_dir)
+    try:
+        assert resumed.counters.env_steps == 10 and resumed.counters.updates == 10
+        assert len(resumed.online) == 10 and len(resumed.demo) == 4
+        assert int(resumed.agent.step) == 10
+        assert resumed.counters.weights_version > version  # actors take the resumed learner's weights as newer
+    finally:
+        resumed.close()
+
+
+def test_actor_with_another_config_is_refused_by_name(cfg, tmp_path):
+    learner = Learner(cfg, tmp_path / "run")
+    other = config_hash(EnvConfig(task="gym:Pendulum-v1", pixels=True), cfg.agent)
+    client = client_for(cfg, other)
+    try:
+        with pytest.raises(HandshakeRejected, match="config hash"):
+            client.wait_connected(10)
+    finally:
+        client.close()
+        learner.close()
+
+
+def _leaves(tree):
+    import jax
+
+    return jax.tree_util.tree_leaves(tree)
+
+
+def test_a_malformed_transition_is_dropped_and_the_learner_goes_on(cfg, tmp_path):
+    learner = Learner(cfg, tmp_path / "run")
+    client = client_for(cfg, config_hash(cfg.env, cfg.agent))
+    try:
+        bad = transition(0, False)
+        bad["observations"] = {"state": np.zeros(5, np.float32)}  # another env's layout
+        client.send(bad)
+        client.send(transition(1, False))
+        assert client.flush(10)
+        receive_until(learner, 1)
+        assert learner.rejected == 1 and len(learner.online) == 1
+    finally:
+        client.close()
+        learner.close()
