@@ -1,7 +1,9 @@
 """One env step through the robot server on loopback (real-time twin, two 128×128 cameras).
 
 Measures, at a 10 Hz control rate on a drift-free clock:
-- ours: POST /target, wait for the tick, GET /observe (state + both frames in one response);
+- ours: one POST /step per tick: the target plus the time left to the tick; the server observes at the
+  tick and answers with state + both frames (the env's ``FrankaEnv.step`` does the same);
+- ours_target_then_observe: POST /target, wait for the tick on the client, GET /observe (two requests);
 - serl_style: the same server driven as SERL drives its Flask server: POST /recover (SERL's
   /clearerr before every pose), POST /target, then GET /state and one GET /images per camera;
 - frankaenv: ``FrankaEnv`` (pixel PandaPickCube) on ``HttpRobotClient`` — what a training loop sees.
@@ -81,6 +83,50 @@ def control_loop(steps: int, period: float, command, observe) -> dict:
             "client_cpu_ms_per_step": round(client_cpu / steps * 1e3, 3)}
 
 
+def thread_cpu_s(pid: int, tid: int) -> float:
+    """User + system CPU seconds of one thread (Linux /proc; 10 ms resolution)."""
+    with open(f"/proc/{pid}/task/{tid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def with_server_cpu(pid: int, run) -> dict:
+    """Run the loop and add the server's request-handling CPU per step: its main thread runs the
+    event loop, where a real-time server parses, validates, commands and encodes (physics and camera
+    capture run on their own threads and are not counted)."""
+    start = thread_cpu_s(pid, pid)
+    result = run()
+    result["server_request_cpu_ms_per_step"] = round((thread_cpu_s(pid, pid) - start) / result["steps"] * 1e3, 3)
+    return result
+
+
+def one_trip_loop(steps: int, period: float, step) -> dict:
+    """Drift-free loop of single round trips: ``step(i, wait)`` sends the target with the time left to
+    the tick and the server observes at the tick. Overhead: the step's wall time beyond that wait."""
+    overheads, period_errors = [], []
+    overruns = 0
+    next_tick = time.perf_counter() + period
+    last_tick = None
+    client_cpu = 0.0
+    for i in range(steps):
+        start, cpu = time.perf_counter(), time.process_time()
+        wait = next_tick - start
+        if wait < 0:
+            overruns += 1
+            next_tick, wait = start, 0.0
+        step(i, wait)
+        tick = time.perf_counter()
+        client_cpu += time.process_time() - cpu
+        overheads.append(tick - start - wait)
+        if last_tick is not None:
+            period_errors.append(tick - last_tick - period)
+        last_tick = tick
+        next_tick += period
+    return {"steps": steps, "overhead_ms": percentiles_ms(overheads),
+            "period_error_abs_ms": percentiles_ms(np.abs(period_errors)), "overruns": overruns,
+            "client_cpu_ms_per_step": round(client_cpu / steps * 1e3, 3), "requests_per_step": 1}
+
+
 def frankaenv_loop(url: str, steps: int) -> dict:
     from serl.envs.franka_env import FrankaEnv
     from serl.envs.tasks import get_task, make_reward, pixel_variant
@@ -158,8 +204,11 @@ def main() -> None:
         for _ in range(20):  # warm up connection, JSON and msgpack paths
             client.observe()
 
-        ours = control_loop(steps, period, lambda i: client.set_target(target_at(reset_pose, i)), client.observe)
-        ours["requests_per_step"] = 2
+        ours = with_server_cpu(server.pid, lambda: one_trip_loop(
+            steps, period, lambda i, wait: client.step(target_at(reset_pose, i), wait=wait)))
+        two = with_server_cpu(server.pid, lambda: control_loop(
+            steps // 2, period, lambda i: client.set_target(target_at(reset_pose, i)), client.observe))
+        two["requests_per_step"] = 2
 
         def serl_command(i):
             http.post("/recover").raise_for_status()
@@ -186,6 +235,7 @@ def main() -> None:
         "cameras": cameras,
         "server": "python -m robot_servers (own process): real-time twin, PandaPickCube box, cameras on a capture thread",
         "ours": ours,
+        "ours_target_then_observe": two,
         "serl_style": serl,
         "ratio_overhead_serl_over_ours": {
             "p50": round(serl["overhead_ms"]["p50"] / ours["overhead_ms"]["p50"], 2),

@@ -3,6 +3,7 @@ wrapper ``ClassifierReward`` (reward 1 and episode end after ``k`` consecutive s
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Mapping
 
@@ -24,9 +25,8 @@ class RewardClassifier:
         self.threshold = float(checkpoint.threshold if threshold is None else threshold)
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold: must be in [0, 1], got {self.threshold}")
-        model = build_model(self.spec)
         self.params = jax.device_put(checkpoint.params)
-        self._predict = jax.jit(lambda params, images: jax.nn.sigmoid(model.apply({"params": params}, images))[0])
+        self._predict = _single_step_predictor(self.spec)
         self.probability({c.name: np.zeros((*c.image_size, 3), np.uint8) for c in self.spec.cameras})
 
     @classmethod
@@ -54,6 +54,15 @@ class RewardClassifier:
                     f"reward classifier: camera {cam.name!r} gives {shape} frames, the classifier was trained on "
                     f"{(*cam.image_size, 3)} (set the task's CameraSpec size/crop to the training ones, or retrain)"
                 )
+
+
+@functools.lru_cache(maxsize=8)
+def _single_step_predictor(spec: ClassifierSpec):
+    """One jitted predictor per spec, so several wrappers (or reloads) of one classifier compile once."""
+    import jax
+
+    model = build_model(spec)
+    return jax.jit(lambda params, images: jax.nn.sigmoid(model.apply({"params": params}, images))[0])
 
 
 def image_spaces(space: gym.Space) -> dict[str, gym.spaces.Box]:

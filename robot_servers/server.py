@@ -18,7 +18,8 @@ Endpoints (JSON bodies; 422 names the bad field, 409 while a safety stop is acti
     POST /recover           clear backend errors and the safety stop
     GET  /images            all cameras' newest frames (?camera=NAME to pick)   [msgpack]
     GET  /observe           state + all frames in one response                   [msgpack]
-    POST /step              {"pose"?, "gripper"?, "advance"? (lockstep), "images": bool} → observe  [msgpack]
+    POST /step              {"pose"?, "gripper"?, "advance"? (lockstep) | "wait"? (real time), "images": bool,
+                             "scene": bool} → observe                                        [msgpack]
     POST /sim/advance, GET /sim/scene, POST /sim/reset_scene, POST /sim/reset_robot   (twin only)
 
 Every response carries ``x-robot-session``; a request that sends a stale one gets 409 (server restarted).
@@ -27,11 +28,12 @@ Wire format of binary responses (``application/msgpack``)::
 
     /images  -> {camera: {"shape": [H, W, 3], "dtype": "uint8", "timestamp": t, "data": bytes}}
     /observe -> {"state": <RobotState dict>, "images": <as /images>}
-    /step    -> {"state": ..., "images": ..., "target": [7] | None, "clipped": bool}
+    /step    -> {"state": ..., "images": ..., "target": [7] | None, "clipped": bool, "scene": {name: [7]} | None}
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -51,6 +53,7 @@ import numpy as np
 from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from robot_servers.backends.base import (
@@ -187,7 +190,10 @@ class StepBody(_Body):
     pose: Optional[Pose7] = None
     gripper: Optional[Width] = None
     advance: Optional[Annotated[float, Field(gt=0.0, le=MAX_ADVANCE_S, allow_inf_nan=False)]] = None
+    wait: Optional[Annotated[float, Field(ge=0.0, le=MAX_ADVANCE_S, allow_inf_nan=False)]] = Field(
+        None, description="real-time backends: seconds after the command to observe (the env's time to its tick)")
     images: bool = True
+    scene: bool = False  # include the ground-truth scene (twin) observed at the same instant
 
     @field_validator("pose")
     @classmethod
@@ -221,6 +227,17 @@ def decode_images(payload: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[n
             raise ValueError(f"image {name!r}: {len(data)} bytes do not match shape {shape} and dtype {dtype}")
         out[name] = (np.frombuffer(data, dtype=dtype).reshape(shape).copy(), float(item["timestamp"]))
     return out
+
+
+SPIN_S = 0.002  # asyncio timers wake up to ~1 ms late; the last stretch is spun in short sleeps
+
+
+async def _sleep_until(deadline: float) -> None:
+    remaining = deadline - time.perf_counter()
+    if remaining > SPIN_S:
+        await asyncio.sleep(remaining - SPIN_S)
+    while time.perf_counter() < deadline:
+        time.sleep(0.0002)
 
 
 def _msgpack(obj: Any) -> Response:
@@ -623,11 +640,16 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
     def observe() -> Response:
         return _msgpack({"state": guard.observe_state(), "images": encode_images(read_images())})
 
-    @app.post("/step", summary="Optional target, optional lockstep advance, then observe (msgpack)",
-              response_class=Response, responses=_MSGPACK_RESPONSE)
-    def step(body: StepBody) -> Response:
+    has_scene = hasattr(type(backend), "scene") or hasattr(backend, "scene")
+
+    def scene() -> dict[str, list[float]]:
+        return {name: np.asarray(pose).tolist() for name, pose in backend.scene.items()}
+
+    def step_command(body: StepBody) -> tuple[list[float] | None, bool]:
         if body.advance is not None and not guard.lockstep:
-            raise _unprocessable("advance", "only lockstep (simulated) backends can advance time")
+            raise _unprocessable("advance", "only lockstep (simulated) backends can advance time; send 'wait'")
+        if body.wait is not None and guard.lockstep:
+            raise _unprocessable("wait", "a lockstep backend does not run in real time; send 'advance'")
         target, clipped = None, False
         if body.pose is not None:
             target, clipped = guard.set_target(body.pose, body.gripper)
@@ -636,8 +658,26 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
             guard.command(backend.set_gripper, body.gripper)
         if body.advance is not None:
             guard.advance(body.advance)
+        return target, clipped
+
+    def step_observe(body: StepBody, target, clipped: bool) -> Response:
         frames = encode_images(read_images()) if body.images else {}
-        return _msgpack({"state": guard.observe_state(), "images": frames, "target": target, "clipped": clipped})
+        return _msgpack({"state": guard.observe_state(), "images": frames, "target": target, "clipped": clipped,
+                         "scene": scene() if body.scene and has_scene else None})
+
+    async def call(fn, *args):
+        return fn(*args) if inline else await run_in_threadpool(fn, *args)
+
+    @app.post("/step", summary="Optional target, then advance (lockstep) or wait (real time), then observe (msgpack)",
+              response_class=Response, responses=_MSGPACK_RESPONSE)
+    async def step(body: StepBody) -> Response:
+        # One round trip per env step: the env sends the time left to its tick as ``wait``, so the
+        # period stays on the env's clock while the observation is taken here at that tick.
+        deadline = time.perf_counter() + (body.wait or 0.0)
+        target, clipped = await call(step_command, body)
+        if body.wait:
+            await _sleep_until(deadline)
+        return await call(step_observe, body, target, clipped)
 
     if guard.lockstep and callable(getattr(backend, "advance", None)):
         @app.post("/sim/advance", summary="Run the lockstep simulation forward")
@@ -648,7 +688,7 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
     if hasattr(type(backend), "scene") or hasattr(backend, "scene"):
         @app.get("/sim/scene", summary="Ground-truth poses of the task objects")
         def sim_scene() -> dict[str, list[float]]:
-            return {name: np.asarray(pose).tolist() for name, pose in backend.scene.items()}
+            return scene()
 
     if callable(getattr(backend, "reset_robot", None)):
         @app.post("/sim/reset_robot", summary="Put the arm at rest at q (home when omitted) instantly")

@@ -134,7 +134,7 @@ def test_wrapper_ends_episode_on_success_and_not_before(trained):
 
 def constant_checkpoint(directory, bias, size=SIZE, threshold=0.5):
     """A real classifier whose output layer ignores the image: probability sigmoid(bias) every step."""
-    spec = ClassifierSpec(tuple(CameraInput(c, (size, size)) for c in CAMERAS), EncoderConfig())
+    spec = ClassifierSpec(tuple(CameraInput(c, (size, size)) for c in sorted(CAMERAS)), EncoderConfig())
     params = init_params(spec)
     params = {**params, "Dense_1": {"kernel": np.zeros_like(params["Dense_1"]["kernel"]),
                                     "bias": np.full_like(params["Dense_1"]["bias"], bias)}}

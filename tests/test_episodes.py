@@ -221,7 +221,7 @@ def test_killed_mid_episode_keeps_finished_episodes(tmp_path, sig):
     proc.send_signal(sig)
     proc.wait(timeout=10)
     count = assert_intact(path, at_least=2)
-    assert count in (2, 3)
+    assert count >= 2  # under load the child may have finished more before the signal landed
     # the session can be resumed: a new writer appends after the kept episodes
     proc = start_child(path, steps=2, step_sleep=0.0)
     wait_for_lines(proc, 1)

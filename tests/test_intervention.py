@@ -101,3 +101,22 @@ def test_scripted_expert_in_the_wrapper_solves_pick_cube():
             break
     assert info["succeed"] and terminated and reward == 1.0
     env.close()
+
+
+@pytest.mark.parametrize("frame", ["ee", "base"])
+def test_person_steers_in_the_base_frame_whatever_the_action_frame(frame):
+    from serl.envs.tasks import make_sim_env
+
+    env = make_sim_env("PandaPickCube", seed=0, action_frame=frame)
+    wrapper = InterventionWrapper(env, ScriptedTeleop([TeleopCommand.move([0, 0, 1, 0, 0, 0])] * 4))
+    wrapper.reset(seed=0)
+    z0 = env.state.tcp_pose[2]
+    for _ in range(4):
+        wrapper.step(np.zeros(7))
+    assert env.state.tcp_pose[2] > z0 + 0.04  # up in the base frame, though the ee frame's z points down
+    raw = InterventionWrapper(env, ScriptedTeleop([]), teleop_frame="action")
+    action = raw.teleop_to_action(TeleopCommand.move([0, 0, 1, 0, 0, 0]))
+    np.testing.assert_allclose(action[:3], [0, 0, 1])  # passed through untouched
+    with pytest.raises(ValueError, match="teleop_frame"):
+        InterventionWrapper(env, ScriptedTeleop([]), teleop_frame="camera")
+    env.close()

@@ -219,3 +219,16 @@ def test_keyboard_reward_space_is_success_on_a_pty():
         env.close()
         os.close(master)
         os.close(slave)
+
+
+def test_recorder_controls_count_held_pad_buttons_once_and_every_key_press():
+    from serl.cli.record_demos import Controls
+
+    pad = Controls("gamepad", None)
+    assert pad.keys({"start": True}) == {"start"}
+    assert pad.keys({"start": True}) == set()  # still held: not a second success
+    assert pad.keys({}) == set()
+    assert pad.keys({"start": True, "back": True}) == {"start", "back"}
+    keyboard = Controls("scripted", None)
+    assert keyboard.keys({"enter": True}) == {"enter"}
+    assert keyboard.keys({"enter": True}) == {"enter"}  # a keyboard reports each press once: both count

@@ -167,6 +167,7 @@ class Controls:
 
         self.reader = None
         self._held: set[str] = set()
+        self._level_buttons = teleop_kind in ("spacemouse", "gamepad")
         if teleop_kind in ("spacemouse", "gamepad") or (teleop_kind == "keyboard" and not isinstance(teleop, TerminalKeyboard)):
             with contextlib.suppress(Exception):
                 from serl.devices.keyboard import TerminalKeyReader
@@ -177,7 +178,10 @@ class Controls:
     def keys(self, buttons: dict[str, bool]) -> set[str]:
         """Keys pressed since the last call; a held device button counts once (on its press)."""
         held = {k for k, v in buttons.items() if v}
-        pressed, self._held = held - self._held, held
+        if self._level_buttons:  # gamepad/SpaceMouse report buttons while held; keyboards report each press once
+            pressed, self._held = held - self._held, held
+        else:
+            pressed = held
         if self.reader is not None:
             pressed |= {event.key.lower() if len(event.key) == 1 else event.key for event in self.reader.drain()}
         return pressed

@@ -171,7 +171,6 @@ def _check_schema(handle: h5py.File, path: str) -> None:
         raise ValueError(f"{path}: schema_version {int(version)} is not supported (expected {SCHEMA_VERSION})")
 
 
-
 _JOURNAL_MAGIC = b"SERLJNL1"
 _JOURNAL_END = b"JNLEND01"
 
@@ -190,7 +189,12 @@ def _raw_ranges(group: h5py.Group) -> list[tuple[int, int]]:
             return
         dsid = obj.id
         if obj.chunks is not None:
-            dsid.chunk_iter(lambda info: ranges.append((int(info.byte_offset), int(info.size))))
+            if hasattr(dsid, "chunk_iter"):  # HDF5 >= 1.14: one call for all chunks
+                dsid.chunk_iter(lambda info: ranges.append((int(info.byte_offset), int(info.size))))
+            else:
+                for index in range(dsid.get_num_chunks()):
+                    info = dsid.get_chunk_info(index)
+                    ranges.append((int(info.byte_offset), int(info.size)))
         else:
             offset = dsid.get_offset()
             if offset is not None:

@@ -87,6 +87,7 @@ class FrankaEnv(gym.Env):
 
             reward_fn = default_reward(task)
         self.reward_fn = reward_fn
+        self._wants_scene = bool(task.scene_objects) or reward_fn is not None
         self.hooks = list(build_hooks(task) if hooks is None else hooks)
         self.render_mode = render_mode
         self.period = 1.0 / task.control_hz
@@ -156,8 +157,13 @@ class FrankaEnv(gym.Env):
         gripper = None if self.task.gripper_mode == "none" else self._gripper_from_action(action[6] * gripper_scale)
         with self._client_call("step"):
             if self.client.lockstep:
-                state, frames = self.client.step(clipped, gripper, advance=self.period, images=bool(self.task.cameras))
+                state, frames = self.client.step(clipped, gripper, advance=self.period, images=bool(self.task.cameras),
+                                                 scene=self._wants_scene)
                 period_error = 0.0
+            elif self.client.waits_remotely:  # one round trip: the robot side waits out the time to our tick
+                state, frames = self.client.step(clipped, gripper, wait=self._time_to_tick(),
+                                                 images=bool(self.task.cameras), scene=self._wants_scene)
+                period_error = self._tick()
             else:
                 self.client.set_target(clipped, gripper)
                 period_error = self._keep_period()
@@ -251,22 +257,29 @@ class FrankaEnv(gym.Env):
         if self.client.lockstep:
             self.client.advance(self.period)
             return 0.0
+        wait = self._time_to_tick()
+        if wait > 0:
+            self._sleep(wait)
+        return self._tick()
+
+    def _time_to_tick(self) -> float:
+        """Schedule the next tick (drift-free; restarted from now after an overrun); seconds until it."""
         self._next_tick += self.period
         now = self._clock()
         if now > self._next_tick:
             self._overruns += 1
             self._next_tick = now
-        else:
-            self._sleep(self._next_tick - now)
+        return self._next_tick - now
+
+    def _tick(self) -> float:
+        """Mark a tick; its spacing from the previous one minus the period."""
         tick = self._clock()
         error = tick - self._last_tick - self.period
         self._last_tick = tick
         return error
 
     def _read(self) -> tuple[RobotState, dict]:
-        if self.task.cameras:
-            return self.client.observe()
-        return self.client.state(), {}
+        return self.client.step(images=bool(self.task.cameras), scene=self._wants_scene)
 
     def _observe(self, state: RobotState, frames: Mapping[str, tuple[np.ndarray, float]]) -> dict:
         self._state = state

@@ -30,12 +30,15 @@ class RobotServerError(RuntimeError):
 class HttpRobotClient(RobotClient):
     """``RobotClient`` over HTTP. ``token`` is sent as a bearer token; ``timeout`` bounds every request (s)."""
 
+    waits_remotely = True
+
     def __init__(self, url: str = "http://127.0.0.1:5000", token: str | None = None, timeout: float = 2.0):
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
         self._session: str | None = None
         self._client: httpx.Client | None = None
+        self._scene: dict[str, np.ndarray] | None = None
         self.lockstep = bool(self.health()["lockstep"])
 
     # -- transport
@@ -53,6 +56,7 @@ class HttpRobotClient(RobotClient):
 
     def _request(self, method: str, path: str, json: Any = None, timeout: float | None = None) -> httpx.Response:
         headers = {SESSION_HEADER: self._session} if self._session else None
+        self._scene = None  # any request may change the scene
         try:
             response = self._http().request(method, path, json=json, headers=headers,
                                             timeout=self.timeout if timeout is None else timeout)
@@ -135,16 +139,22 @@ class HttpRobotClient(RobotClient):
         return RobotState.from_dict(payload["state"]), decode_images(payload["images"])
 
     def step(self, pose=None, gripper: float | None = None, advance: float | None = None,
-             images: bool = True) -> tuple[RobotState, dict[str, tuple[np.ndarray, float]]]:
-        """Target (optional), lockstep advance (optional), then observe — one round trip."""
-        body: dict[str, Any] = {"images": images}
+             images: bool = True, wait: float | None = None,
+             scene: bool = False) -> tuple[RobotState, dict[str, tuple[np.ndarray, float]]]:
+        """Target (optional), advance (lockstep) or wait (real time), then observe — one round trip."""
+        body: dict[str, Any] = {"images": images, "scene": scene}
         if pose is not None:
             body["pose"] = _floats(pose, "pose")
         if gripper is not None:
             body["gripper"] = float(gripper)
         if advance is not None:
             body["advance"] = float(advance)
-        payload = self._unpack(self._request("POST", "/step", body, timeout=self.timeout + (advance or 0.0) * 10))
+        if wait is not None:
+            body["wait"] = max(0.0, float(wait))
+        timeout = self.timeout + (advance or 0.0) * 10 + (wait or 0.0)
+        payload = self._unpack(self._request("POST", "/step", body, timeout=timeout))
+        if payload.get("scene") is not None:
+            self._scene = {name: np.asarray(pose, dtype=np.float64) for name, pose in payload["scene"].items()}
         return RobotState.from_dict(payload["state"]), decode_images(payload["images"])
 
     def advance(self, seconds: float) -> None:
@@ -153,6 +163,8 @@ class HttpRobotClient(RobotClient):
         self._request("POST", "/sim/advance", {"seconds": float(seconds)}, timeout=self.timeout + float(seconds) * 10)
 
     def scene(self) -> dict[str, np.ndarray]:
+        if self._scene is not None:  # folded into the last /step, and nothing was commanded since
+            return {name: pose.copy() for name, pose in self._scene.items()}
         return {name: np.asarray(pose, dtype=np.float64) for name, pose in self._request("GET", "/sim/scene").json().items()}
 
     def reset_robot(self, q=None) -> None:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import abc
+import time
 from typing import Mapping
 
 import numpy as np
@@ -22,6 +23,9 @@ class RobotClient(abc.ABC):
     """
 
     lockstep: bool = False
+    # True when ``step(wait=...)`` waits on the robot side, so a real-time env step is one round trip;
+    # otherwise the env sleeps on its own clock between ``set_target`` and the observation.
+    waits_remotely: bool = False
 
     @abc.abstractmethod
     def state(self) -> RobotState: ...
@@ -50,14 +54,21 @@ class RobotClient(abc.ABC):
         return self.state(), self.images()
 
     def step(self, pose=None, gripper: float | None = None, advance: float | None = None,
-             images: bool = True) -> tuple[RobotState, dict[str, tuple[np.ndarray, float]]]:
-        """Target (optional), lockstep advance (optional), then observe (one round trip where the client can)."""
+             images: bool = True, wait: float | None = None,
+             scene: bool = False) -> tuple[RobotState, dict[str, tuple[np.ndarray, float]]]:
+        """Target (optional), then ``advance`` (lockstep) or ``wait`` seconds (real time), then observe.
+
+        One round trip where the client can. ``scene=True`` asks for the ground-truth scene of the
+        same instant, which ``scene()`` then returns until the next command.
+        """
         if pose is not None:
             self.set_target(pose, gripper)
         elif gripper is not None:
             self.set_gripper(gripper)
         if advance is not None:
             self.advance(advance)
+        if wait:
+            time.sleep(wait)
         return self.state(), (self.images() if images else {})
 
     def advance(self, seconds: float) -> None:

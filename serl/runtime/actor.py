@@ -190,11 +190,13 @@ class WeightsSlot:
         self.meta: dict[str, float] = {}
         self.received_at = 0.0
         self.at_step = 0
+        self.gave_up = False
         self._blob = None
 
     def owed_updates(self, step: int) -> float:
-        """Updates the learner still owes, estimated from its last report plus the steps taken since."""
-        if not self.meta.get("training"):
+        """Updates the learner still owes, estimated from its last report plus the steps taken since
+        (0 once the actor stopped waiting for these weights: then it acts freely until newer ones arrive)."""
+        if not self.meta.get("training") or self.gave_up:
             return 0.0
         return float(self.meta.get("backlog", 0)) + (step - self.at_step)
 
@@ -208,7 +210,7 @@ class WeightsSlot:
         except ValueError as err:
             print(f"[actor] ignoring weights version {version}: {err}", flush=True)
             return agent
-        self.version, self.received_at, self.at_step = version, time.monotonic(), step
+        self.version, self.received_at, self.at_step, self.gave_up = version, time.monotonic(), step, False
         return agent
 
 
@@ -219,6 +221,8 @@ def _wait_for_learner(client, weights: WeightsSlot, agent, step: int, stop: thre
     while not stop.is_set() and time.monotonic() < deadline and weights.version == version:
         time.sleep(0.001)
         agent = weights.apply_newest(client, agent, step)
+    if weights.version == version:
+        weights.gave_up = True
     return agent
 
 
