@@ -76,7 +76,8 @@ def plot(results: dict, path: Path) -> None:
             ax.plot(grid, seed_curve, color="tab:blue", alpha=0.3, linewidth=1)
         ax.plot(grid, result["mean_curve"], color="tab:blue", linewidth=2, label="mean over seeds")
         ax.axhline(0.9, color="gray", linestyle="--", linewidth=1)
-        ax.axvline(result["target_env_steps"], color="tab:red", linestyle=":", linewidth=1, label="target")
+        if result["target_env_steps"] <= grid[-1]:
+            ax.axvline(result["target_env_steps"], color="tab:red", linestyle=":", linewidth=1, label="target")
         ax.set(title=name, xlabel="env steps", ylabel=f"success (rolling {WINDOW} episodes)", ylim=(-0.02, 1.02))
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -229,7 +229,7 @@ def decode_images(payload: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[n
     return out
 
 
-SPIN_S = 0.002  # asyncio timers wake up to ~1 ms late; the last stretch is spun in short sleeps
+SPIN_S = 0.001  # timers and sleeps wake up late under load; the last stretch before a tick is spun
 
 
 async def _sleep_until(deadline: float) -> None:
@@ -237,7 +237,11 @@ async def _sleep_until(deadline: float) -> None:
     if remaining > SPIN_S:
         await asyncio.sleep(remaining - SPIN_S)
     while time.perf_counter() < deadline:
-        time.sleep(0.0002)
+        pass
+
+
+def _camera_faults(cameras: Mapping[str, Camera]) -> list[str]:
+    return [camera.error for camera in cameras.values() if getattr(camera, "error", None)]
 
 
 def _msgpack(obj: Any) -> Response:
@@ -553,10 +557,29 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
     app.add_middleware(_GuardMiddleware, token=config.token, session=guard.session)
 
     def read_images(names=None) -> dict[str, tuple[np.ndarray, float]]:
+        """Newest frames; a failing capture-thread camera is left out (its fault is in state and
+        health, and its thread retries it) unless it was asked for by name (503)."""
+        asked = names is not None
         names = list(cameras) if names is None else names
-        if all(isinstance(cameras[name], ThreadedCamera) for name in names):
-            return {name: cameras[name].read() for name in names}  # just the newest frame: no hop
-        return camera_thread.submit(lambda: {name: cameras[name].read() for name in names}).result()
+        if not all(isinstance(cameras[name], ThreadedCamera) for name in names):
+            return camera_thread.submit(lambda: {name: cameras[name].read() for name in names}).result()
+        frames = {}
+        for name in names:
+            if cameras[name].error is not None and not asked:
+                continue
+            try:
+                frames[name] = cameras[name].read()  # just the newest frame: no hop
+            except Exception as exc:
+                if asked:
+                    raise HTTPException(status_code=503, detail=f"camera {name!r} is failing: {exc}") from None
+        return frames
+
+    def observe_state() -> dict[str, Any]:
+        out = guard.observe_state()
+        faults = [fault for fault in _camera_faults(cameras) if fault not in out["errors"]]
+        if faults:
+            out["errors"] = list(out["errors"]) + faults
+        return out
 
     # A real-time backend answers state/target/gripper in microseconds (a lock and a copy), so those
     # run on the event loop: a hop to the threadpool would cost more than the call under GIL load.
@@ -578,7 +601,7 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
     def health() -> dict[str, Any]:
         out = guard.health()
         out["cameras"] = {name: list(camera.shape) for name, camera in cameras.items()}
-        camera_faults = [camera.error for camera in cameras.values() if getattr(camera, "error", None)]
+        camera_faults = [fault for fault in _camera_faults(cameras) if fault not in out["errors"]]
         out["errors"] += camera_faults
         out["ok"] = out["ok"] and not camera_faults
         return out
@@ -586,7 +609,7 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
     @app.get("/state", summary="Measured state of the arm (RobotState)")
     @fast
     def state() -> dict[str, Any]:
-        return guard.observe_state()
+        return observe_state()
 
     @app.post("/target", summary="New impedance equilibrium pose (+ optional gripper width)")
     @fast
@@ -613,12 +636,12 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
     def joint_reset(body: JointResetBody = Body(default_factory=JointResetBody)) -> dict[str, Any]:
         q = None if body.q is None else np.asarray(body.q)
         guard.joint_reset(q, body.duration)
-        return {"state": guard.observe_state()}
+        return {"state": observe_state()}
 
     @app.post("/recover", summary="Clear backend errors and the safety stop; hold the current pose")
     def recover() -> dict[str, Any]:
         guard.recover()
-        return {"state": guard.observe_state()}
+        return {"state": observe_state()}
 
     @app.get("/images", summary="Newest frame of every camera (msgpack)", response_class=Response,
              responses=_MSGPACK_RESPONSE)
@@ -638,7 +661,7 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
              response_class=Response, responses=_MSGPACK_RESPONSE)
     @fast
     def observe() -> Response:
-        return _msgpack({"state": guard.observe_state(), "images": encode_images(read_images())})
+        return _msgpack({"state": observe_state(), "images": encode_images(read_images())})
 
     has_scene = hasattr(type(backend), "scene") or hasattr(backend, "scene")
 
@@ -662,7 +685,7 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
 
     def step_observe(body: StepBody, target, clipped: bool) -> Response:
         frames = encode_images(read_images()) if body.images else {}
-        return _msgpack({"state": guard.observe_state(), "images": frames, "target": target, "clipped": clipped,
+        return _msgpack({"state": observe_state(), "images": frames, "target": target, "clipped": clipped,
                          "scene": scene() if body.scene and has_scene else None})
 
     async def call(fn, *args):
@@ -695,7 +718,7 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
         def sim_reset_robot(body: ResetRobotBody = Body(default_factory=ResetRobotBody)) -> dict[str, Any]:
             q = None if body.q is None else np.asarray(body.q)
             guard.teleport(q)
-            return {"state": guard.observe_state()}
+            return {"state": observe_state()}
 
     if callable(getattr(backend, "reset_scene", None)):
         @app.post("/sim/reset_scene", summary="Put the task objects back at a random pose")
@@ -715,7 +738,8 @@ class ServerThread:
     Binds before returning, so ``url`` is valid at once; ``port=0`` picks a free port.
     """
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 timeout_keep_alive: float = 30.0):
         import uvicorn
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -723,7 +747,8 @@ class ServerThread:
         self.sock.bind((host, port))
         self.host, self.port = self.sock.getsockname()[:2]
         self.url = f"http://{self.host}:{self.port}"
-        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", timeout_keep_alive=30)
+        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
+                                timeout_keep_alive=timeout_keep_alive)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        name=f"uvicorn-{self.port}", daemon=True)
@@ -797,6 +822,9 @@ def backend_options(config: ServeConfig, task=None) -> dict[str, Any]:
                     options["crops"] = crops
     elif config.lockstep:
         raise ValueError(f"--lockstep needs the twin backend, not {config.backend!r}")
+    elif config.backend in ("ros2", "libfranka") and task is not None and task.cameras and not config.camera:
+        # the backend opens the task's cameras itself (or --option cameras=[...]) with the task's crops and sizes
+        options["task_cameras"] = tuple(task.cameras)
     options.update(_parse_options(config.option))
     return options
 
@@ -824,6 +852,13 @@ def build_server(config: ServeConfig) -> tuple[FastAPI, Backend, dict[str, Camer
         except Exception:
             backend.close()
             raise
+    missing = [] if task is None else [camera.name for camera in task.cameras if camera.name not in cameras]
+    if missing:
+        for camera in cameras.values():
+            camera.close()
+        backend.close()
+        raise ValueError(f"task {task.name!r} needs camera(s) {missing}: pass --camera KIND:NAME=DEVICE "
+                         "or set CameraSpec.serial in the task")
     if not getattr(backend, "lockstep", False):
         # Lockstep frames are rendered on request so that they belong to the simulated instant.
         # Cameras the backend renders share its render context, hence one thread.

@@ -165,3 +165,16 @@ def test_grasp_critic_learns_the_rewarded_gripper_action():
     q = agent.grasp_q(agent.grasp.params, agent.encode(agent.critic.params["encoder"], batch["observations"]))
     np.testing.assert_allclose(np.asarray(q).mean(0), [-0.1, 0.0, 0.9], atol=0.1)
     assert np.all(np.asarray(agent.eval_actions(batch["observations"]))[:, 2] == 1.0)
+
+
+def test_target_evaluates_only_the_sampled_members_with_the_same_result():
+    obs = {"state": np.zeros(3, np.float32)}
+    agent = SACAgent.create(0, obs, 2, SACConfig(hidden_dims=(8,), num_qs=10, num_min_qs=2))
+    rng = np.random.default_rng(0)
+    features = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
+    actions = jnp.asarray(rng.uniform(-1, 1, (5, 2)), jnp.float32)
+    all_qs = agent.q_values(agent.target_critic_params["critic"], features, actions)
+    for seed in range(3):
+        key = jax.random.PRNGKey(seed)
+        np.testing.assert_allclose(agent.target_min_q(key, features, actions),
+                                   losses.subsample_min(key, all_qs, 2), rtol=1e-5, atol=1e-6)

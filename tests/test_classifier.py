@@ -81,6 +81,12 @@ def test_training_reaches_95_percent_heldout_accuracy_with_report(trained):
     assert checkpoint.spec.cameras[0].image_size == (SIZE, SIZE)
     assert checkpoint.threshold == pytest.approx(summary["threshold"])
     assert checkpoint.metadata["heldout_episodes"] and checkpoint.metadata["train_episodes"]
+    # frozen backbone: still the initial weights; the spatial embedding and head did train
+    initial = init_params(checkpoint.spec, seed=0)
+    for cam in ("front", "wrist"):
+        before, after = initial["encoder"][f"encoder_{cam}"], checkpoint.params["encoder"][f"encoder_{cam}"]
+        np.testing.assert_array_equal(after["backbone"]["conv_init"]["kernel"], before["backbone"]["conv_init"]["kernel"])
+        assert not np.allclose(after["spatial"]["kernel"], before["spatial"]["kernel"])
     report = out / "report"
     for name in ("pr_curve.png", "confusion.png", "mistakes.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -306,3 +312,41 @@ def test_actor_env_takes_reward_from_classifier(tmp_path):
         env.close()
     with pytest.raises(CheckpointError):
         build_env(EnvConfig(task="PandaPickCube", pixels=True, reward_classifier=tmp_path / "nothing"), seed=0)
+
+
+class ScriptedKeys:
+    """Key presses at given steps (stands in for the terminal, the only part a test cannot drive)."""
+
+    def __init__(self, presses):
+        self.presses, self.step = presses, -1
+
+    def drain(self):
+        self.step += 1
+        return [type("KeyEvent", (), {"key": key})() for key in self.presses.get(self.step, ())]
+
+    def close(self):
+        pass
+
+
+def test_live_labelling_marks_frames_with_a_toggle_key(tmp_path):
+    from reward_classifiers.live import record_labelled_episodes
+    from serl.devices.scripted import ScriptedExpert
+    from serl.envs.intervention import InterventionWrapper
+
+    env = pick_env()
+    try:
+        driven = InterventionWrapper(env, ScriptedExpert(env))
+        # drain() runs once at reset (index 0), then once per step: the n-th step sees index n
+        keys = ScriptedKeys({6: ["space"], 9: ["space"], 13: ["enter"]})
+        summary = record_labelled_episodes(driven, keys, tmp_path / "live.h5", 1, task="PandaPickCube")
+    finally:
+        env.close()
+    episode = next(read_episodes(tmp_path / "live.h5"))
+    assert len(episode) == 13 and episode.truncated[-1]
+    assert np.flatnonzero(episode.succeed).tolist() == [5, 6, 7] and summary["positives"] == 3
+    frames = frames_from_episodes(tmp_path / "live.h5")
+    assert np.flatnonzero(frames.labels).tolist() == [6, 7, 8]
+
+    summary = label(LabelConfig(out=tmp_path / "cli.h5", live="PandaPickCube", teleop="scripted", episodes=1,
+                                image_size=(SIZE, SIZE)), stdout=io.StringIO())
+    assert summary["episodes"] == 1 and summary["positives"] == 0  # nobody pressed the mark key

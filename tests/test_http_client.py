@@ -3,6 +3,8 @@ episodes through HTTP that match in-process episodes exactly."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -185,6 +187,19 @@ def test_safety_stop_reaches_the_client_as_an_error():
                 client.set_target([0.4, 0.0, 0.4, *DOWN])
             client.recover()
             client.set_target([0.4, 0.0, 0.4, *DOWN])
+    finally:
+        server.stop()
+        backend.close()
+
+
+def test_idle_keep_alive_connection_closed_by_the_server_is_reopened_transparently():
+    backend = _twin(scene="empty", cameras=())
+    server = ServerThread(create_app(backend, {}, ServerConfig()), timeout_keep_alive=0.3).start()
+    try:
+        with HttpRobotClient(server.url) as client:
+            first = client.state()
+            time.sleep(0.8)  # a pause between episodes: the server drops the idle connection
+            assert client.state().timestamp == first.timestamp  # no RobotConnectionError, same session
     finally:
         server.stop()
         backend.close()

@@ -283,3 +283,47 @@ def test_twin_node_ignores_targets_from_competing_publishers(healthy):
     assert wait_for(lambda: (backend.set_target(moved),
                              np.linalg.norm(backend.state().tcp_pose[:3] - moved[:3]) < 0.005)[1], 8.0)
     backend.set_target(start)
+
+
+def test_served_ros2_backend_opens_the_task_cameras_with_their_crops_and_sizes(twin_node, tmp_path):
+    import dataclasses
+
+    from test_cameras import write_video
+
+    from robot_servers.server import ServeConfig, build_server
+    from serl.envs.task_config import CameraSpec
+    from serl.envs.tasks import get_task, register_task
+
+    video = write_video(tmp_path / "front.avi", frames=10)
+    task = dataclasses.replace(get_task("PandaPickCube"), name="Ros2CameraTask", cameras=(
+        CameraSpec("front", size=(24, 40), crop=(0, 0, 240, 160), serial=f"opencv:{video},loop"),))
+    register_task(task, overwrite=True)
+    _app, backend, cameras = build_server(ServeConfig(
+        backend="ros2", task=task.name, option=(f"domain_id={DOMAIN}", "stale_after=0.5")))
+    try:
+        assert set(cameras) == {"front"}
+        frame, _ = cameras["front"].read()
+        assert frame.shape == (24, 40, 3)  # the task's size, not the spec's default 128x128
+        assert frame[..., 0].mean() > 200 and frame[..., 2].mean() < 30  # the task's crop: the red left half
+    finally:
+        for camera in cameras.values():
+            camera.close()
+        backend.close()
+    missing = dataclasses.replace(task, name="Ros2MissingCamera", cameras=(CameraSpec("wrist"),))
+    register_task(missing, overwrite=True)
+    with pytest.raises(ValueError, match="needs camera"):
+        build_server(ServeConfig(backend="ros2", task=missing.name,
+                                 option=(f"domain_id={DOMAIN}", "stale_after=0.5")))
+
+
+def test_nullspace_target_reaches_the_twin_posture_through_the_public_api(healthy):
+    before = healthy.state()
+    posture = before.q.copy()
+    posture[0] += 0.3
+    try:
+        healthy.set_nullspace_target(posture)  # target_joint → twin node → TwinBackend.set_nullspace_target
+        assert wait_for(lambda: healthy.state().q[0] - before.q[0] > 0.15, 5.0)  # joint 1 swings ...
+        assert np.linalg.norm(healthy.state().tcp_pose[:3] - before.tcp_pose[:3]) < 0.01  # ... the TCP holds
+    finally:
+        healthy.set_nullspace_target(before.q)
+        wait_for(lambda: abs(healthy.state().q[0] - before.q[0]) < 0.02, 5.0)

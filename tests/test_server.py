@@ -86,6 +86,7 @@ BAD_REQUESTS = [
     ("/sim/reset_scene", '{"seed": -3}', "seed"),
     ("/sim/reset_robot", '{"q": [0, 0, 0, -2, 0, 2, 9.0]}', "q[6]"),
     ("/sim/reset_robot", '{"q": [0, 0, 0, 0.5, 0, 2, 0.8]}', "q"),  # joint 4 must stay negative on a Panda
+    ("/step", '{"pose": [0.4, 0, 0.3, 1, 0, 0, 0], "wait": 0.05}', "wait"),  # lockstep advances, never waits
 ]
 
 
@@ -284,7 +285,60 @@ def test_real_time_server_has_no_advance_endpoint():
             assert "/sim/advance" not in paths and "/sim/scene" in paths
             response = httpx.post(server.url + "/step", json={"advance": 0.1}, headers=AUTH)
             assert response.status_code == 422 and "lockstep" in response.json()["detail"][0]["msg"]
+            response = httpx.post(server.url + "/step", json={"wait": -0.1}, headers=AUTH)
+            assert response.status_code == 422 and "wait" in response.json()["message"]
+            start = time.perf_counter()
+            response = httpx.post(server.url + "/step", json={"pose": [0.35, 0.0, 0.45, *DOWN], "wait": 0.15,
+                                                              "images": False, "scene": True}, headers=AUTH)
+            elapsed = time.perf_counter() - start
+            payload = msgpack.unpackb(response.content)
+            assert response.status_code == 200 and elapsed >= 0.15
+            assert payload["target"] == [0.35, 0.0, 0.45, *DOWN] and payload["scene"] == {}
+            assert payload["state"]["tcp_pose"][0] > HOME[0] + 0.01  # observed after the wait: the arm moved
     finally:
+        backend.close()
+
+
+class _CountRequests:
+    """Pure ASGI middleware recording (method, path) of every request."""
+
+    def __init__(self, app, seen: list):
+        self.app, self.seen = app, seen
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            self.seen.append((scope["method"], scope["path"]))
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.parametrize("lockstep_twin", [True, False], ids=["lockstep", "real_time"])
+def test_env_step_is_one_round_trip(lockstep_twin):
+    from serl.envs.franka_env import FrankaEnv
+    from serl.envs.http_client import HttpRobotClient
+    from serl.envs.task_config import CameraSpec
+    from serl.envs.tasks import get_task, make_reward, with_overrides
+
+    task = with_overrides(get_task("PandaPickCube"), control_hz=20.0, reset_hooks=())
+    backend = TwinBackend(TwinConfig(scene="pick_cube", lockstep=lockstep_twin, cameras=("wrist",), image_size=(32, 32)))
+    cameras = backend.cameras() if lockstep_twin else threaded_cameras(backend.cameras(), shared_thread=True)
+    task = with_overrides(task, cameras=(CameraSpec("wrist", size=(32, 32)),))
+    app = create_app(backend, cameras, ServerConfig(safety_box=task.safety_box, watchdog_timeout=None))
+    seen: list = []
+    app.add_middleware(_CountRequests, seen=seen)
+    try:
+        with ServerThread(app) as server:
+            env = FrankaEnv(HttpRobotClient(server.url), task, reward_fn=make_reward(task))
+            env.reset(seed=0)
+            seen.clear()
+            infos = [env.step(np.array([0.5, 0, 0, 0, 0, 0, 0]))[4] for _ in range(6)]
+            assert seen == [("POST", "/step")] * 6  # target, advance/wait, state, scene for the reward: one trip
+            if not lockstep_twin:
+                errors = [info["control_period_error"] for info in infos[1:]]
+                assert abs(float(np.median(errors))) < 0.01  # loose: two shared cores
+            env.close()
+    finally:
+        for camera in cameras.values():
+            camera.close()
         backend.close()
 
 
@@ -342,3 +396,51 @@ def test_backend_registry_builds_lazily_and_names_missing_extras():
         make_backend("missing")
     with make_backend("twin", scene="empty", lockstep=True, cameras=()) as twin:
         assert twin.lockstep and twin.state().tcp_pose.shape == (7,)
+
+
+def test_a_failing_camera_is_reported_retried_and_does_not_stop_the_others(tmp_path):
+    from test_cameras import write_video
+
+    from robot_servers.cameras.opencv import OpenCVCamera, OpenCVCameraConfig
+
+    front_path = tmp_path / "front.avi"
+    write_video(front_path, frames=3, fps=100.0)  # ends after ~30 ms
+    wrist_path = write_video(tmp_path / "wrist.avi", frames=10)
+    front = OpenCVCamera(OpenCVCameraConfig(source=str(front_path), name="front", size=(16, 16)))
+    wrist = OpenCVCamera(OpenCVCameraConfig(source=wrist_path, name="wrist", size=(16, 16), loop=True))
+    front_path.unlink()  # the source disappears: the open capture ends, reopening fails
+    cameras = threaded_cameras({"front": front, "wrist": wrist}, max_fps=50)
+    backend = TwinBackend(TwinConfig(scene="empty", lockstep=True, cameras=()))
+    try:
+        with _serve(backend, cameras) as server, httpx.Client(base_url=server.url, headers=AUTH) as client:
+            assert _wait_until(lambda: not client.get("/health").json()["ok"], 5.0)
+            health = client.get("/health").json()
+            assert any("'front'" in error for error in health["errors"])
+            observed = msgpack.unpackb(client.get("/observe").content)
+            assert set(observed["images"]) == {"wrist"}  # the other camera is still served
+            assert any("'front'" in error for error in observed["state"]["errors"])
+            stamp = observed["images"]["wrist"]["timestamp"]
+            time.sleep(0.1)
+            later = msgpack.unpackb(client.post("/step", json={"images": True}).content)
+            assert later["images"]["wrist"]["timestamp"] > stamp  # and keeps capturing
+            response = client.get("/images", params={"camera": "front"})
+            assert response.status_code == 503 and "front" in response.json()["detail"]
+            failures = cameras["front"].faults
+            write_video(front_path, frames=30, fps=10.0)  # the source comes back (3 s of video)
+            assert _wait_until(lambda: client.get("/health").json()["ok"], 5.0)  # retried with backoff: reopened
+            frames = decode_images(msgpack.unpackb(client.get("/images").content))
+            assert set(frames) == {"front", "wrist"} and frames["front"][0].shape == (16, 16, 3)
+            assert cameras["front"].faults == failures
+    finally:
+        for camera in cameras.values():
+            camera.close()
+        backend.close()
+
+
+def _wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()

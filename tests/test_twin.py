@@ -388,3 +388,24 @@ def test_optional_fr3_visual_meshes():
         assert np.abs(with_meshes.astype(int) - plain).mean() > 1  # the arm looks different
     with pytest.raises(ValueError, match="visual"):
         TwinConfig(visual="wireframe")
+
+
+def test_nullspace_target_moves_the_posture_not_the_tcp_and_is_validated():
+    backend = TwinBackend(TwinConfig(scene="empty", lockstep=True, cameras=()))
+    try:
+        backend.advance(0.2)
+        before = backend.state()
+        home = backend.nullspace_target
+        for bad, message in [([0.0] * 6, "shape"), ([*home[:6], np.nan], "finite"), ([9.0, *home[1:]], "joint 1")]:
+            with pytest.raises(ValueError, match=message):
+                backend.set_nullspace_target(bad)
+            np.testing.assert_array_equal(backend.nullspace_target, home)  # a refused posture changes nothing
+        posture = home.copy()
+        posture[0] += 0.3
+        backend.set_nullspace_target(posture)
+        backend.advance(3.0)
+        after = backend.state()
+        assert after.q[0] - before.q[0] > 0.2  # joint 1 swings towards the new posture ...
+        assert np.linalg.norm(after.tcp_pose[:3] - before.tcp_pose[:3]) < 1e-3  # ... while the TCP holds
+    finally:
+        backend.close()

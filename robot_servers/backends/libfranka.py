@@ -61,6 +61,7 @@ class LibfrankaConfig:
     grasp_below: float = 0.01  # m; commands narrower than this grasp (hold on contact) instead of moving
     monitor_hz: float = 50.0
     cameras: tuple[str, ...] = ()  # camera specs, see robot_servers.cameras.specs (served by the robot server)
+    task_cameras: tuple = ()  # the task's CameraSpecs: crops and sizes by name (devices too when `cameras` is empty)
 
     def __post_init__(self):
         if self.arm not in ARM_JOINT_LIMITS:
@@ -169,10 +170,10 @@ class LibfrankaBackend(Backend):
         self._last_state: RobotState | None = None
         self._cameras: dict = {}
         self._connect()
-        if config.cameras:
-            from robot_servers.cameras.specs import open_cameras
+        if config.cameras or config.task_cameras:
+            from robot_servers.cameras.specs import open_task_cameras
 
-            self._cameras = open_cameras(config.cameras)
+            self._cameras = open_task_cameras(config.cameras, config.task_cameras)
         self._start_tracker()
         self._stop_monitor = threading.Event()
         self._monitor = threading.Thread(target=self._monitor_loop, name="franky-monitor", daemon=True)

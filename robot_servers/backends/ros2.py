@@ -61,6 +61,7 @@ class Ros2Config:
     joint_reset_max_torque: float = 40.0  # Nm, nullspace.max_tau while resetting
     joint_reset_tolerance: float = 0.03  # rad
     cameras: tuple[str, ...] = ()  # camera specs, see robot_servers.cameras.specs (served by the robot server)
+    task_cameras: tuple = ()  # the task's CameraSpecs: crops and sizes by name (devices too when `cameras` is empty)
 
     def __post_init__(self):
         if self.domain_id is not None and not 0 <= self.domain_id <= 232:
@@ -161,10 +162,10 @@ class Ros2Backend(Backend):
                 self._target = self._pose.value.copy()
             if config.set_impedance_on_start is not None:
                 self.set_impedance(config.set_impedance_on_start)
-            if config.cameras:
-                from robot_servers.cameras.specs import open_cameras
+            if config.cameras or config.task_cameras:
+                from robot_servers.cameras.specs import open_task_cameras
 
-                self._cameras = open_cameras(config.cameras)
+                self._cameras = open_task_cameras(config.cameras, config.task_cameras)
         except BaseException:
             self.close()
             raise

@@ -53,6 +53,7 @@ CUBE_YAW_RANGE = np.pi / 4
 HOLE_XY_CENTER = (0.55, 0.0)
 HOLE_XY_RANGE = 0.04
 HOLE_YAW_RANGE = 0.2
+REALTIME_SLICE_TICKS = 10  # most physics ticks run per lock hold in real time (1 kHz: 10 ms of sim time)
 PEG_TCP_OFFSET = 0.0116  # m along the TCP's z from the TCP to the peg centre (peg top just under the hand)
 
 
@@ -264,11 +265,15 @@ class TwinBackend(Backend):
         while not self._stop.is_set():
             with self._lock:
                 behind = (time.perf_counter() - start_wall) - (self.data.time - start_sim)
-                ticks = int(behind / self.dt)
-                if ticks > 200:  # fell far behind (CPU starved): drop the backlog instead of racing
-                    start_wall += (ticks - 200) * self.dt
-                    ticks = 200
-                self._run_ticks(max(ticks, 0))
+            ticks = int(behind / self.dt)
+            if ticks > 200:  # fell far behind (CPU starved): drop the backlog instead of racing
+                start_wall += (ticks - 200) * self.dt
+                ticks = 200
+            while ticks > 0 and not self._stop.is_set():
+                # Catch up in short slices so a request waits for the lock at most a few ticks.
+                with self._lock:
+                    self._run_ticks(min(ticks, REALTIME_SLICE_TICKS))
+                ticks -= REALTIME_SLICE_TICKS
             time.sleep(0.001)
 
     # ------------------------------------------------------------------ Backend API
@@ -320,6 +325,17 @@ class TwinBackend(Backend):
     def set_impedance(self, params: ImpedanceParams) -> None:
         with self._lock:
             self.controller.set_params(params)
+
+    def set_nullspace_target(self, q) -> None:
+        """Joint posture the nullspace term pulls towards (7 joint angles inside the limits)."""
+        q = self._check_q(q, "q")
+        with self._lock:
+            self.controller.q_ns[:] = q
+
+    @property
+    def nullspace_target(self) -> np.ndarray:
+        with self._lock:
+            return self.controller.q_ns.copy()
 
     def _check_q(self, q, field: str) -> np.ndarray:
         q = np.asarray(q, dtype=np.float64)

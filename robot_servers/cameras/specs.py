@@ -3,7 +3,8 @@
 ``realsense:wrist_1=128422270679:640x480@30,crop=0:80:480:480,size=128x128``
 ``opencv:front=/dev/video0,size=128x128``
 
-A task's ``CameraSpec`` (crop, size, serial) fills what a spec leaves out, matched by camera name.
+A task's ``CameraSpec`` (crop, size, serial) fills what a spec leaves out, matched by camera name;
+with no specs at all, the task's cameras that name a device (``serial``) are opened.
 """
 
 from __future__ import annotations
@@ -58,6 +59,33 @@ def open_cameras(specs: Iterable[str], task_cameras: Iterable = ()) -> dict[str,
             camera.close()
         raise
     return cameras
+
+
+def task_camera_specs(task_cameras: Iterable) -> tuple[str, ...]:
+    """Specs for the task's cameras that name their device in ``CameraSpec.serial``.
+
+    ``serial`` may carry its kind ("realsense:1234…", "opencv:/dev/video0"); otherwise a string of
+    8+ digits is a RealSense serial and anything else (device index, path, URL) goes to OpenCV.
+    """
+    specs = []
+    for camera in task_cameras:
+        if not camera.serial:
+            continue
+        kind, sep, source = str(camera.serial).partition(":")
+        if sep and kind in ("realsense", "opencv"):
+            specs.append(f"{kind}:{camera.name}={source}")
+        elif str(camera.serial).isdigit() and len(str(camera.serial)) >= 8:
+            specs.append(f"realsense:{camera.name}={camera.serial}")
+        else:
+            specs.append(f"opencv:{camera.name}={camera.serial}")
+    return tuple(specs)
+
+
+def open_task_cameras(specs: Iterable[str], task_cameras: Iterable = ()) -> dict[str, Camera]:
+    """``specs`` (or, when empty, the task's cameras that name a device) with the task's crops and sizes."""
+    task_cameras = tuple(task_cameras)
+    specs = tuple(specs) or task_camera_specs(task_cameras)
+    return open_cameras(specs, task_cameras) if specs else {}
 
 
 def camera_errors(cameras: Mapping[str, Camera]) -> list[str]:

@@ -3,6 +3,10 @@
 Separate devices (RealSense, OpenCV) get a thread each, so one slow exposure never delays the
 others. Cameras that share one renderer or SDK context (the twin's: an EGL context belongs to one
 thread at a time) share one thread: ``threaded_cameras(cameras, shared_thread=True)``.
+
+A camera that fails (unplugged, end of stream, driver error) is reported through ``error`` while
+the thread keeps serving the others and retries it with exponential backoff (``reopen()`` first
+when the camera has one); its first good frame clears the fault.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class ThreadedCamera(Camera):
         self._latest: tuple[np.ndarray, float] | None = None
         self._error: BaseException | None = None
         self._frames = 0
+        self._faults = 0
         self._lock = threading.Lock()
         self._has_frame = threading.Event()
         self._loop: _CaptureLoop | None = None
@@ -38,10 +43,13 @@ class ThreadedCamera(Camera):
         with self._lock:
             self._latest = (frame, timestamp)
             self._frames += 1
+            self._error = None
         self._has_frame.set()
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
+            if self._error is None:
+                self._faults += 1
             self._error = exc
         self._has_frame.set()
 
@@ -59,13 +67,20 @@ class ThreadedCamera(Camera):
         """Capture fault of this camera (its own, or one the wrapped camera reports), else None."""
         with self._lock:
             if self._error is not None:
-                return f"camera {self.name!r}: {self._error!r}"
+                message = str(self._error) or repr(self._error)
+                return message if repr(self.name) in message else f"camera {self.name!r}: {message}"
         return getattr(self.camera, "error", None)
 
     @property
     def frames_captured(self) -> int:
         with self._lock:
             return self._frames
+
+    @property
+    def faults(self) -> int:
+        """How many times this camera went from delivering frames to failing."""
+        with self._lock:
+            return self._faults
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -78,13 +93,21 @@ class ThreadedCamera(Camera):
 
 
 class _CaptureLoop:
-    """One thread reading its cameras in turn, paced to ``max_fps`` (None: as fast as they deliver)."""
+    """One thread reading its cameras in turn, paced to ``max_fps`` (None: as fast as they deliver).
 
-    def __init__(self, views: list[ThreadedCamera], max_fps: float | None):
+    A failing camera is retried after ``retry_min`` s, doubling up to ``retry_max`` s, while the
+    others keep their rate.
+    """
+
+    def __init__(self, views: list[ThreadedCamera], max_fps: float | None, retry_min: float = 0.1,
+                 retry_max: float = 5.0):
         if max_fps is not None and not max_fps > 0:
             raise ValueError(f"max_fps must be positive or None, got {max_fps}")
+        if not 0 < retry_min <= retry_max:
+            raise ValueError(f"retry delays must satisfy 0 < retry_min <= retry_max, got {retry_min}, {retry_max}")
         self.views = views
         self.period = 0.0 if max_fps is None else 1.0 / max_fps
+        self.retry_min, self.retry_max = retry_min, retry_max
         self._stop = threading.Event()
         names = ",".join(view.name for view in views)
         self._thread = threading.Thread(target=self._run, name=f"camera-{names}", daemon=True)
@@ -94,17 +117,34 @@ class _CaptureLoop:
     def start(self) -> None:
         self._thread.start()
 
+    def _capture(self, view: ThreadedCamera, retry: dict) -> None:
+        """One read of one camera; on failure schedule its retry (reopen first where it can)."""
+        now = time.monotonic()
+        pending = retry.get(view.name)
+        if pending is not None and now < pending[0]:
+            return
+        try:
+            if pending is not None and callable(getattr(view.camera, "reopen", None)):
+                view.camera.reopen()
+            frame, timestamp = view.camera.read()
+        except Exception as exc:  # reported to readers and health; the loop goes on
+            view._fail(exc)
+            delay = self.retry_min if pending is None else min(pending[1] * 2, self.retry_max)
+            retry[view.name] = (time.monotonic() + delay, delay)
+            return
+        retry.pop(view.name, None)
+        view._publish(frame, timestamp)
+
     def _run(self) -> None:
         next_tick = time.monotonic()
+        retry: dict[str, tuple[float, float]] = {}  # camera name -> (next attempt, current backoff)
         while not self._stop.is_set():
             for view in self.views:
-                try:
-                    frame, timestamp = view.camera.read()
-                except Exception as exc:  # surfaced to readers of that camera
-                    view._fail(exc)
-                    return
-                view._publish(frame, timestamp)
-            if self.period:
+                self._capture(view, retry)
+            if retry and len(retry) == len(self.views):  # all failing: sleep until the next retry
+                self._stop.wait(max(0.0, min(at for at, _ in retry.values()) - time.monotonic()))
+                next_tick = time.monotonic()
+            elif self.period:
                 next_tick += self.period
                 delay = next_tick - time.monotonic()
                 if delay > 0:

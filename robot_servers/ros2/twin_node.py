@@ -136,9 +136,12 @@ class TwinNode:
                 if not goal_reached:
                     self._joint_worker = threading.Thread(target=self._joint_move, args=(q,), daemon=True)
                     self._joint_worker.start()
-        elif hasattr(self.backend, "controller"):
-            with self.backend._lock:
-                self.backend.controller.q_ns[:] = q
+        else:
+            try:
+                self.backend.set_nullspace_target(q)
+            except ValueError as exc:  # outside the joint limits: keep the previous posture
+                self.ignored_targets += 1
+                log.warning("target_joint rejected: %s", exc)
 
     def _joint_move(self, q: np.ndarray) -> None:
         try:

@@ -85,7 +85,9 @@ class Checkpointer:
         # host arrays with a fresh agent's dtypes: orbax returns device-committed arrays, which would
         # give the restored agent a new jit signature and a full recompile of update()
         state = jax.tree_util.tree_map(
-            lambda ref, value: jnp.asarray(np.asarray(value), dtype=jnp.asarray(ref).dtype), template_state, restored["agent"]
+            lambda ref, value: jnp.asarray(np.asarray(value), dtype=jnp.asarray(ref).dtype),
+            template_state,
+            restored["agent"],
         )
         agent = flax.serialization.from_state_dict(agent_template, state)
         buffers = {name: ReplayBuffer.load(self._buffer_path(name, step)) for name in meta.get("buffers", [])}

@@ -16,10 +16,15 @@ GRIPPER_CLOSE, GRIPPER_STAY, GRIPPER_OPEN = -1.0, 0.0, 1.0
 NUM_GRIPPER_ACTIONS = 3
 
 
+def subset_indices(rng, num_qs: int, num_min_qs: int) -> jnp.ndarray:
+    """Indices of `num_min_qs` distinct ensemble members drawn uniformly (one subset per minibatch)."""
+    return jax.random.choice(rng, num_qs, (num_min_qs,), replace=False)
+
+
 def subsample_min(rng, qs: jnp.ndarray, num_min_qs: int) -> jnp.ndarray:
-    """Min over a random subset of `num_min_qs` ensemble members (REDQ/RLPD): qs (N, B) -> (B,)."""
-    subset = jax.random.choice(rng, qs.shape[0], (num_min_qs,), replace=False)
-    return jnp.min(qs[subset], axis=0)
+    """Min over a random subset of `num_min_qs` ensemble members (REDQ/RLPD): qs (N, B) -> (B,).
+    The agent evaluates only the chosen target members, which gives the same value for the same rng."""
+    return jnp.min(qs[subset_indices(rng, qs.shape[0], num_min_qs)], axis=0)
 
 
 def td_target(rewards, masks, discount, next_q, next_log_prob=None, temperature=0.0, backup_entropy=False):

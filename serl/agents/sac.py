@@ -229,6 +229,16 @@ class SACAgent(struct.PyTreeNode):
     def q_values(self, critic_params, features, actions):
         return self.critic_def.apply({"params": critic_params}, features, actions)
 
+    def target_min_q(self, rng, features, actions):
+        """Min over a random subset of target critics; only the chosen members are evaluated."""
+        num_min = self.config.num_min_qs or self.config.num_qs
+        params = self.target_critic_params["critic"]
+        if num_min < self.config.num_qs:
+            subset = losses.subset_indices(rng, self.config.num_qs, num_min)
+            params = jax.tree_util.tree_map(lambda p: p[subset], params)
+            return self.critic_def.clone(num_qs=num_min).apply({"params": params}, features, actions).min(axis=0)
+        return self.q_values(params, features, actions).min(axis=0)
+
     def temperature(self, temp_params=None):
         return self.temp_def.apply({"params": self.temp.params if temp_params is None else temp_params})
 
@@ -247,11 +257,24 @@ class SACAgent(struct.PyTreeNode):
             return batch
         obs_rng, next_rng = jax.random.split(rng)
         batch = dict(batch)
-        batch["observations"] = augment_observations(obs_rng, batch["observations"], self.image_keys, self.config.augment_pad)
+        batch["observations"] = augment_observations(
+            obs_rng, batch["observations"], self.image_keys, self.config.augment_pad
+        )
         batch["next_observations"] = augment_observations(
             next_rng, batch["next_observations"], self.image_keys, self.config.augment_pad
         )
         return batch
+
+    def _target_encoder_params(self):
+        """Target encoder params; a frozen backbone is taken from the online encoder, so the backbone pass on
+        next observations is the same computation for online and target features and XLA computes it once."""
+        target = self.target_critic_params["encoder"]
+        if not (self.config.freeze_backbone and self.image_keys):
+            return target
+        online = self.critic.params["encoder"]
+        return {
+            k: {**v, "backbone": online[k]["backbone"]} if k.startswith("encoder_") else v for k, v in target.items()
+        }
 
     def update_critic(self, batch, rng):
         """One critic (and grasp-critic) gradient step on one minibatch; targets follow by Polyak."""
@@ -262,9 +285,8 @@ class SACAgent(struct.PyTreeNode):
         next_features = jax.lax.stop_gradient(self.encode(self.critic.params["encoder"], batch["next_observations"]))
         next_mean, next_log_std = self.policy(self.actor.params, next_features)
         next_actions, next_log_prob = sample_tanh_gaussian(next_rng, next_mean, next_log_std)
-        target_next_features = self.encode(self.target_critic_params["encoder"], batch["next_observations"])
-        next_qs = self.q_values(self.target_critic_params["critic"], target_next_features, next_actions)
-        next_q = losses.subsample_min(subset_rng, next_qs, cfg.num_min_qs or cfg.num_qs)
+        target_next_features = self.encode(self._target_encoder_params(), batch["next_observations"])
+        next_q = self.target_min_q(subset_rng, target_next_features, next_actions)
         target = losses.td_target(
             batch["rewards"], batch["masks"], cfg.discount, next_q, next_log_prob,
             self.temperature(), cfg.backup_entropy,
@@ -285,7 +307,8 @@ class SACAgent(struct.PyTreeNode):
             features = jax.lax.stop_gradient(features)
             grasp_target = losses.grasp_td_target(
                 batch["rewards"] + batch.get("grasp_penalty", 0.0), batch["masks"], cfg.discount,
-                self.grasp_q(self.grasp.params, next_features), self.grasp_q(self.target_grasp_params, target_next_features),
+                self.grasp_q(self.grasp.params, next_features),
+                self.grasp_q(self.target_grasp_params, target_next_features),
             )
             action_index = losses.gripper_action_to_index(batch["actions"][:, -1])
 
@@ -294,7 +317,8 @@ class SACAgent(struct.PyTreeNode):
 
             grasp_loss, grasp_grads = jax.value_and_grad(grasp_loss_fn)(self.grasp.params)
             grasp = self.grasp.apply_gradients(grads=grasp_grads)
-            agent = agent.replace(grasp=grasp, target_grasp_params=_polyak(grasp.params, self.target_grasp_params, cfg.tau))
+            target_grasp_params = _polyak(grasp.params, self.target_grasp_params, cfg.tau)
+            agent = agent.replace(grasp=grasp, target_grasp_params=target_grasp_params)
             metrics["grasp_loss"] = grasp_loss
         return agent, metrics
 

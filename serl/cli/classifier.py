@@ -33,6 +33,14 @@ class LabelConfig:
     """A twin task (e.g. PandaPickCube): record scripted rollouts labelled from ground truth."""
     episodes: int = 30
     """How many twin episodes to record."""
+    live: str | None = None
+    """A task to teleoperate now: SPACE toggles success marking, ENTER ends the episode; writes an episode file."""
+    teleop: str = "keyboard"
+    """Device for --live: keyboard, spacemouse, gamepad (or scripted, on the twin)."""
+    robot_url: str | None = None
+    """Robot server for --live (default: the twin in-process)."""
+    task_module: str | None = None
+    """Module or .py file imported first to register your task (as for serl actor)."""
     input: Path | None = None
     """A recorded episode file (serl record-demos / actor recordings) to label."""
     ranges: tuple[str, ...] = ()
@@ -113,12 +121,64 @@ def label(cfg: LabelConfig, *, stdin: TextIO | None = None, stdout: TextIO | Non
             fail_fraction=cfg.fail_fraction, noise=cfg.noise, progress=report,
         )
         summary = {"out": str(cfg.out), **summary}
+    elif cfg.live is not None:
+        summary = {"out": str(cfg.out), **_label_live(cfg, stdout)}
     elif cfg.input is not None:
         summary = _label_recording(cfg, stdin or sys.stdin, stdout)
     else:
-        raise ValueError("label: give --from-twin TASK or --input EPISODES.h5")
+        raise ValueError("label: give --from-twin TASK, --live TASK or --input EPISODES.h5")
     print(json.dumps(summary), file=stdout, flush=True)
     return summary
+
+
+def _label_live(cfg: LabelConfig, stdout: TextIO) -> dict:
+    from reward_classifiers.live import record_labelled_episodes
+    from serl.devices import make_teleop
+    from serl.envs.intervention import InterventionWrapper
+    from serl.envs.task_config import CameraSpec
+    from serl.envs.tasks import get_task, pixel_variant
+
+    if cfg.task_module:
+        from serl.runtime.envs import import_task_module
+
+        import_task_module(cfg.task_module)
+    task = get_task(cfg.live)
+    if cfg.robot_url is None:
+        from serl.envs.tasks import make_sim_env
+
+        env = make_sim_env(cfg.live, pixels=True, seed=cfg.seed, reward="classifier",
+                           cameras=tuple(CameraSpec(c, tuple(cfg.image_size)) for c in cfg.cameras))
+    else:
+        from serl.envs.franka_env import FrankaEnv
+        from serl.envs.http_client import HttpRobotClient
+
+        env = FrankaEnv(HttpRobotClient(cfg.robot_url), task if task.cameras else pixel_variant(task))
+    teleop = make_teleop(cfg.teleop, env=env, **({"seed": cfg.seed} if cfg.teleop == "scripted" else {}))
+    env = InterventionWrapper(env, teleop)
+    if cfg.teleop in ("keyboard", "scripted"):
+        keys = _NoKeys()  # the keyboard device owns the terminal; its non-motion keys arrive as teleop buttons
+    else:
+        from serl.devices.keyboard import TerminalKeyReader
+
+        keys = TerminalKeyReader()
+    print("[classifier label] SPACE toggles success marking, ENTER ends the episode", file=stdout, flush=True)
+    try:
+        return record_labelled_episodes(
+            env, keys, cfg.out, cfg.episodes, seed=cfg.seed, task=cfg.live,
+            period=None if cfg.teleop == "scripted" else 1.0 / task.control_hz,
+            report=lambda line: print(f"[classifier label] {line}", file=stdout, flush=True),
+        )
+    finally:
+        keys.close()
+        env.close()
+
+
+class _NoKeys:
+    def drain(self) -> list:
+        return []
+
+    def close(self) -> None:
+        pass
 
 
 def parse_range(text: str, length: int) -> tuple[int, int]:
@@ -196,15 +256,22 @@ def contact_sheet(path: Path, images: dict[str, np.ndarray], columns: int = 10) 
     import matplotlib.pyplot as plt
 
     frames = np.concatenate([images[c] for c in sorted(images)], axis=2)
-    rows = (len(frames) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns * frames.shape[2] / frames.shape[1], 1.7 * rows),
-                             squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < len(frames):
-            ax.imshow(frames[i])
-            ax.set_title(str(i), fontsize=7)
-    fig.tight_layout()
+    n, h, w, _ = frames.shape
+    rows = (n + columns - 1) // columns
+    gap = 2
+    mosaic = np.full((rows * (h + gap), columns * (w + gap), 3), 255, np.uint8)
+    for i, frame in enumerate(frames):
+        r, c = divmod(i, columns)
+        mosaic[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = frame
+    scale = max(1.0, 96 / h)
+    fig = plt.figure(figsize=(mosaic.shape[1] * scale / 80, mosaic.shape[0] * scale / 80), dpi=80)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    for i in range(n):
+        r, c = divmod(i, columns)
+        ax.text(c * (w + gap) + 1, r * (h + gap) + 1, str(i), color="yellow", fontsize=8, va="top",
+                bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
@@ -244,10 +311,10 @@ def train(cfg: ClassifierTrainConfig, *, log: Callable[[str], None] | None = pri
     )
     if log:
         log(f"[classifier train] data: {json.dumps(frames.summary())}")
-    result = train_classifier(frames, spec, cfg.train, progress=cfg.progress and sys.stdout.isatty(), log=None if cfg.progress and sys.stdout.isatty() else log)
-    checkpoint = dataclasses.replace(result.checkpoint, metadata={**result.checkpoint.metadata,
-                                                                  "data_files": [str(p) for p in cfg.data],
-                                                                  "history": result.history})
+    bar = cfg.progress and sys.stdout.isatty()  # a progress bar on a terminal, log lines elsewhere
+    result = train_classifier(frames, spec, cfg.train, progress=bar, log=None if bar else log)
+    metadata = {**result.checkpoint.metadata, "data_files": [str(p) for p in cfg.data], "history": result.history}
+    checkpoint = dataclasses.replace(result.checkpoint, metadata=metadata)
     save_checkpoint(cfg.out, checkpoint)
     summary = {"checkpoint": str(cfg.out), "threshold": checkpoint.threshold,
                "heldout": checkpoint.metadata["heldout_metrics"],

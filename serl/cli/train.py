@@ -240,6 +240,20 @@ def train(cfg: TrainConfig) -> int:
     env = EnvConfig(task=cfg.task, pixels=cfg.pixels, overrides=cfg.overrides, task_module=cfg.task_module)
     write_config(run_dir, dataclasses.replace(cfg, run=run, net=net), "train_config.json")
 
+    demos = cfg.demos
+    if demos is None and cfg.num_demos > 0:
+        demos = run_dir / "demos.h5"
+        if not demos.exists():
+            print(f"[train] recording {cfg.num_demos} scripted demos → {demos}", flush=True)
+            partial = run_dir / "demos.partial.h5"
+            partial.unlink(missing_ok=True)
+            try:
+                _record_demos(cfg, env, partial)
+            except KeyboardInterrupt:
+                print("[train] interrupted while recording demos", flush=True)
+                return 130
+            os.replace(partial, demos)  # a later --resume never picks up a half-recorded demo set
+
     interrupted = False
 
     def on_interrupt(*_):
@@ -249,15 +263,6 @@ def train(cfg: TrainConfig) -> int:
     previous = {sig: signal.signal(sig, on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     children = Children(run_dir / "logs")
     try:
-        demos = cfg.demos
-        if demos is None and cfg.num_demos > 0:
-            demos = run_dir / "demos.h5"
-            if not demos.exists():
-                print(f"[train] recording {cfg.num_demos} scripted demos → {demos}", flush=True)
-                _record_demos(cfg, env, demos)
-        if interrupted:
-            return 130
-
         actor_env = env
         if cfg.robot_server:
             port = free_port()

@@ -98,7 +98,9 @@ class ReplayBuffer:
                 if np.shape(obs[k]) != shape:
                     raise ValueError(f"transition[{field!r}][{k!r}]: expected shape {shape}, got {np.shape(obs[k])}")
         if np.shape(transition["actions"]) != (self.action_dim,):
-            raise ValueError(f"transition['actions']: expected shape ({self.action_dim},), got {np.shape(transition['actions'])}")
+            raise ValueError(
+                f"transition['actions']: expected shape ({self.action_dim},), got {np.shape(transition['actions'])}"
+            )
         if not np.all(np.isfinite(transition["actions"])) or not np.isfinite(transition["rewards"]):
             raise ValueError("transition: actions and rewards must be finite")
 
@@ -121,7 +123,7 @@ class ReplayBuffer:
         return all(np.array_equal(self.frames[k][last], obs[k]) for k in self.image_keys)
 
     def insert(self, transition: Mapping) -> None:
-        """Add one transition dict {observations, actions, rewards, masks, dones, next_observations[, grasp_penalty]}."""
+        """Add one transition {observations, actions, rewards, masks, dones, next_observations[, grasp_penalty]}."""
         self._check(transition)
         obs, next_obs = transition["observations"], transition["next_observations"]
         if self.image_keys:

@@ -2,8 +2,10 @@
 
 One step sends a single target (scaled 6-D end-effector delta applied to the measured pose,
 clipped to the task's safety box, plus an optional gripper width), keeps the control period,
-then reads state and images. Lockstep clients (the twin in-process) are advanced by exactly one
-period; real-time clients are paced with a drift-free clock (``next_tick += period``).
+then reads state, images and (when the reward needs it) the twin's scene — all through one
+``RobotClient.step`` call, which is one round trip over HTTP. Lockstep clients are advanced by
+exactly one period; real-time clients are paced with a drift-free clock (``next_tick += period``):
+the env sleeps itself in-process, while a remote client is told the time left to the tick.
 """
 
 from __future__ import annotations

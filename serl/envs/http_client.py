@@ -1,8 +1,9 @@
 """``HttpRobotClient``: the ``RobotClient`` that speaks the robot server's HTTP API.
 
-One keep-alive connection (httpx). ``observe()`` reads state and all camera frames in one round
-trip and ``step()`` sends a target, advances a lockstep twin and observes in one; the plain
-``state()``/``images()`` calls exist too. A dropped connection or a restarted server raises
+One keep-alive connection (the standard library's ``http.client``: a fraction of the CPU per request
+of a full-featured client, which matters at the control rate). ``observe()`` reads state and all
+camera frames in one round trip and ``step()`` sends a target, advances a lockstep twin (or lets a
+real-time one wait out the period) and observes in one; the plain ``state()``/``images()`` calls exist too. A dropped connection or a restarted server raises
 ``RobotConnectionError``; the next call reconnects (so the env's next ``reset()`` works).
 """
 
@@ -10,13 +11,42 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
+import http.client
+import json as _json
+import select
+import urllib.parse
+
 import msgpack
 import numpy as np
 
 from robot_servers.backends.base import ImpedanceParams, RobotState
 from robot_servers.server import SESSION_HEADER, decode_images
 from serl.envs.robot_client import RobotClient
+
+
+class _Response:
+    """Status, lower-cased headers and body of one answered request."""
+
+    __slots__ = ("status_code", "headers", "content")
+
+    def __init__(self, status_code: int, headers: dict[str, str], content: bytes):
+        self.status_code, self.headers, self.content = status_code, headers, content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
+
+    def json(self) -> Any:
+        return _json.loads(self.content)
+
+
+def _peer_closed(sock) -> bool:
+    """An idle keep-alive socket that polls readable has been closed by the server (EOF)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 class RobotConnectionError(ConnectionError):
@@ -34,33 +64,51 @@ class HttpRobotClient(RobotClient):
 
     def __init__(self, url: str = "http://127.0.0.1:5000", token: str | None = None, timeout: float = 2.0):
         self.url = url.rstrip("/")
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url: expected http://host:port or https://host:port, got {url!r}")
+        self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
+        self._base_path = parts.path.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._session: str | None = None
-        self._client: httpx.Client | None = None
+        self._conn: http.client.HTTPConnection | None = None
         self._scene: dict[str, np.ndarray] | None = None
         self.lockstep = bool(self.health()["lockstep"])
 
     # -- transport
-    def _http(self) -> httpx.Client:
-        if self._client is None:
-            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-            self._client = httpx.Client(base_url=self.url, headers=headers, timeout=self.timeout,
-                                        limits=httpx.Limits(max_keepalive_connections=2))
-        return self._client
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is not None and self._conn.sock is not None and _peer_closed(self._conn.sock):
+            self._drop_connection()  # the server closed the idle keep-alive connection: open a new one
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=self.timeout)
+        return self._conn
 
     def _drop_connection(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
-    def _request(self, method: str, path: str, json: Any = None, timeout: float | None = None) -> httpx.Response:
-        headers = {SESSION_HEADER: self._session} if self._session else None
+    def _request(self, method: str, path: str, json: Any = None, timeout: float | None = None) -> _Response:
+        headers = dict(self._headers)
+        if self._session:
+            headers[SESSION_HEADER] = self._session
+        body = None
+        if json is not None:
+            body = _json.dumps(json, allow_nan=False).encode()
+            headers["Content-Type"] = "application/json"
         self._scene = None  # any request may change the scene
         try:
-            response = self._http().request(method, path, json=json, headers=headers,
-                                            timeout=self.timeout if timeout is None else timeout)
-        except httpx.TransportError as exc:
+            conn = self._connection()
+            if conn.sock is None:
+                conn.connect()
+            conn.sock.settimeout(self.timeout if timeout is None else timeout)
+            conn.request(method, self._base_path + path, body=body, headers=headers)
+            raw = conn.getresponse()
+            response = _Response(raw.status, {k.lower(): v for k, v in raw.getheaders()}, raw.read())
+        except (OSError, http.client.HTTPException) as exc:
             self._drop_connection()
             self._session = None  # this error already ended the episode; accept whichever server answers next
             raise RobotConnectionError(
@@ -77,7 +125,7 @@ class HttpRobotClient(RobotClient):
             self._raise_for(response, method, path)
         return response
 
-    def _raise_for(self, response: httpx.Response, method: str, path: str) -> None:
+    def _raise_for(self, response: _Response, method: str, path: str) -> None:
         try:
             body = response.json()
         except ValueError:
@@ -95,7 +143,7 @@ class HttpRobotClient(RobotClient):
         raise RobotServerError(f"{message} ({where})")
 
     @staticmethod
-    def _unpack(response: httpx.Response) -> dict[str, Any]:
+    def _unpack(response: _Response) -> dict[str, Any]:
         return msgpack.unpackb(response.content, raw=False)
 
     def reconnect(self) -> None:

@@ -62,7 +62,9 @@ def insert_backbone_params(encoder_params: dict, backbone_params: dict, source: 
             raise ValueError(f"pretrained backbone from {source} does not fit {name}/backbone: {problem}")
         sub = dict(encoder_params[name])
         sub["backbone"] = jax.tree_util.tree_map(
-            lambda ref, new: np.asarray(new, dtype=np.asarray(ref).dtype), encoder_params[name]["backbone"], backbone_params
+            lambda ref, new: np.asarray(new, dtype=np.asarray(ref).dtype),
+            encoder_params[name]["backbone"],
+            backbone_params,
         )
         out[name] = sub
     return out

@@ -64,7 +64,8 @@ def _make_gym_env(env_id: str, seed: int | None, overrides: dict) -> gym.Env:
     env = gym.make(env_id, **overrides)
     if not isinstance(env.observation_space, gym.spaces.Box) or not isinstance(env.action_space, gym.spaces.Box):
         raise ValueError(f"env.task: gym:{env_id} needs Box observation and action spaces")
-    env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
+    ones = np.ones(env.action_space.shape, np.float32)
+    env = gym.wrappers.RescaleAction(env, -ones, ones)
     state_space = gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
     env = gym.wrappers.TransformObservation(
         env, lambda obs: {"state": np.asarray(obs, np.float32)}, gym.spaces.Dict({"state": state_space})
