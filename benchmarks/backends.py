@@ -23,8 +23,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -150,69 +148,62 @@ def bench_ros2(quick: bool) -> dict:
     from rclpy.executors import SingleThreadedExecutor
 
     from robot_servers.backends.ros2 import Ros2Backend, Ros2Config
+    from robot_servers.ros2.twin_node import running_twin_node
 
     domain = 1 + (os.getpid() // 7) % 100  # 0..101: DDS ports stay below Linux's ephemeral range
     steps = 30 if quick else 100
-    node_proc = subprocess.Popen([sys.executable, "-m", "robot_servers.ros2.twin_node", "--domain-id", str(domain)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    context = None
-    try:
-        if not node_proc.stdout.readline().startswith("READY"):
-            raise RuntimeError("twin node did not start")
-        # the probe plays the controller's side: when does a target published by the server arrive?
-        context = rclpy.Context()
-        context.init(domain_id=domain)
-        probe = rclpy.create_node("latency_probe", context=context)
-        arrivals: dict[float, float] = {}
-        probe.create_subscription(PoseStamped, "target_pose",
-                                  lambda m: arrivals.setdefault(round(m.pose.position.y, 7), time.monotonic()), 100)
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(probe)
-        spinning = threading.Event()
-        spinning.set()
-        spinner = threading.Thread(target=lambda: [executor.spin_once(timeout_sec=0.05) for _ in iter(spinning.is_set, False)],
-                                   daemon=True)
-        spinner.start()
-        with Ros2Backend(Ros2Config(domain_id=domain)) as backend, robot_server(backend, {}) as client:
-            client.recover()
-            origin = client.state().tcp_pose.copy()
-            period = 0.1
-            latencies, ages, step_durations = [], [], []
-            missed = 0
-            next_tick = time.monotonic()
-            for i in range(steps):
-                step_start = time.monotonic()
-                target = origin.copy()
-                target[1] += round(0.02 * np.sin(2 * np.pi * i / 50) + 1e-6 * (i + 1), 7)
-                sent = time.monotonic()
-                client.set_target(target)
-                state = client.state()
-                ages.append(time.monotonic() - state.timestamp)  # same process: same monotonic clock
-                step_durations.append(time.monotonic() - step_start)
-                next_tick += period
-                delay = next_tick - time.monotonic()
-                if delay < 0:
-                    missed += 1
-                    next_tick = time.monotonic()
-                else:
-                    time.sleep(delay)
-                arrived = arrivals.get(round(target[1], 7))
-                if arrived is not None:
-                    latencies.append(arrived - sent)
-            final = client.state()
-            tracking_error = float(np.linalg.norm(final.tcp_pose[:3] - target[:3]))
-            errors = final.errors
-        spinning.clear()
-        spinner.join(timeout=2.0)
-        probe.destroy_node()
-    finally:
-        if context is not None:
-            context.try_shutdown()
-        node_proc.terminate()
+    with running_twin_node(domain):
+        context = None
         try:
-            node_proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            node_proc.kill()
+            # the probe plays the controller's side: when does a target published by the server arrive?
+            context = rclpy.Context()
+            context.init(domain_id=domain)
+            probe = rclpy.create_node("latency_probe", context=context)
+            arrivals: dict[float, float] = {}
+            probe.create_subscription(PoseStamped, "target_pose",
+                                      lambda m: arrivals.setdefault(round(m.pose.position.y, 7), time.monotonic()), 100)
+            executor = SingleThreadedExecutor(context=context)
+            executor.add_node(probe)
+            spinning = threading.Event()
+            spinning.set()
+            spinner = threading.Thread(target=lambda: [executor.spin_once(timeout_sec=0.05) for _ in iter(spinning.is_set, False)],
+                                       daemon=True)
+            spinner.start()
+            with Ros2Backend(Ros2Config(domain_id=domain)) as backend, robot_server(backend, {}) as client:
+                client.recover()
+                origin = client.state().tcp_pose.copy()
+                period = 0.1
+                latencies, ages, step_durations = [], [], []
+                missed = 0
+                next_tick = time.monotonic()
+                for i in range(steps):
+                    step_start = time.monotonic()
+                    target = origin.copy()
+                    target[1] += round(0.02 * np.sin(2 * np.pi * i / 50) + 1e-6 * (i + 1), 7)
+                    sent = time.monotonic()
+                    client.set_target(target)
+                    state = client.state()
+                    ages.append(time.monotonic() - state.timestamp)  # same process: same monotonic clock
+                    step_durations.append(time.monotonic() - step_start)
+                    next_tick += period
+                    delay = next_tick - time.monotonic()
+                    if delay < 0:
+                        missed += 1
+                        next_tick = time.monotonic()
+                    else:
+                        time.sleep(delay)
+                    arrived = arrivals.get(round(target[1], 7))
+                    if arrived is not None:
+                        latencies.append(arrived - sent)
+                final = client.state()
+                tracking_error = float(np.linalg.norm(final.tcp_pose[:3] - target[:3]))
+                errors = final.errors
+            spinning.clear()
+            spinner.join(timeout=2.0)
+            probe.destroy_node()
+        finally:
+            if context is not None:
+                context.try_shutdown()
     return {
         "episode_steps": steps,
         "control_hz": 10.0,

@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from robot_servers.processes import start_robot_server  # noqa: E402
 from serl.envs.http_client import HttpRobotClient  # noqa: E402
 
 SPIN_S = 0.001  # sleep until this close to the tick, then spin: time.sleep alone overshoots under load
@@ -152,31 +153,8 @@ def frankaenv_loop(url: str, steps: int) -> dict:
 
 def start_server_process():
     """The robot server as users run it: its own process, real-time twin, two 128×128 cameras."""
-    import socket
-    import subprocess
-
-    import httpx
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "robot_servers", "--backend", "twin", "--task", "PandaPickCube",
-               "--port", str(port), "--log-level", "error", "--option", 'cameras=["wrist","front"]',
-               "--option", "image_size=[128,128]"]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"robot server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            httpx.get(url + "/health", timeout=1.0).raise_for_status()
-            return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("robot server did not start within 60 s")
+    return start_robot_server(["--backend", "twin", "--task", "PandaPickCube", "--option", 'cameras=["wrist","front"]',
+                               "--option", "image_size=[128,128]"])
 
 
 def main() -> None:

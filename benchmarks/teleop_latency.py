@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from robot_servers.processes import start_robot_server  # noqa: E402
 from serl.devices.base import Teleop, TeleopCommand, TeleopConfig  # noqa: E402
 from serl.devices.spacemouse import FACING_ROBOT, SpaceMouseParser, command_from_parser, find_model  # noqa: E402
 
@@ -95,33 +96,6 @@ def percentiles(values, scale: float) -> dict[str, float]:
             "max": round(float(arr.max()), 3), "mean": round(float(arr.mean()), 3)}
 
 
-def start_server_process(task: str):
-    import socket
-    import subprocess
-
-    import httpx
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "robot_servers", "--backend", "twin", "--task", task,
-               "--port", str(port), "--log-level", "error"]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"robot server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            httpx.get(url + "/health", timeout=1.0).raise_for_status()
-            return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("robot server did not start within 60 s")
-
-
 def run(events: int, hz: float, use_server: bool) -> dict:
     from serl.envs.franka_env import FrankaEnv
     from serl.envs.intervention import InterventionWrapper
@@ -135,7 +109,7 @@ def run(events: int, hz: float, use_server: bool) -> dict:
         try:
             from serl.envs.http_client import HttpRobotClient
 
-            server, url = start_server_process(task.name)
+            server, url = start_robot_server(["--backend", "twin", "--task", task.name])
             client = HttpRobotClient(url)
             path = "robot server over HTTP (loopback, real-time twin in its own process)"
         except Exception as err:  # fall back, but say so in the report

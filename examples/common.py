@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from robot_servers.backends.base import ImpedanceParams
 from robot_servers.control.safety import SafetyBox
-from serl.envs.task_config import CameraSpec, ResetHookSpec
+from serl.envs.task_config import CameraSpec, ResetHookSpec, TaskConfig
 
 DOWN = (1.0, 0.0, 0.0, 0.0)  # gripper pointing at the table (quat xyzw)
 
@@ -51,3 +53,20 @@ REAL_RESET = (
     ResetHookSpec("go_to_reset_pose"),
 )
 HUMAN_RESET = REAL_RESET + (ResetHookSpec("wait_for_human"),)
+
+
+def on_twin(task: TaskConfig, *, name: str, scene: str, reset_pose, safety_box: SafetyBox,
+            reset_hooks: tuple[ResetHookSpec, ...]) -> TaskConfig:
+    """``task`` on the MuJoCo twin: the Panda, its wrist and front cameras, ground-truth reward, no joint resets."""
+    return dataclasses.replace(
+        task,
+        name=name,
+        robot="panda",
+        scene=scene,
+        reset_pose=reset_pose,
+        safety_box=safety_box,
+        cameras=(CameraSpec("wrist"), CameraSpec("front")),
+        reward="ground_truth",
+        reset_hooks=reset_hooks,
+        joint_reset_period=0,
+    )

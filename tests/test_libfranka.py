@@ -17,6 +17,8 @@ pytest.importorskip("franky")
 if importlib.util.find_spec("franky_sim") is None:  # runs in a subprocess; importing it here would load mujoco
     pytest.skip("franky-sim is not installed (extra 'franka-sim')", allow_module_level=True)
 
+from backend_episode import run_episode, video_cameras, wait_for  # noqa: E402
+
 from robot_servers.backends.base import ImpedanceParams  # noqa: E402
 from robot_servers.backends.libfranka import HOME_Q, LibfrankaBackend, LibfrankaConfig  # noqa: E402
 from robot_servers.backends.libfranka_sim import running_simulator  # noqa: E402
@@ -32,15 +34,6 @@ def unique_loopback() -> str:
 def same_pose(a, b, atol: float = 1e-6) -> bool:
     """Equal positions and equal rotations (q and -q are the same rotation)."""
     return np.allclose(a[:3], b[:3], atol=atol) and abs(abs(np.dot(a[3:], b[3:])) - 1.0) < atol
-
-
-def wait_for(predicate, timeout: float, period: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(period)
-    return predicate()
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +169,6 @@ def test_lost_connection_is_a_fault_not_a_crash_and_recover_reconnects():
 
 
 def test_episode_through_the_robot_server(backend, tmp_path):
-    from backend_episode import run_episode, video_cameras
-
     cameras = video_cameras(tmp_path)
     try:
         figures = run_episode(backend, cameras, HOME_Q)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -16,49 +17,39 @@ pytest.importorskip("rclpy")
 if importlib.util.find_spec("mujoco") is None:  # the twin node needs it; not imported here (MUJOCO_GL)
     pytest.skip("mujoco is not installed", allow_module_level=True)
 
+import backend_episode  # noqa: E402
+
 from robot_servers.backends.base import ImpedanceParams  # noqa: E402
 from robot_servers.backends.ros2 import HOME_Q, Ros2Backend, Ros2Config  # noqa: E402
 from robot_servers.ros2 import crisp  # noqa: E402
+from robot_servers.ros2.twin_node import running_twin_node  # noqa: E402
 
 pytestmark = [pytest.mark.ros2, pytest.mark.timeout(120)]
 
 DOMAIN = 1 + os.getpid() % 50  # unique per test process (0..101 is the safe range on Linux)
 
-
-def start_twin_node(domain: int) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "robot_servers.ros2.twin_node", "--domain-id", str(domain)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    line = process.stdout.readline()
-    if not line.startswith("READY"):
-        process.kill()
-        raise RuntimeError(f"twin node did not start: {line}{process.stdout.read()[-2000:]}")
-    return process
+wait_for = functools.partial(backend_episode.wait_for, period=0.02)  # state arrives at 200 Hz: poll often
 
 
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+@contextlib.contextmanager
+def second_node(name: str):
+    """Another rclpy node in the test's domain (a competing or misbehaving publisher)."""
+    import rclpy
 
-
-def wait_for(predicate, timeout: float, period: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(period)
-    return predicate()
+    context = rclpy.Context()
+    context.init(domain_id=DOMAIN)
+    node = rclpy.create_node(name, context=context)
+    try:
+        yield node
+    finally:
+        node.destroy_node()
+        context.try_shutdown()
 
 
 @pytest.fixture(scope="module")
 def twin_node():
-    process = start_twin_node(DOMAIN)
-    yield process
-    stop(process)
+    with running_twin_node(DOMAIN) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
@@ -165,14 +156,10 @@ def test_gripper_and_joint_reset(healthy):
 
 
 def test_malformed_message_flags_error_and_holds(healthy):
-    import rclpy
     from geometry_msgs.msg import PoseStamped
 
     backend = healthy
-    context = rclpy.Context()
-    context.init(domain_id=DOMAIN)
-    node = rclpy.create_node("bad_publisher", context=context)
-    try:
+    with second_node("bad_publisher") as node:
         publisher = node.create_publisher(PoseStamped, "current_pose", 10)
         bad = PoseStamped()
         bad.pose.position.x = float("nan")
@@ -183,9 +170,6 @@ def test_malformed_message_flags_error_and_holds(healthy):
         assert state.controller_mode == "hold" and np.all(np.isfinite(state.tcp_pose))
         with pytest.raises(RuntimeError, match="recover"):
             backend.set_target(state.tcp_pose)
-    finally:
-        node.destroy_node()
-        context.try_shutdown()
     time.sleep(0.3)  # let in-flight bad messages drain before recovering
     backend.recover()
     assert backend.state().errors == []
@@ -196,30 +180,25 @@ def test_stale_state_flags_error_holds_and_recovers():
     from robot_servers.backends import make_backend
 
     domain = DOMAIN + 50
-    process = start_twin_node(domain)
-    try:
-        with make_backend("ros2", domain_id=domain, stale_after=0.25) as backend:  # the server's way in
-            os.kill(process.pid, signal.SIGSTOP)  # the arm's driver freezes: no more state messages
-            try:
-                assert wait_for(lambda: any("stale" in e for e in backend.state().errors), 3.0)
-                assert backend.state().controller_mode == "hold"
-                with pytest.raises(RuntimeError, match="recover"):
-                    backend.set_target(backend.state().tcp_pose)
-            finally:
-                os.kill(process.pid, signal.SIGCONT)
-            backend.recover()
-            state = backend.state()
-            assert state.errors == [] and state.controller_mode == "impedance"
-    finally:
-        stop(process)
+    with running_twin_node(domain) as process, \
+            make_backend("ros2", domain_id=domain, stale_after=0.25) as backend:  # the server's way in
+        os.kill(process.pid, signal.SIGSTOP)  # the arm's driver freezes: no more state messages
+        try:
+            assert wait_for(lambda: any("stale" in e for e in backend.state().errors), 3.0)
+            assert backend.state().controller_mode == "hold"
+            with pytest.raises(RuntimeError, match="recover"):
+                backend.set_target(backend.state().tcp_pose)
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        backend.recover()
+        state = backend.state()
+        assert state.errors == [] and state.controller_mode == "impedance"
 
 
 def test_episode_through_the_robot_server(backend, tmp_path):
-    from backend_episode import run_episode, video_cameras
-
-    cameras = video_cameras(tmp_path)
+    cameras = backend_episode.video_cameras(tmp_path)
     try:
-        figures = run_episode(backend, cameras, HOME_Q)
+        figures = backend_episode.run_episode(backend, cameras, HOME_Q)
     finally:
         for camera in cameras.values():
             camera.close()
@@ -231,42 +210,35 @@ def test_server_reports_a_frozen_driver_in_health_and_recovers():
     from serl.envs.http_client import HttpRobotClient, RobotServerError
 
     domain = DOMAIN + 51
-    process = start_twin_node(domain)
-    try:
-        with Ros2Backend(Ros2Config(domain_id=domain, stale_after=0.25)) as backend, \
-                ServerThread(create_app(backend, {}, ServerConfig(watchdog_timeout=None))) as server, \
-                HttpRobotClient(server.url, timeout=5.0) as client:
-            assert client.health()["ok"]
-            os.kill(process.pid, signal.SIGSTOP)
-            try:
-                assert wait_for(lambda: not client.health()["ok"], 3.0)
-                health = client.health()
-                assert any("stale" in e for e in health["errors"])
-                assert client.state().controller_mode == "hold"
-                with pytest.raises(RobotServerError):
-                    client.set_target(client.state().tcp_pose)  # refused, and the server stays up
-            finally:
-                os.kill(process.pid, signal.SIGCONT)
-            client.recover()
-            assert client.health()["ok"]
-            target = client.state().tcp_pose.copy()
-            target[2] += 0.02
-            client.set_target(target)
-            assert wait_for(lambda: abs(client.state().tcp_pose[2] - target[2]) < 0.004, 5.0)
-    finally:
-        stop(process)
+    with running_twin_node(domain) as process, \
+            Ros2Backend(Ros2Config(domain_id=domain, stale_after=0.25)) as backend, \
+            ServerThread(create_app(backend, {}, ServerConfig(watchdog_timeout=None))) as server, \
+            HttpRobotClient(server.url, timeout=5.0) as client:
+        assert client.health()["ok"]
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            assert wait_for(lambda: not client.health()["ok"], 3.0)
+            health = client.health()
+            assert any("stale" in e for e in health["errors"])
+            assert client.state().controller_mode == "hold"
+            with pytest.raises(RobotServerError):
+                client.set_target(client.state().tcp_pose)  # refused, and the server stays up
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        client.recover()
+        assert client.health()["ok"]
+        target = client.state().tcp_pose.copy()
+        target[2] += 0.02
+        client.set_target(target)
+        assert wait_for(lambda: abs(client.state().tcp_pose[2] - target[2]) < 0.004, 5.0)
 
 
 def test_twin_node_ignores_targets_from_competing_publishers(healthy):
     """crisp_controllers' rule, reproduced by the twin node: two publishers on target_pose → no target is taken."""
-    import rclpy
     from geometry_msgs.msg import PoseStamped
 
     backend = healthy
-    context = rclpy.Context()
-    context.init(domain_id=DOMAIN)
-    node = rclpy.create_node("second_commander", context=context)
-    try:
+    with second_node("second_commander") as node:
         node.create_publisher(PoseStamped, "target_pose", 10)
         assert wait_for(lambda: backend._node.count_publishers("target_pose") == 2, 5.0)
         time.sleep(1.0)  # the twin node discovers the second publisher on its own schedule
@@ -275,9 +247,6 @@ def test_twin_node_ignores_targets_from_competing_publishers(healthy):
         moved[0] += 0.04
         assert wait_for(lambda: (backend.set_target(moved), False)[1], 1.0) is False  # keep sending for 1 s
         assert np.linalg.norm(backend.state().tcp_pose[:3] - start[:3]) < 0.005
-    finally:
-        node.destroy_node()
-        context.try_shutdown()
     assert wait_for(lambda: backend._node.count_publishers("target_pose") == 1, 5.0)
     # resend until the twin node, too, has seen the second publisher go
     assert wait_for(lambda: (backend.set_target(moved),

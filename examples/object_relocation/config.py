@@ -3,12 +3,11 @@ forward moves the object from bin A to bin B, backward moves it back, so no pers
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
 
 import numpy as np
 
-from examples.common import COMPLIANT, DOWN, PRECISE, REAL_RESET, box_around
+from examples.common import COMPLIANT, DOWN, PRECISE, REAL_RESET, box_around, on_twin
 from robot_servers.backends.base import MAX_GRIPPER_WIDTH
 from serl.envs.task_config import CameraSpec, ResetHookSpec, TaskConfig
 
@@ -45,18 +44,14 @@ BACKWARD = config("backward")
 
 def sim_config() -> TaskConfig:
     """Forward relocation's first half on the twin: reach, grasp and lift the cube (ground-truth reward)."""
-    return dataclasses.replace(
+    reset_pose = (0.5, 0.0, 0.2, *DOWN)
+    return on_twin(
         FORWARD,
         name="ObjectRelocationTwin",
-        robot="panda",
         scene="pick_cube",
-        reset_pose=(0.5, 0.0, 0.2, *DOWN),
-        safety_box=box_around((0.5, 0.0, 0.2, *DOWN), (0.2, 0.2, 0.0), z_below=0.195, z_above=0.15,
-                              rpy_half=(0.15, 0.15, np.pi / 4)),
-        cameras=(CameraSpec("wrist"), CameraSpec("front")),
-        reward="ground_truth",
+        reset_pose=reset_pose,
+        safety_box=box_around(reset_pose, (0.2, 0.2, 0.0), z_below=0.195, z_above=0.15, rpy_half=(0.15, 0.15, np.pi / 4)),
         reset_hooks=(ResetHookSpec("reset_robot"),
                      ResetHookSpec("go_to_reset_pose", (("gripper", MAX_GRIPPER_WIDTH),)),
                      ResetHookSpec("scene_reset")),
-        joint_reset_period=0,
     )

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
-from examples.common import COMPLIANT, DOWN, PRECISE, REAL_RESET, box_around, wrist_cameras
-from serl.envs.task_config import CameraSpec, ResetHookSpec, TaskConfig
+from examples.common import COMPLIANT, DOWN, PRECISE, REAL_RESET, box_around, on_twin, wrist_cameras
+from serl.envs.task_config import ResetHookSpec, TaskConfig
 
 HOLE_ENTRY = (0.55, 0.0, 0.10, *DOWN)  # TCP pose with the peg tip just inside the hole: measure on your setup
 RESET_POSE = (HOLE_ENTRY[0], HOLE_ENTRY[1], HOLE_ENTRY[2] + 0.06, *DOWN)
@@ -36,16 +34,12 @@ def config() -> TaskConfig:
 
 def sim_config() -> TaskConfig:
     """The same task on the twin's peg-insertion scene with its ground-truth reward."""
-    return dataclasses.replace(
+    reset_pose = (0.55, 0.0, 0.16, *DOWN)
+    return on_twin(
         config(),
         name="PegInsertionTwin",
-        robot="panda",
         scene="peg_insertion",
-        reset_pose=(0.55, 0.0, 0.16, *DOWN),
-        safety_box=box_around((0.55, 0.0, 0.16, *DOWN), (0.15, 0.15, 0.0), z_below=0.11, z_above=0.14,
-                              rpy_half=(0.1, 0.1, np.pi / 4)),
-        cameras=(CameraSpec("wrist"), CameraSpec("front")),
-        reward="ground_truth",
+        reset_pose=reset_pose,
+        safety_box=box_around(reset_pose, (0.15, 0.15, 0.0), z_below=0.11, z_above=0.14, rpy_half=(0.1, 0.1, np.pi / 4)),
         reset_hooks=(ResetHookSpec("reset_robot"), ResetHookSpec("scene_reset"), ResetHookSpec("go_to_reset_pose")),
-        joint_reset_period=0,
     )

@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Iterator
 
+from robot_servers.processes import running_until_ready
+
 
 @contextlib.contextmanager
 def running_simulator(hostname: str = "127.0.0.1", stats: str | None = None, timeout: float = 30.0) -> Iterator[subprocess.Popen]:
@@ -29,28 +31,8 @@ def running_simulator(hostname: str = "127.0.0.1", stats: str | None = None, tim
     command = [sys.executable, "-m", "robot_servers.backends.libfranka_sim", "--hostname", hostname]
     if stats:
         command += ["--stats", stats]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + timeout
-        lines = []
-        while True:
-            line = process.stdout.readline()
-            if line.startswith("READY"):
-                break
-            lines.append(line)
-            if not line and process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"franky-sim on {hostname} did not start: {''.join(lines)[-2000:]}")
-        # keep draining its output so a chatty simulator never blocks on a full pipe
-        threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
+    with running_until_ready(command, f"franky-sim on {hostname}", timeout) as process:
         yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,9 +23,7 @@ def seconds_from_stamp(stamp) -> float:
 
 
 def pose_msg(pose: np.ndarray, frame_id: str, seconds: float) -> PoseStamped:
-    msg = PoseStamped()
-    msg.header.frame_id = frame_id
-    stamp_from_seconds(msg.header.stamp, seconds)
+    msg = _stamped(PoseStamped(), frame_id, seconds)
     p, q = msg.pose.position, msg.pose.orientation
     p.x, p.y, p.z = (float(v) for v in pose[:3])
     q.x, q.y, q.z, q.w = (float(v) for v in pose[3:7])
@@ -45,33 +43,41 @@ def read_pose(msg: PoseStamped) -> np.ndarray | None:
 
 
 def twist_msg(twist: np.ndarray, frame_id: str, seconds: float) -> TwistStamped:
-    msg = TwistStamped()
-    msg.header.frame_id = frame_id
-    stamp_from_seconds(msg.header.stamp, seconds)
-    msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(v) for v in twist[:3])
-    msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = (float(v) for v in twist[3:6])
+    msg = _stamped(TwistStamped(), frame_id, seconds)
+    _fill_pair(msg.twist.linear, msg.twist.angular, twist)
     return msg
 
 
 def read_twist(msg: TwistStamped) -> np.ndarray | None:
-    t = msg.twist
-    twist = np.array([t.linear.x, t.linear.y, t.linear.z, t.angular.x, t.angular.y, t.angular.z])
-    return twist if np.all(np.isfinite(twist)) else None
+    return _read_pair(msg.twist.linear, msg.twist.angular)
 
 
 def wrench_msg(wrench: np.ndarray, frame_id: str, seconds: float) -> WrenchStamped:
-    msg = WrenchStamped()
-    msg.header.frame_id = frame_id
-    stamp_from_seconds(msg.header.stamp, seconds)
-    msg.wrench.force.x, msg.wrench.force.y, msg.wrench.force.z = (float(v) for v in wrench[:3])
-    msg.wrench.torque.x, msg.wrench.torque.y, msg.wrench.torque.z = (float(v) for v in wrench[3:6])
+    msg = _stamped(WrenchStamped(), frame_id, seconds)
+    _fill_pair(msg.wrench.force, msg.wrench.torque, wrench)
     return msg
 
 
 def read_wrench(msg: WrenchStamped) -> np.ndarray | None:
-    f, t = msg.wrench.force, msg.wrench.torque
-    wrench = np.array([f.x, f.y, f.z, t.x, t.y, t.z])
-    return wrench if np.all(np.isfinite(wrench)) else None
+    return _read_pair(msg.wrench.force, msg.wrench.torque)
+
+
+def _stamped(msg, frame_id: str, seconds: float):
+    msg.header.frame_id = frame_id
+    stamp_from_seconds(msg.header.stamp, seconds)
+    return msg
+
+
+def _fill_pair(first, second, values: np.ndarray) -> None:
+    """Write a 6-vector into two Vector3 fields (linear/angular, force/torque)."""
+    first.x, first.y, first.z = (float(v) for v in values[:3])
+    second.x, second.y, second.z = (float(v) for v in values[3:6])
+
+
+def _read_pair(first, second) -> np.ndarray | None:
+    """Two Vector3 fields as one 6-vector; None when any entry is NaN/inf."""
+    values = np.array([first.x, first.y, first.z, second.x, second.y, second.z])
+    return values if np.all(np.isfinite(values)) else None
 
 
 def joint_msg(names: Sequence[str], q, dq=None, effort=None, seconds: float = 0.0) -> JointState:

@@ -14,12 +14,17 @@ law is a joint impedance toward ``target_joint``; the twin runs its joint move t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
+import subprocess
+import sys
 import threading
-from typing import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+from robot_servers.processes import running_until_ready
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +211,14 @@ class TwinNode:
         finally:
             self._context.try_shutdown()
             self.backend.close()
+
+
+@contextlib.contextmanager
+def running_twin_node(domain_id: int, timeout: float = 30.0) -> Iterator[subprocess.Popen]:
+    """Run the twin node as a subprocess on ``domain_id``; wait until it serves; stop it on exit."""
+    command = [sys.executable, "-m", "robot_servers.ros2.twin_node", "--domain-id", str(domain_id)]
+    with running_until_ready(command, "twin node", timeout) as process:
+        yield process
 
 
 def main(argv: list[str] | None = None) -> None:

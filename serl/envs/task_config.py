@@ -51,6 +51,7 @@ class TaskConfig:
     precision: ImpedanceParams = ImpedanceParams()  # during resets
     reward: Literal["ground_truth", "classifier", "keyboard"] = "ground_truth"
     dense_reward: bool = False
+    reward_shaping: bool = False  # add potential-based shaping to the ground-truth reward (sim learning aid)
     reset_hooks: tuple[ResetHookSpec, ...] = (ResetHookSpec("go_to_reset_pose"),)
     joint_reset_period: int = 0  # episodes between joint resets; 0 = never
     robot: Literal["panda", "fr3"] = "panda"

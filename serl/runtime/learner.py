@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serl.data.replay import MixedSampler, ReplayBuffer
+from serl.data.replay import MixedSampler, ReplayBuffer, concat_batches
 from serl.agents.checkpoint import Checkpointer
 from serl.runtime import enable_compilation_cache
 from serl.runtime.config import LearnerConfig, config_hash, write_config
@@ -137,7 +137,7 @@ class Learner:
         return received
 
     def update(self) -> None:
-        batch = self.sampler.sample(self.cfg.batch_size * self.agent.config.utd_ratio)
+        batch = update_batch(self.sampler, self.cfg.batch_size, self.agent.config.utd_ratio)
         self.agent, metrics = self.agent.update(batch)
         self.counters.updates += 1
         self.backlog -= 1
@@ -206,6 +206,16 @@ class Learner:
         self.server.close()
         self.checkpointer.close()
         self.logger.close()
+
+
+def update_batch(sampler: MixedSampler, batch_size: int, utd_ratio: int) -> dict:
+    """``utd_ratio`` minibatches stacked for ``agent.update``, each mixed demo/online by itself.
+
+    The agent runs one critic step per consecutive ``batch_size`` slice and the actor on the last one;
+    one mixed draw of ``utd_ratio * batch_size`` rows comes back online-first, demo-last, which would train
+    the actor on demo states only and the critic alternately on one source.
+    """
+    return concat_batches(*(sampler.sample(batch_size) for _ in range(utd_ratio)))
 
 
 def _as_buffer_transition(transition: dict) -> dict:

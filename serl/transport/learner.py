@@ -345,19 +345,19 @@ class LearnerServer:
                 del self._sessions[key]
 
     def _session_or_refuse(self, identity: bytes, msg: dict) -> _Session | None:
+        """The message's handshaken session, marked as seen; None (and an error reply) without a hello."""
         key = (msg["actor_id"], msg["session"])
         session = self._sessions.get(key)
         if session is None or not session.handshaken:
             self._reply(identity, "error", rid=msg["rid"], code="handshake_required", reason="send hello first")
             return None
-        return session
+        return self._touch(key)
 
     def _on_batch(self, identity: bytes, msg: dict, frames) -> None:
         with self._lock:
             session = self._session_or_refuse(identity, msg)
             if session is None:
                 return
-            self._touch((msg["actor_id"], msg["session"]))
             acked = session.acked
             queue_full = self._callback is None and self._queued_bytes >= self.config.max_queued_bytes
         seq = msg["seq"]
@@ -407,7 +407,6 @@ class LearnerServer:
             session = self._session_or_refuse(identity, msg)
             if session is None:
                 return
-            self._touch((msg["actor_id"], msg["session"]))
             acked = session.acked
         self._reply(
             identity, "pong", rid=msg["rid"], session=msg["session"], acked=acked,
