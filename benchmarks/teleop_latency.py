@@ -3,7 +3,7 @@
 A device thread feeds raw HID reports (the real ``SpaceMouseParser``) at random times; the control
 loop is ``FrankaEnv`` (PandaPickCube, real-time twin in the robot server's own process, 10 Hz) under
 ``InterventionWrapper``. For each input event we time when the server has accepted the target that
-carries it (the POST /target returned). Figures, in control periods:
+carries it is sent to the server (FrankaEnv sends it at the start of its one ``/step`` request). Figures, in control periods:
 
 - ``input_to_target``: event → target at the server. It includes waiting for the next control tick
   (uniform in one period), so about 0.5 at p50 and just under 1 plus the request at p99;
@@ -76,15 +76,25 @@ class SyntheticSpaceMouse(Teleop):
 
 
 def timed_client(client):
-    """Record when each set_target call has returned (the server holds the new target then)."""
+    """Record when each command carrying a target is sent.
+
+    ``FrankaEnv`` sends the target inside ``step`` (one round trip: the server applies the target on
+    arrival, then waits for the env's tick and observes), so the stamp is taken as the call starts;
+    it leaves out the loopback transit of the request (well under 1 ms, see benchmarks/env_step.py).
+    """
     stamps: list[float] = []
-    original = client.set_target
+    original_step, original_set_target = client.step, client.set_target
+
+    def step(pose=None, *args, **kwargs):
+        if pose is not None:
+            stamps.append(time.perf_counter())
+        return original_step(pose, *args, **kwargs)
 
     def set_target(pose, gripper=None):
-        original(pose, gripper)
         stamps.append(time.perf_counter())
+        return original_set_target(pose, gripper)
 
-    client.set_target = set_target
+    client.step, client.set_target = step, set_target
     return client, stamps
 
 
