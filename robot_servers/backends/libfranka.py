@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from typing import Any, Literal
 
 import numpy as np
@@ -60,6 +61,7 @@ class LibfrankaConfig:
     gripper_force: float = 40.0  # N
     grasp_below: float = 0.01  # m; commands narrower than this grasp (hold on contact) instead of moving
     monitor_hz: float = 50.0
+    stale_after: float = 0.5  # s without a new robot state while tracking → fault (a dead link can stall libfranka's loop)
     cameras: tuple[str, ...] = ()  # camera specs, see robot_servers.cameras.specs (served by the robot server)
     task_cameras: tuple = ()  # the task's CameraSpecs: crops and sizes by name (devices too when `cameras` is empty)
 
@@ -168,6 +170,7 @@ class LibfrankaBackend(Backend):
         self._robot = None
         self._gripper: _GripperWorker | None = None
         self._last_state: RobotState | None = None
+        self._last_robot_time: tuple[float, float] | None = None  # (robot time, wall time it last changed)
         self._cameras: dict = {}
         self._connect()
         if config.cameras or config.task_cameras:
@@ -241,11 +244,24 @@ class LibfrankaBackend(Backend):
             with self._lock:
                 if self._tracker is not None and not self._robot.is_in_control:
                     self._fault(self._controller_exit_reason())
+                elif self._tracker is not None:
+                    try:
+                        self._check_fresh(float(self._robot.state.time.to_sec()))
+                    except Exception as exc:
+                        self._fault(f"state unavailable: {exc}")
             if self._gripper is not None and tick % gripper_every == 0:
                 try:
                     self._gripper.refresh_width()
                 except Exception as exc:
                     self._gripper.error = f"gripper: {exc}"
+
+    def _check_fresh(self, robot_time: float) -> None:
+        """While tracking, the robot's clock must advance; a frozen clock means the link is gone."""
+        now = time.monotonic()
+        if self._last_robot_time is None or robot_time != self._last_robot_time[0]:
+            self._last_robot_time = (robot_time, now)
+        elif self._tracker is not None and now - self._last_robot_time[1] > self.config.stale_after:
+            self._fault(f"state unavailable: no new robot state for {now - self._last_robot_time[1]:.2f} s")
 
     def _controller_exit_reason(self) -> str:
         try:
@@ -274,6 +290,7 @@ class LibfrankaBackend(Backend):
             except Exception as exc:  # connection lost: report it with the last known state
                 self._fault(f"state unavailable: {exc}")
                 return self._stale_state()
+            self._check_fresh(float(s.time.to_sec()))
             errors = list(self._errors)
             mode = self._mode
             target = self._target.copy()
@@ -396,6 +413,7 @@ class LibfrankaBackend(Backend):
                 log.warning("recover_from_errors failed (%s); reconnecting", exc)
                 self._connect()
             self._errors.clear()
+            self._last_robot_time = None
             if self._gripper is not None:
                 self._gripper.error = None
             self._start_tracker()
