@@ -107,6 +107,31 @@ def _batch(rng, n, state_dim=3, action_dim=2):
     }
 
 
+def test_bc_loss_by_hand_counts_demo_rows_only():
+    policy = jnp.array([[0.0, 0.0], [1.0, 1.0], [0.5, -0.5]])
+    stored = jnp.array([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_allclose(losses.bc_loss(policy, stored, jnp.array([1.0, 1.0, 0.0])), (1.0 + 0.5) / 2)
+    assert float(losses.bc_loss(policy, stored, jnp.zeros(3))) == 0.0
+
+
+def test_bc_weight_pulls_the_policy_onto_demo_actions():
+    rng = np.random.default_rng(0)
+    batch = _batch(rng, 4 * 32)
+    batch["actions"] = np.tile(np.array([[0.6, -0.4]], np.float32), (4 * 32, 1))
+    batch["demo"] = np.ones(4 * 32, np.float32)
+
+    def distance_after_updates(bc_weight):
+        cfg = SACConfig(hidden_dims=(16, 16), utd_ratio=4, bc_weight=bc_weight, actor_lr=3e-3)
+        agent = SACAgent.create(0, {"state": np.zeros(3, np.float32)}, 2, cfg)
+        for _ in range(100):
+            agent, metrics = agent.update(batch)
+        assert np.isfinite(float(metrics["bc_loss"]))
+        return float(np.abs(np.asarray(agent.eval_actions(batch["observations"])) - batch["actions"]).mean())
+
+    with_bc, without_bc = distance_after_updates(10.0), distance_after_updates(0.0)
+    assert with_bc < 0.12 and without_bc > 3 * with_bc
+
+
 def test_update_runs_utd_critic_steps_and_one_actor_step():
     obs = {"state": np.zeros(3, np.float32)}
     cfg = SACConfig(hidden_dims=(16, 16), num_qs=4, num_min_qs=2, critic_layer_norm=True, utd_ratio=3)

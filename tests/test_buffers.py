@@ -97,6 +97,7 @@ def test_mixed_sampler_ratio():
     batch = MixedSampler(online, demo).sample(256)
     from_demo = batch["observations"]["state"][:, 0] >= 100
     assert from_demo.sum() == 128
+    np.testing.assert_array_equal(batch["demo"], from_demo.astype(np.float32))  # the rows BC may imitate
     _assert_consistent(batch)
     quarter = MixedSampler(online, demo, demo_fraction=0.25).sample(200)
     assert (quarter["observations"]["state"][:, 0] >= 100).sum() == 50

@@ -52,11 +52,12 @@ def test_unshaped_tasks_keep_their_sparse_reward_and_unknown_scenes_are_refused(
         make_sim_env("PandaPegInsertion", seed=0, reward_shaping=True)
 
 
-def test_pick_cube_train_defaults_add_shaping_and_grasp_critic_unless_told_otherwise():
+def test_pick_cube_train_defaults_add_shaping_translation_only_and_grasp_critic_unless_told_otherwise():
     tuned = apply_task_defaults(TrainConfig(task="PandaPickCube"))
-    assert tuned.overrides == ("reward_shaping=true",) and tuned.agent.grasp_critic
+    assert tuned.overrides == ("reward_shaping=true", "rotation_actions=false") and tuned.agent.grasp_critic
+    assert tuned.agent.bc_weight > 0
     explicit = apply_task_defaults(TrainConfig(task="PandaPickCube", overrides=("reward_shaping=false",)))
-    assert explicit.overrides == ("reward_shaping=false",)
+    assert explicit.overrides == ("reward_shaping=false", "rotation_actions=false")
     plain = apply_task_defaults(TrainConfig(task="PandaPickCube", task_defaults=False))
     assert plain.overrides == () and plain.agent == TRAIN_AGENT
     assert apply_task_defaults(TrainConfig(task="PandaPegInsertion")).agent == TRAIN_AGENT

@@ -44,6 +44,13 @@ def actor_loss(qs: jnp.ndarray, log_prob: jnp.ndarray, temperature) -> jnp.ndarr
     return jnp.mean(temperature * log_prob - jnp.mean(qs, axis=0))
 
 
+def bc_loss(policy_actions: jnp.ndarray, demo_actions: jnp.ndarray, demo_rows: jnp.ndarray) -> jnp.ndarray:
+    """Squared error (mean over action entries) between the policy's deterministic actions and the stored ones,
+    averaged over demo rows only (demo_rows (B,) is 1 on a demo/intervention row); 0 without demo rows."""
+    per_row = jnp.mean((policy_actions - demo_actions) ** 2, axis=-1)
+    return jnp.sum(per_row * demo_rows) / jnp.maximum(jnp.sum(demo_rows), 1.0)
+
+
 def temperature_loss(temperature, entropy, target_entropy) -> jnp.ndarray:
     """Lagrangian for the entropy constraint: alpha * (H - H_target); lowers alpha while H > H_target."""
     return temperature * (jax.lax.stop_gradient(entropy) - target_entropy)

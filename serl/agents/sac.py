@@ -62,6 +62,8 @@ class SACConfig:
     # HIL-SERL grasp critic: last action entry is the gripper in {-1, 0, +1}
     grasp_critic: bool = False
     grasp_lr: float = 3e-4
+    # behaviour cloning on the batch's demo rows (batch["demo"] = 1) added to the actor loss; 0 = RLPD as published
+    bc_weight: float = 0.0
 
     def __post_init__(self):
         if self.num_qs < 1:
@@ -70,6 +72,8 @@ class SACConfig:
             raise ValueError(f"SACConfig.num_min_qs must be in [1, num_qs={self.num_qs}], got {self.num_min_qs}")
         if self.utd_ratio < 1 or self.actor_update_period < 1:
             raise ValueError("SACConfig.utd_ratio and actor_update_period must be >= 1")
+        if not (np.isfinite(self.bc_weight) and self.bc_weight >= 0.0):
+            raise ValueError(f"SACConfig.bc_weight must be finite and >= 0, got {self.bc_weight}")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError("SACConfig.tau must be in (0, 1]")
         if self.encoder not in ("resnet10", "small"):
@@ -323,17 +327,24 @@ class SACAgent(struct.PyTreeNode):
         return agent, metrics
 
     def update_actor(self, batch, rng):
-        """One actor step (critic features stop-gradient, mean over the ensemble) then one temperature step."""
+        """One actor step (critic features stop-gradient, mean over the ensemble, plus `bc_weight` times the
+        behaviour-cloning error on demo rows) then one temperature step."""
         features = jax.lax.stop_gradient(self.encode(self.critic.params["encoder"], batch["observations"]))
         temperature = self.temperature()
+        bc_weight = self.config.bc_weight
+        demo_rows = batch.get("demo")
 
         def loss_fn(params):
             mean, log_std = self.policy(params, features)
             actions, log_prob = sample_tanh_gaussian(rng, mean, log_std)
             qs = self.q_values(self.critic.params["critic"], features, actions)
-            return losses.actor_loss(qs, log_prob, temperature), -log_prob.mean()
+            loss = losses.actor_loss(qs, log_prob, temperature)
+            bc = jnp.zeros(())
+            if bc_weight and demo_rows is not None:
+                bc = losses.bc_loss(jnp.tanh(mean), batch["actions"][:, : self.continuous_dim], demo_rows)
+            return loss + bc_weight * bc, (-log_prob.mean(), bc)
 
-        (loss, entropy), grads = jax.value_and_grad(loss_fn, has_aux=True)(self.actor.params)
+        (loss, (entropy, bc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(self.actor.params)
         actor = self.actor.apply_gradients(grads=grads)
 
         def temp_loss_fn(params):
@@ -341,7 +352,8 @@ class SACAgent(struct.PyTreeNode):
 
         temp_loss, temp_grads = jax.value_and_grad(temp_loss_fn)(self.temp.params)
         temp = self.temp.apply_gradients(grads=temp_grads)
-        metrics = {"actor_loss": loss, "entropy": entropy, "temperature": temperature, "temperature_loss": temp_loss}
+        metrics = {"actor_loss": loss, "entropy": entropy, "temperature": temperature, "temperature_loss": temp_loss,
+                   "bc_loss": bc}
         return self.replace(actor=actor, temp=temp), metrics
 
     @jax.jit

@@ -239,12 +239,19 @@ class MixedSampler:
         self.online, self.demo, self.demo_fraction = online, demo, demo_fraction
 
     def sample(self, batch_size: int) -> dict:
+        """Online rows first, demo rows last; ``batch["demo"]`` is 1.0 on the demo buffer's rows."""
         num_demo = int(round(batch_size * self.demo_fraction)) if self.demo is not None and len(self.demo) else 0
         if num_demo == 0:
-            return self.online.sample(batch_size)
+            return _tagged(self.online.sample(batch_size), 0.0)
         if num_demo == batch_size or len(self.online) == 0:
-            return self.demo.sample(batch_size)
-        return concat_batches(self.online.sample(batch_size - num_demo), self.demo.sample(num_demo))
+            return _tagged(self.demo.sample(batch_size), 1.0)
+        return concat_batches(_tagged(self.online.sample(batch_size - num_demo), 0.0),
+                              _tagged(self.demo.sample(num_demo), 1.0))
+
+
+def _tagged(batch: dict, demo: float) -> dict:
+    batch["demo"] = np.full(batch["rewards"].shape[0], demo, np.float32)
+    return batch
 
 
 def concat_batches(*batches: dict) -> dict:

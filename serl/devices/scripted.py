@@ -7,7 +7,7 @@ It reads the arm's state and the twin's ground-truth scene through the env's rob
 few waypoints and returns the action that moves towards the current one, plus Gaussian noise so the
 demos are not all identical. Used by ``serl record-demos --teleop scripted`` and ``serl train``.
 
-- ``PandaPickCube``: above the cube (yaw aligned to its faces) → down → close → lift.
+- ``PandaPickCube``: above the cube (yaw aligned to its faces when the task rotates) → down → close → lift.
 - ``PandaPegInsertion``: peg tip above the hole (yaw aligned) → down into the hole.
 """
 
@@ -77,7 +77,10 @@ class ScriptedExpert(Teleop):
             cube = scene["cube"]
             if self.initial_cube_z is None:
                 self.initial_cube_z = float(cube[2])
-            target_yaw = yaw + _wrap(float(quat_to_euler(cube[3:])[2]) - yaw, np.pi / 2)
+            # a task without rotation actions keeps its yaw: the open hand (8 cm) takes the cube at any yaw
+            target_yaw = yaw
+            if self.task.rotation_actions:
+                target_yaw += _wrap(float(quat_to_euler(cube[3:])[2]) - yaw, np.pi / 2)
             orientation = _yaw_quat(target_yaw)
             above = np.array([cube[0], cube[1], cube[2] + cfg.approach_height])
             xy_error = np.linalg.norm(tcp[:2] - cube[:2])

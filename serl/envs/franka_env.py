@@ -11,6 +11,7 @@ the env sleeps itself in-process, while a remote client is told the time left to
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from robot_servers.backends.base import MAX_GRIPPER_WIDTH, RobotState
 from robot_servers.cameras.base import CropResize
-from robot_servers.control.pose import apply_delta
+from robot_servers.control.pose import apply_delta, rotate
 from serl.envs.robot_client import RobotClient
 from serl.envs.task_config import TaskConfig
 
@@ -46,6 +47,39 @@ class GroundTruthReward(Protocol):
 
     def __call__(self, scene: Mapping[str, np.ndarray], state: RobotState) -> tuple[float, bool]:
         """(reward, success)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionLayout:
+    """Where things sit in a task's action: xyz at [0:3], then rpy at [3:6] when the task rotates,
+    then the gripper last when it has one."""
+
+    rotation: bool = True
+    gripper: bool = True
+
+    @classmethod
+    def of(cls, task: TaskConfig) -> "ActionLayout":
+        return cls(rotation=task.rotation_actions, gripper=task.gripper_mode != "none")
+
+    @property
+    def size(self) -> int:
+        return 3 + 3 * self.rotation + self.gripper
+
+    @property
+    def gripper_index(self) -> int | None:
+        return self.size - 1 if self.gripper else None
+
+    def from_twist(self, twist: np.ndarray) -> np.ndarray:
+        """The motion entries of an action (no gripper) from a 6-D twist."""
+        return np.asarray(twist[: 6 if self.rotation else 3], dtype=np.float64)
+
+    def rotate(self, quat: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """The action with its translation (and rotation) vectors rotated by ``quat``; the gripper unchanged."""
+        out = np.asarray(action, dtype=np.float64).copy()
+        out[:3] = rotate(quat, out[:3])
+        if self.rotation:
+            out[3:6] = rotate(quat, out[3:6])
+        return out
 
 
 class FrankaEnv(gym.Env):
@@ -106,8 +140,9 @@ class FrankaEnv(gym.Env):
         self._next_tick = 0.0
         self._last_tick = 0.0
 
-        action_dim = 6 if task.gripper_mode == "none" else 7
-        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(action_dim,), dtype=np.float32)
+        self.action_layout = ActionLayout.of(task)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.action_layout.size,), dtype=np.float32)
+        self._held_orientation: np.ndarray | None = None
         state_space = {key: _unbounded(STATE_SIZES[key]) for key in task.state_keys}
         state_space.update({f"{name}_pose": _unbounded(7) for name in task.scene_objects})
         spaces: dict[str, gym.Space] = {"state": gym.spaces.Dict(state_space)}
@@ -135,6 +170,7 @@ class FrankaEnv(gym.Env):
             for hook in self.hooks:
                 hook(self, self._episode_index, self.np_random)
             self._obs = self._observe(*self._read())
+            self._held_orientation = np.array(self._state.tcp_pose[3:7], dtype=np.float64)
             if self._gripper_command is None:
                 self._gripper_command = MAX_GRIPPER_WIDTH if self._state.gripper_width > MAX_GRIPPER_WIDTH / 2 else 0.0
             if self.reward_fn is not None:
@@ -153,10 +189,16 @@ class FrankaEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         action = self._check_action(action)
         pos_scale, rot_scale, gripper_scale = self.task.action_scale
-        delta = np.concatenate([action[:3] * pos_scale, action[3:6] * rot_scale])
-        target = apply_delta(self._state.tcp_pose, delta, self.task.action_frame)
+        layout = self.action_layout
+        rotation = action[3:6] * rot_scale if layout.rotation else np.zeros(3)
+        target = apply_delta(self._state.tcp_pose, np.concatenate([action[:3] * pos_scale, rotation]),
+                             self.task.action_frame)
+        if not layout.rotation:
+            target[3:7] = self._held_orientation
         clipped = self.task.safety_box.clip(target)
-        gripper = None if self.task.gripper_mode == "none" else self._gripper_from_action(action[6] * gripper_scale)
+        gripper = None
+        if layout.gripper:
+            gripper = self._gripper_from_action(action[layout.gripper_index] * gripper_scale)
         with self._client_call("step"):
             if self.client.lockstep:
                 state, frames = self.client.step(clipped, gripper, advance=self.period, images=bool(self.task.cameras),

@@ -26,8 +26,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from robot_servers.control.pose import quat_conjugate, rotate
+from robot_servers.control.pose import quat_conjugate
 from serl.devices.base import Teleop, TeleopCommand
+from serl.envs.franka_env import ActionLayout
+from serl.envs.wrappers import action_layout
 
 
 def base_to_action_frame(env: gym.Env, twist: np.ndarray) -> np.ndarray:
@@ -35,17 +37,16 @@ def base_to_action_frame(env: gym.Env, twist: np.ndarray) -> np.ndarray:
     out = np.asarray(twist, dtype=np.float64).copy()
     if out.shape[0] < 6:
         return out
+    full = ActionLayout(rotation=True, gripper=False)
     base = env.unwrapped
     task = getattr(base, "task", None)
     if task is not None and getattr(task, "action_frame", "base") == "ee" and getattr(base, "state", None) is not None:
-        inverse = quat_conjugate(np.asarray(base.state.tcp_pose[3:7], dtype=np.float64))
-        return np.concatenate([rotate(inverse, out[:3]), rotate(inverse, out[3:6]), out[6:]])
+        return full.rotate(quat_conjugate(np.asarray(base.state.tcp_pose[3:7], dtype=np.float64)), out)
     layer: Any = env
     while layer is not None:
         if type(layer).__name__ == "RelativeFrame" and getattr(layer, "reset_pose", None) is not None:
             if getattr(layer, "_rotate_actions", True):
-                inverse = quat_conjugate(np.asarray(layer.reset_pose[3:7], dtype=np.float64))
-                out = np.concatenate([rotate(inverse, out[:3]), rotate(inverse, out[3:6]), out[6:]])
+                out = full.rotate(quat_conjugate(np.asarray(layer.reset_pose[3:7], dtype=np.float64)), out)
         layer = getattr(layer, "env", None)
     return out
 
@@ -95,21 +96,24 @@ class InterventionWrapper(gym.Wrapper):
         dim = space.shape[0]
         centre, half = (high + low) / 2.0, (high - low) / 2.0
         action = centre.copy() if policy_action is None else np.asarray(policy_action, dtype=np.float64).copy()
-        moving = min(dim, 6)
+        layout = action_layout(self.env)
         twist = np.clip(command.twist, -1.0, 1.0)
         if self.teleop_frame == "base":
             twist = np.clip(base_to_action_frame(self.env, twist), -1.0, 1.0)
-        action[:moving] = centre[:moving] + half[:moving] * twist[:moving]
-        if dim > 6:
+        motion = layout.from_twist(twist)[:dim]
+        moving = motion.shape[0]
+        action[:moving] = centre[:moving] + half[:moving] * motion
+        if layout.gripper and dim == layout.size:
+            index = layout.gripper_index
             gripper = command.gripper
             if gripper == "close":
-                action[6] = self.gripper_close
+                action[index] = self.gripper_close
             elif gripper == "open":
-                action[6] = self.gripper_open
+                action[index] = self.gripper_open
             elif gripper is not None:
-                action[6] = float(gripper)
+                action[index] = float(gripper)
             elif self.gripper_idle is not None:
-                action[6] = self.gripper_idle
+                action[index] = self.gripper_idle
         return np.clip(action, low, high).astype(space.dtype)
 
     def step(self, action):

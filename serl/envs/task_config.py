@@ -43,6 +43,7 @@ class TaskConfig:
     reset_yaw_range: float = 0.0  # rad, uniform noise on the reset yaw
     action_scale: tuple[float, float, float] = (0.02, 0.1, 1.0)  # (m, rad, gripper) per unit action
     action_frame: Literal["base", "ee"] = "base"
+    rotation_actions: bool = True  # False: actions are xyz (+ gripper); the hand keeps the episode's start orientation
     gripper_mode: Literal["continuous", "binary", "none"] = "binary"
     cameras: tuple[CameraSpec, ...] = ()
     max_episode_steps: int = 100

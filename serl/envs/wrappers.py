@@ -16,7 +16,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers import FrameStackObservation, TimeLimit
 
-from robot_servers.control.pose import quat_to_euler, relative_pose, rotate, quat_conjugate
+from robot_servers.control.pose import quat_conjugate, quat_to_euler, relative_pose, rotate
+from serl.envs.franka_env import ActionLayout
 
 __all__ = [
     "RelativeFrame",
@@ -46,6 +47,12 @@ def _state_space(env: gym.Env) -> gym.spaces.Dict:
     return space["state"]
 
 
+def action_layout(env: gym.Env) -> ActionLayout:
+    """The FrankaEnv's action layout under ``env`` (xyz, rpy, gripper for anything else)."""
+    layout = getattr(env.unwrapped, "action_layout", None)
+    return layout if isinstance(layout, ActionLayout) else ActionLayout()
+
+
 class RelativeFrame(gym.Wrapper):
     """Poses, velocities and wrenches in the frame of the pose at reset; base-frame actions too.
 
@@ -62,6 +69,7 @@ class RelativeFrame(gym.Wrapper):
         if "tcp_pose" not in self._state_space.spaces:
             raise ValueError("RelativeFrame needs 'tcp_pose' in the state")
         self._rotate_actions = getattr(env.unwrapped.task, "action_frame", "base") == "base"
+        self._layout = action_layout(env)
         self.reset_pose: np.ndarray | None = None
 
     def reset(self, **kwargs):
@@ -78,16 +86,14 @@ class RelativeFrame(gym.Wrapper):
         return self._to_relative(obs), reward, terminated, truncated, info
 
     def _action_to_base(self, action: np.ndarray) -> np.ndarray:
-        if not self._rotate_actions or action.shape[-1] < 6:
+        if not self._rotate_actions:
             return action
-        quat = self.reset_pose[3:]
-        return np.concatenate([rotate(quat, action[:3]), rotate(quat, action[3:6]), action[6:]])
+        return self._layout.rotate(self.reset_pose[3:], action)
 
     def _action_from_base(self, action: np.ndarray) -> np.ndarray:
-        if not self._rotate_actions or action.shape[-1] < 6:
+        if not self._rotate_actions:
             return action
-        inverse = quat_conjugate(self.reset_pose[3:])
-        return np.concatenate([rotate(inverse, action[:3]), rotate(inverse, action[3:6]), action[6:]])
+        return self._layout.rotate(quat_conjugate(self.reset_pose[3:]), action)
 
     def _to_relative(self, obs: dict) -> dict:
         inverse = quat_conjugate(self.reset_pose[3:])
