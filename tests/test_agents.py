@@ -89,6 +89,10 @@ def test_config_rejects_unknown_keys_and_bad_values():
         SACConfig.from_dict({"bogus": 1})
     with pytest.raises(ValueError, match="num_min_qs"):
         SACConfig(num_qs=2, num_min_qs=3)
+    with pytest.raises(ValueError, match="bc_weight"):
+        SACConfig(bc_weight=float("nan"))
+    with pytest.raises(ValueError, match="grasp_margin"):
+        SACConfig(grasp_margin=-0.1)
     cfg = SACConfig.rlpd()
     assert (cfg.num_qs, cfg.num_min_qs, cfg.critic_layer_norm, cfg.utd_ratio) == (10, 2, True, 20)
     assert SACConfig.from_dict(cfg.to_dict()) == cfg
@@ -112,6 +116,14 @@ def test_bc_loss_by_hand_counts_demo_rows_only():
     stored = jnp.array([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
     np.testing.assert_allclose(losses.bc_loss(policy, stored, jnp.array([1.0, 1.0, 0.0])), (1.0 + 0.5) / 2)
     assert float(losses.bc_loss(policy, stored, jnp.zeros(3))) == 0.0
+
+
+def test_grasp_margin_loss_by_hand():
+    q = jnp.array([[1.0, 0.95, 0.5], [0.2, 0.0, 0.9]])
+    taken = jnp.array([1, 2])  # row 0: the demo stayed, 0.05 below "close"; row 1: opening already wins by 0.7
+    # row 0: max(1.0 + 0.1, 0.95, 0.5 + 0.1) - 0.95 = 0.15; row 1: max(0.3, 0.1, 0.9) - 0.9 = 0
+    np.testing.assert_allclose(losses.grasp_margin_loss(q, taken, jnp.array([1.0, 1.0]), 0.1), 0.075, rtol=1e-6)
+    np.testing.assert_allclose(losses.grasp_margin_loss(q, taken, jnp.array([0.0, 1.0]), 0.1), 0.0, atol=1e-7)
 
 
 def test_bc_weight_pulls_the_policy_onto_demo_actions():

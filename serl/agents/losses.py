@@ -51,6 +51,16 @@ def bc_loss(policy_actions: jnp.ndarray, demo_actions: jnp.ndarray, demo_rows: j
     return jnp.sum(per_row * demo_rows) / jnp.maximum(jnp.sum(demo_rows), 1.0)
 
 
+def grasp_margin_loss(q_values: jnp.ndarray, action_index: jnp.ndarray, demo_rows: jnp.ndarray,
+                      margin: float) -> jnp.ndarray:
+    """DQfD's large-margin term on demo rows: max_a [Q(s, a) + margin * (a != a_demo)] - Q(s, a_demo), so the
+    demonstrated gripper choice wins by at least `margin`; averaged over demo rows (0 without any)."""
+    margins = margin * (1.0 - jax.nn.one_hot(action_index, q_values.shape[-1]))
+    q_taken = jnp.take_along_axis(q_values, action_index[:, None], axis=-1)[:, 0]
+    per_row = jnp.max(q_values + margins, axis=-1) - q_taken
+    return jnp.sum(per_row * demo_rows) / jnp.maximum(jnp.sum(demo_rows), 1.0)
+
+
 def temperature_loss(temperature, entropy, target_entropy) -> jnp.ndarray:
     """Lagrangian for the entropy constraint: alpha * (H - H_target); lowers alpha while H > H_target."""
     return temperature * (jax.lax.stop_gradient(entropy) - target_entropy)

@@ -62,8 +62,10 @@ class SACConfig:
     # HIL-SERL grasp critic: last action entry is the gripper in {-1, 0, +1}
     grasp_critic: bool = False
     grasp_lr: float = 3e-4
-    # behaviour cloning on the batch's demo rows (batch["demo"] = 1) added to the actor loss; 0 = RLPD as published
+    # behaviour cloning on the batch's demo rows (batch["demo"] = 1), added to the actor loss and, as a large-margin
+    # term (the demo's gripper choice wins by grasp_margin), to the grasp critic's; 0 = RLPD as published
     bc_weight: float = 0.0
+    grasp_margin: float = 0.1
 
     def __post_init__(self):
         if self.num_qs < 1:
@@ -72,8 +74,9 @@ class SACConfig:
             raise ValueError(f"SACConfig.num_min_qs must be in [1, num_qs={self.num_qs}], got {self.num_min_qs}")
         if self.utd_ratio < 1 or self.actor_update_period < 1:
             raise ValueError("SACConfig.utd_ratio and actor_update_period must be >= 1")
-        if not (np.isfinite(self.bc_weight) and self.bc_weight >= 0.0):
-            raise ValueError(f"SACConfig.bc_weight must be finite and >= 0, got {self.bc_weight}")
+        for name in ("bc_weight", "grasp_margin"):
+            if not (np.isfinite(getattr(self, name)) and getattr(self, name) >= 0.0):
+                raise ValueError(f"SACConfig.{name} must be finite and >= 0, got {getattr(self, name)}")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError("SACConfig.tau must be in (0, 1]")
         if self.encoder not in ("resnet10", "small"):
@@ -317,7 +320,12 @@ class SACAgent(struct.PyTreeNode):
             action_index = losses.gripper_action_to_index(batch["actions"][:, -1])
 
             def grasp_loss_fn(params):
-                return losses.grasp_critic_loss(self.grasp_q(params, features), action_index, grasp_target)
+                q_values = self.grasp_q(params, features)
+                loss = losses.grasp_critic_loss(q_values, action_index, grasp_target)
+                if cfg.bc_weight and "demo" in batch:
+                    margin = losses.grasp_margin_loss(q_values, action_index, batch["demo"], cfg.grasp_margin)
+                    loss = loss + cfg.bc_weight * margin
+                return loss
 
             grasp_loss, grasp_grads = jax.value_and_grad(grasp_loss_fn)(self.grasp.params)
             grasp = self.grasp.apply_gradients(grads=grasp_grads)
