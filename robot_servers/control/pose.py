@@ -98,8 +98,9 @@ def rotvec_to_quat(v: np.ndarray) -> np.ndarray:
 def quat_to_euler(q: np.ndarray) -> np.ndarray:
     """Extrinsic xyz euler angles (roll, pitch, yaw) of a quaternion."""
     m = quat_to_matrix(q)
-    pitch = np.arcsin(np.clip(-m[2, 0], -1.0, 1.0))
-    if abs(m[2, 0]) < 1 - 1e-9:
+    cos_pitch = np.hypot(m[0, 0], m[1, 0])
+    pitch = np.arctan2(-m[2, 0], cos_pitch)  # atan2, not arcsin: accurate near ±90°
+    if cos_pitch > 1e-12:
         roll = np.arctan2(m[2, 1], m[2, 2])
         yaw = np.arctan2(m[1, 0], m[0, 0])
     else:  # gimbal lock: put everything in yaw

@@ -62,10 +62,11 @@ class SACConfig:
     # HIL-SERL grasp critic: last action entry is the gripper in {-1, 0, +1}
     grasp_critic: bool = False
     grasp_lr: float = 3e-4
-    # behaviour cloning on the batch's demo rows (batch["demo"] = 1), added to the actor loss and, as a large-margin
-    # term (the demo's gripper choice wins by grasp_margin), to the grasp critic's; 0 = RLPD as published
     bc_weight: float = 0.0
+    """Behaviour cloning on the batch's demo rows (batch["demo"] = 1): weight of the squared action error in the
+    actor loss and of a large-margin term in the grasp critic's; 0 = RLPD as published."""
     grasp_margin: float = 0.1
+    """How far the demo's gripper choice should beat the others in the grasp critic (used when bc_weight > 0)."""
 
     def __post_init__(self):
         if self.num_qs < 1:
