@@ -68,5 +68,5 @@ def start_robot_server(args: Sequence[str], timeout: float = 60.0) -> tuple[subp
             return proc, url
         except httpx.HTTPError:
             time.sleep(0.2)
-    proc.terminate()
+    stop_process(proc)
     raise RuntimeError(f"robot server did not start within {timeout:g} s")

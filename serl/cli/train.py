@@ -98,7 +98,7 @@ class TrainConfig:
     display: bool = True
     """Live progress display (rich); plain lines when stdout is not a terminal."""
     task_defaults: bool = True
-    """Merge the task's tuned settings from TASK_DEFAULTS (PandaPickCube: shaped reward, grasp critic)."""
+    """Merge the task's tuned settings from TASK_DEFAULTS (PandaPickCube: shaped reward, xyz actions, grasp critic)."""
 
     def __post_init__(self):
         if self.env_steps <= 0:
