@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from robot_servers.clock import PeriodicClock
+
 
 def percentiles(values, unit_scale: float = 1000.0) -> dict:
     arr = np.asarray(values, dtype=np.float64) * unit_scale
@@ -66,15 +68,13 @@ def robot_server(backend, cameras):
 
 def poll_state(client, hz: float, stop: threading.Event, ages: list, images: bool = True) -> None:
     """A 10 Hz reader, as an actor would be: state (and camera frames) over HTTP."""
-    period = 1.0 / hz
-    next_tick = time.monotonic()
+    clock = PeriodicClock(1.0 / hz)
     while not stop.is_set():
         client.state()
         if images:
             client.images()
-        ages.append(time.monotonic() - next_tick)
-        next_tick += period
-        stop.wait(max(0.0, next_tick - time.monotonic()))
+        ages.append(time.monotonic() - clock.next_tick)
+        clock.wait(stop.wait)
 
 
 def bench_libfranka(quick: bool) -> dict:
@@ -172,10 +172,8 @@ def bench_ros2(quick: bool) -> dict:
             with Ros2Backend(Ros2Config(domain_id=domain)) as backend, robot_server(backend, {}) as client:
                 client.recover()
                 origin = client.state().tcp_pose.copy()
-                period = 0.1
+                clock = PeriodicClock(0.1)
                 latencies, ages, step_durations = [], [], []
-                missed = 0
-                next_tick = time.monotonic()
                 for i in range(steps):
                     step_start = time.monotonic()
                     target = origin.copy()
@@ -185,13 +183,7 @@ def bench_ros2(quick: bool) -> dict:
                     state = client.state()
                     ages.append(time.monotonic() - state.timestamp)  # same process: same monotonic clock
                     step_durations.append(time.monotonic() - step_start)
-                    next_tick += period
-                    delay = next_tick - time.monotonic()
-                    if delay < 0:
-                        missed += 1
-                        next_tick = time.monotonic()
-                    else:
-                        time.sleep(delay)
+                    clock.wait()
                     arrived = arrivals.get(round(target[1], 7))
                     if arrived is not None:
                         latencies.append(arrived - sent)
@@ -207,7 +199,7 @@ def bench_ros2(quick: bool) -> dict:
     return {
         "episode_steps": steps,
         "control_hz": 10.0,
-        "missed_periods": missed,
+        "missed_periods": clock.overruns,
         "target_missed_periods": 0,
         "step_time_ms": percentiles(step_durations),
         "target_to_command_latency_ms": percentiles(latencies),

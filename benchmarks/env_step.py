@@ -25,16 +25,17 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from robot_servers.clock import PeriodicClock  # noqa: E402
 from robot_servers.processes import start_robot_server  # noqa: E402
 from serl.envs.http_client import HttpRobotClient  # noqa: E402
 
 SPIN_S = 0.001  # sleep until this close to the tick, then spin: time.sleep alone overshoots under load
 
 
-def wait_until(deadline: float) -> None:
-    remaining = deadline - time.perf_counter()
-    if remaining > SPIN_S:
-        time.sleep(remaining - SPIN_S)
+def precise_sleep(seconds: float) -> None:
+    deadline = time.perf_counter() + seconds
+    if seconds > SPIN_S:
+        time.sleep(seconds - SPIN_S)
     while time.perf_counter() < deadline:
         pass
 
@@ -56,31 +57,25 @@ def target_at(reset_pose: np.ndarray, i: int) -> np.ndarray:
 def control_loop(steps: int, period: float, command, observe) -> dict:
     """Drift-free loop; the client's CPU per step depends less on machine load than wall-clock latency."""
     overheads, observes, period_errors = [], [], []
-    overruns = 0
-    next_tick = time.perf_counter() + period
-    last_tick = None
+    clock = PeriodicClock(period, time.perf_counter)
     client_cpu = 0.0  # only around the robot I/O: the spin before each tick would count otherwise
     for i in range(steps):
         start, cpu = time.perf_counter(), time.process_time()
         command(i)
         commanded = time.perf_counter()
         client_cpu += time.process_time() - cpu
-        if commanded > next_tick:
-            overruns += 1
-            next_tick = commanded
-        wait_until(next_tick)
-        tick, cpu = time.perf_counter(), time.process_time()
+        clock.wait(precise_sleep)
+        period_error = clock.tick()
+        tick, cpu = clock.last_tick, time.process_time()
         observe()
         end = time.perf_counter()
         client_cpu += time.process_time() - cpu
         overheads.append((commanded - start) + (end - tick))
         observes.append(end - tick)
-        if last_tick is not None:
-            period_errors.append(tick - last_tick - period)
-        last_tick = tick
-        next_tick += period
+        if i:
+            period_errors.append(period_error)
     return {"steps": steps, "overhead_ms": percentiles_ms(overheads), "observe_ms": percentiles_ms(observes),
-            "period_error_abs_ms": percentiles_ms(np.abs(period_errors)), "overruns": overruns,
+            "period_error_abs_ms": percentiles_ms(np.abs(period_errors)), "overruns": clock.overruns,
             "client_cpu_ms_per_step": round(client_cpu / steps * 1e3, 3)}
 
 
@@ -105,26 +100,19 @@ def one_trip_loop(steps: int, period: float, step) -> dict:
     """Drift-free loop of single round trips: ``step(i, wait)`` sends the target with the time left to
     the tick and the server observes at the tick. Overhead: the step's wall time beyond that wait."""
     overheads, period_errors = [], []
-    overruns = 0
-    next_tick = time.perf_counter() + period
-    last_tick = None
+    clock = PeriodicClock(period, time.perf_counter)
     client_cpu = 0.0
     for i in range(steps):
         start, cpu = time.perf_counter(), time.process_time()
-        wait = next_tick - start
-        if wait < 0:
-            overruns += 1
-            next_tick, wait = start, 0.0
+        wait = clock.time_to_tick()
         step(i, wait)
-        tick = time.perf_counter()
+        period_error = clock.tick()
         client_cpu += time.process_time() - cpu
-        overheads.append(tick - start - wait)
-        if last_tick is not None:
-            period_errors.append(tick - last_tick - period)
-        last_tick = tick
-        next_tick += period
+        overheads.append(clock.last_tick - start - wait)
+        if i:
+            period_errors.append(period_error)
     return {"steps": steps, "overhead_ms": percentiles_ms(overheads),
-            "period_error_abs_ms": percentiles_ms(np.abs(period_errors)), "overruns": overruns,
+            "period_error_abs_ms": percentiles_ms(np.abs(period_errors)), "overruns": clock.overruns,
             "client_cpu_ms_per_step": round(client_cpu / steps * 1e3, 3), "requests_per_step": 1}
 
 

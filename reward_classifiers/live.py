@@ -8,12 +8,12 @@ looks done, press it again if it stops looking done. Marking is off at each rese
 from __future__ import annotations
 
 import os
-import time
 from typing import Callable, Protocol
 
 import gymnasium as gym
 import numpy as np
 
+from robot_servers.clock import PeriodicClock
 from serl.data.episodes import EpisodeRecorder, EpisodeWriter
 
 
@@ -76,11 +76,10 @@ def record_labelled_episodes(
             recorder = EpisodeRecorder(task=task, source="teleop")
             recorder.start(obs)
             done = False
-            next_tick = time.monotonic()
+            clock = PeriodicClock(period) if period else None
             while not done:
-                if period:  # a person needs the real control rate, also on a lockstep twin
-                    next_tick += period
-                    time.sleep(max(0.0, next_tick - time.monotonic()))
+                if clock:  # a person needs the real control rate, also on a lockstep twin
+                    clock.wait()
                 action = zero if policy is None else policy(obs)
                 obs, reward, terminated, truncated, info = labelled.step(action)
                 recorder.add(action, reward, obs, terminated, truncated, info)

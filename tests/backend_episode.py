@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from robot_servers.cameras.opencv import OpenCVCamera, OpenCVCameraConfig
+from robot_servers.clock import PeriodicClock
 from robot_servers.control.safety import SafetyBox
 from robot_servers.server import ServerConfig, ServerThread, create_app
 from serl.envs.http_client import HttpRobotClient
@@ -41,7 +42,6 @@ def run_episode(backend, cameras, home_q, steps: int = 50, hz: float = 10.0) -> 
     start = backend.state().tcp_pose
     box = SafetyBox(position_low=tuple(start[:3] - 0.08), position_high=tuple(start[:3] + 0.08))
     app = create_app(backend, cameras, ServerConfig(safety_box=box, watchdog_timeout=1.0))
-    late = 0
     with ServerThread(app) as server, HttpRobotClient(server.url, timeout=10.0) as client:
         assert client.health()["ok"], client.health()
         client.recover()
@@ -49,8 +49,7 @@ def run_episode(backend, cameras, home_q, steps: int = 50, hz: float = 10.0) -> 
         reset = client.state()
         assert np.abs(reset.q - np.asarray(home_q)).max() < 0.05, reset.q
         origin = reset.tcp_pose.copy()
-        period = 1.0 / hz
-        next_tick = time.monotonic()
+        clock = PeriodicClock(1.0 / hz)
         errors_mm = []
         for i in range(steps):
             angle = 2 * np.pi * i / steps
@@ -60,13 +59,7 @@ def run_episode(backend, cameras, home_q, steps: int = 50, hz: float = 10.0) -> 
             if i % 10 == 0:
                 frames = client.images()
                 assert set(frames) == set(cameras) and all(f.shape == (64, 64, 3) for f, _ in frames.values())
-            next_tick += period
-            delay = next_tick - time.monotonic()
-            if delay < 0:
-                late += 1
-                next_tick = time.monotonic()
-            else:
-                time.sleep(delay)
+            clock.wait()
             state = client.state()
             assert state.errors == [], state.errors
             errors_mm.append(1000 * np.linalg.norm(state.tcp_pose[:3] - target[:3]))
@@ -85,5 +78,5 @@ def run_episode(backend, cameras, home_q, steps: int = 50, hz: float = 10.0) -> 
         final = client.state()
         assert np.abs(final.q - np.asarray(home_q)).max() < 0.05
         assert final.errors == [] and client.health()["ok"]
-    return {"steps": steps, "late_periods": late, "tracking_error_mm_median": float(np.median(errors_mm)),
+    return {"steps": steps, "late_periods": clock.overruns, "tracking_error_mm_median": float(np.median(errors_mm)),
             "tracking_error_mm_max": float(np.max(errors_mm))}

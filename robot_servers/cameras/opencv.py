@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from robot_servers.cameras.base import Camera, CropResize
+from robot_servers.clock import PeriodicClock
 
 
 class CameraError(RuntimeError):
@@ -131,11 +132,10 @@ class OpenCVCamera(Camera):
     def _run(self) -> None:
         cv2, capture = self._cv2, self._capture
         # Files decode faster than real time; pace them like a live camera.
-        period = 0.0
+        clock = None
         if self._is_file():
             fps = self.config.fps or capture.get(cv2.CAP_PROP_FPS) or 30.0
-            period = 1.0 / fps
-        next_tick = time.monotonic()
+            clock = PeriodicClock(1.0 / fps)
         while not self._stop.is_set():
             ok, frame = capture.read()
             if not ok and self.config.loop and self._is_file():
@@ -155,13 +155,8 @@ class OpenCVCamera(Camera):
                 self._latest = (rgb, timestamp)
                 self._frames += 1
             self._has_frame.set()
-            if period:
-                next_tick += period
-                delay = next_tick - time.monotonic()
-                if delay > 0:
-                    self._stop.wait(delay)
-                else:
-                    next_tick = time.monotonic()
+            if clock:
+                clock.wait(self._stop.wait)
 
     def _set_error(self, message: str) -> None:
         with self._lock:

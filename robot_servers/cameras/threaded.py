@@ -18,6 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from robot_servers.cameras.base import Camera
+from robot_servers.clock import PeriodicClock
 
 
 class ThreadedCamera(Camera):
@@ -136,21 +137,17 @@ class _CaptureLoop:
         view._publish(frame, timestamp)
 
     def _run(self) -> None:
-        next_tick = time.monotonic()
+        clock = PeriodicClock(self.period) if self.period else None
         retry: dict[str, tuple[float, float]] = {}  # camera name -> (next attempt, current backoff)
         while not self._stop.is_set():
             for view in self.views:
                 self._capture(view, retry)
             if retry and len(retry) == len(self.views):  # all failing: sleep until the next retry
                 self._stop.wait(max(0.0, min(at for at, _ in retry.values()) - time.monotonic()))
-                next_tick = time.monotonic()
-            elif self.period:
-                next_tick += self.period
-                delay = next_tick - time.monotonic()
-                if delay > 0:
-                    self._stop.wait(delay)
-                else:
-                    next_tick = time.monotonic()
+                if clock:
+                    clock.restart()
+            elif clock:
+                clock.wait(self._stop.wait)
 
     def stop(self) -> None:
         self._stop.set()

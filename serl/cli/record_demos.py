@@ -31,6 +31,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import tyro
 
+from robot_servers.clock import PeriodicClock
 from serl.data.episodes import EpisodeRecorder, EpisodeWriter, episode_count
 
 SUCCESS_KEYS = ("enter", "start")
@@ -270,7 +271,7 @@ def record_demos(cfg: RecordDemosConfig) -> None:
             if live is None and cfg.teleop != "scripted":
                 report(f"episode {progress.attempts + 1}: started (enter success · n fail · backspace discard last · q quit)")
             outcome = None
-            next_tick = time.monotonic()
+            clock = PeriodicClock(period)
             while outcome is None:
                 obs, reward, terminated, truncated, info = env.step(policy_action)
                 recorder.add(info["executed_action"], reward, obs, terminated, truncated, info)
@@ -298,8 +299,7 @@ def record_demos(cfg: RecordDemosConfig) -> None:
                     progress.status = _status(env)
                     live.update(_render(progress, cfg))
                 if realtime and outcome is None:
-                    next_tick += period
-                    time.sleep(max(0.0, next_tick - time.monotonic()))
+                    clock.wait()
             progress.attempts += 1
             if outcome == "quit":
                 recorder.discard()

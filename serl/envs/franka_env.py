@@ -4,7 +4,7 @@ One step sends a single target (scaled 6-D end-effector delta applied to the mea
 clipped to the task's safety box, plus an optional gripper width), keeps the control period,
 then reads state, images and (when the reward needs it) the twin's scene — all through one
 ``RobotClient.step`` call, which is one round trip over HTTP. Lockstep clients are advanced by
-exactly one period; real-time clients are paced with a drift-free clock (``next_tick += period``):
+exactly one period; real-time clients are paced with a drift-free ``PeriodicClock``:
 the env sleeps itself in-process, while a remote client is told the time left to the tick.
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from robot_servers.backends.base import MAX_GRIPPER_WIDTH, RobotState
 from robot_servers.cameras.base import CropResize
+from robot_servers.clock import PeriodicClock
 from robot_servers.control.pose import apply_delta, rotate
 from serl.envs.robot_client import RobotClient
 from serl.envs.task_config import TaskConfig
@@ -128,7 +129,6 @@ class FrankaEnv(gym.Env):
         self.render_mode = render_mode
         self.period = 1.0 / task.control_hz
         self.metadata = {**self.metadata, "render_fps": task.control_hz}
-        self._clock = clock
         self._sleep = sleep
         self._state: RobotState | None = None
         self._obs: dict | None = None
@@ -136,9 +136,7 @@ class FrankaEnv(gym.Env):
         self._broken = False
         self._episode_index = 0
         self._steps = 0
-        self._overruns = 0
-        self._next_tick = 0.0
-        self._last_tick = 0.0
+        self._pacing = PeriodicClock(self.period, clock)
 
         self.action_layout = ActionLayout.of(task)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.action_layout.size,), dtype=np.float32)
@@ -166,7 +164,7 @@ class FrankaEnv(gym.Env):
                 self.client.recover()
             self._state = state
             self._gripper_command = None
-            self._start_clock()
+            self._pacing.restart()
             for hook in self.hooks:
                 hook(self, self._episode_index, self.np_random)
             self._obs = self._observe(*self._read())
@@ -175,10 +173,10 @@ class FrankaEnv(gym.Env):
                 self._gripper_command = MAX_GRIPPER_WIDTH if self._state.gripper_width > MAX_GRIPPER_WIDTH / 2 else 0.0
             if self.reward_fn is not None:
                 self.reward_fn.reset(self.client.scene(), self._state)
-        self._start_clock()
+        self._pacing.restart()
+        self._pacing.overruns = 0
         self._episode_index += 1
         self._steps = 0
-        self._overruns = 0
         return self._obs, {"succeed": False, "intervened": False, "episode_index": self._episode_index - 1}
 
     def step(self, action):
@@ -205,9 +203,9 @@ class FrankaEnv(gym.Env):
                                                  scene=self._wants_scene)
                 period_error = 0.0
             elif self.client.waits_remotely:  # one round trip: the robot side waits out the time to our tick
-                state, frames = self.client.step(clipped, gripper, wait=self._time_to_tick(),
+                state, frames = self.client.step(clipped, gripper, wait=self._pacing.time_to_tick(),
                                                  images=bool(self.task.cameras), scene=self._wants_scene)
-                period_error = self._tick()
+                period_error = self._pacing.tick()
             else:
                 self.client.set_target(clipped, gripper)
                 period_error = self._keep_period()
@@ -226,7 +224,7 @@ class FrankaEnv(gym.Env):
             "safety_clipped": not _same_pose(clipped, target),
             "target_pose": clipped,
             "control_period_error": period_error,
-            "overruns": self._overruns,
+            "overruns": self._pacing.overruns,
             "robot_errors": list(self._state.errors),
         }
         return self._obs, float(reward), terminated, truncated, info
@@ -294,33 +292,12 @@ class FrankaEnv(gym.Env):
             return None
         return wanted
 
-    def _start_clock(self) -> None:
-        self._next_tick = self._last_tick = self._clock()
-
     def _keep_period(self) -> float:
         if self.client.lockstep:
             self.client.advance(self.period)
             return 0.0
-        wait = self._time_to_tick()
-        if wait > 0:
-            self._sleep(wait)
-        return self._tick()
-
-    def _time_to_tick(self) -> float:
-        """Schedule the next tick (drift-free; restarted from now after an overrun); seconds until it."""
-        self._next_tick += self.period
-        now = self._clock()
-        if now > self._next_tick:
-            self._overruns += 1
-            self._next_tick = now
-        return self._next_tick - now
-
-    def _tick(self) -> float:
-        """Mark a tick; its spacing from the previous one minus the period."""
-        tick = self._clock()
-        error = tick - self._last_tick - self.period
-        self._last_tick = tick
-        return error
+        self._pacing.wait(self._sleep)
+        return self._pacing.tick()
 
     def _read(self) -> tuple[RobotState, dict]:
         return self.client.step(images=bool(self.task.cameras), scene=self._wants_scene)
