@@ -51,6 +51,23 @@ def test_hdf5_episodes_fill_buffer_in_state_name_order(tmp_path):
         load_episode_file(buffer, path, ["joint_q"])
 
 
+def test_grasp_penalty_comes_from_recorded_gripper_changes(tmp_path, caplog):
+    path = tmp_path / "demos.h5"
+    changed = _episode(4, 0)
+    changed.gripper_changed = np.array([False, True, False, True])
+    with EpisodeWriter(path) as writer:
+        writer.write(changed)
+        writer.write(_episode(2, 100))  # recorded before the field existed: no penalty, and a warning
+    example = {"state": np.zeros(8, np.float32), "wrist": np.zeros((8, 8, 3), np.uint8)}
+    with_penalty, without = ReplayBuffer(example, 7, capacity=10), ReplayBuffer(example, 7, capacity=10)
+    with caplog.at_level(logging.WARNING, logger="serl.data.demos"):
+        assert load_episode_file(with_penalty, path, ["gripper_width", "tcp_pose"], grasp_penalty=0.02) == 6
+    assert "1 episodes have no gripper_changed" in caplog.text
+    np.testing.assert_allclose(with_penalty.scalars["grasp_penalty"][:6], [0, -0.02, 0, -0.02, 0, 0])
+    load_episode_file(without, path, ["gripper_width", "tcp_pose"])
+    np.testing.assert_array_equal(without.scalars["grasp_penalty"][:6], 0.0)
+
+
 def test_flatten_observation_without_images():
     flat = flatten_observation({"state": {"a": np.ones(2), "b": np.zeros(1)}}, ["b", "a"])
     np.testing.assert_array_equal(flat["state"], [0, 1, 1])

@@ -79,6 +79,10 @@ def test_bad_values_name_the_field():
         LearnerConfig(batch_size=0)
     with pytest.raises(ValueError, match="env.overrides"):
         EnvConfig(overrides=("no_equals_sign",)).override_dict()
+    with pytest.raises(ValueError, match="grasp_penalty"):
+        EnvConfig(grasp_penalty=-0.1)
+    with pytest.raises(ValueError, match="grasp-critic"):  # nothing else would pay it
+        ActorConfig(env=EnvConfig(grasp_penalty=0.02))
     assert EnvConfig(overrides=("max_episode_steps=50", "reward=keyboard")).override_dict() == {
         "max_episode_steps": 50, "reward": "keyboard"}
 
@@ -88,6 +92,7 @@ def test_config_hash_changes_with_what_actor_and_learner_must_share():
     same = config_hash(base.env, base.agent)
     assert config_hash(EnvConfig(), base.agent) == same
     assert config_hash(EnvConfig(pixels=True), base.agent) != same
+    assert config_hash(EnvConfig(grasp_penalty=0.02), base.agent) != same
     assert config_hash(base.env, dataclasses.replace(base.agent, num_qs=4)) != same
     # where the actor's robot is does not matter to the learner
     assert config_hash(EnvConfig(robot_url="http://10.0.0.2:5000"), base.agent) == same

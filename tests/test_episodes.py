@@ -83,6 +83,22 @@ def test_round_trip_recorder_writer_reader(tmp_path):
     np.testing.assert_array_equal(tr["masks"], [1, 1, 0])
 
 
+def test_gripper_changes_are_recorded_and_the_field_is_optional(tmp_path):
+    path = tmp_path / "g.h5"
+    recorder = EpisodeRecorder()
+    recorder.start({"state": {"x": np.zeros(1)}})
+    for t in range(3):
+        recorder.add(np.zeros(2), 0.0, {"state": {"x": np.ones(1)}}, False, t == 2, {"gripper_changed": t == 1})
+    legacy = Episode({"state": {"x": np.zeros((2, 1))}, "images": {}}, np.zeros((1, 2)), np.zeros(1), np.zeros(1, bool),
+                     np.ones(1, bool), np.zeros(1, bool), np.zeros(1, bool), np.arange(2.0), {})
+    with EpisodeWriter(path) as writer:
+        writer.write(recorder.finish())
+        writer.write(legacy)
+    recorded, old = read_episodes(path)
+    np.testing.assert_array_equal(recorded.gripper_changed, [False, True, False])
+    assert old.gripper_changed is None
+
+
 def test_append_continues_numbering_and_flags_config_change(tmp_path):
     path = tmp_path / "demos.h5"
     recorder = EpisodeRecorder(task="t")
@@ -118,6 +134,7 @@ def test_state_only_episode(tmp_path):
         (lambda e: e.observations["images"].update(cam=np.zeros((4, 2, 2, 3), np.float32)), "observations/images/cam"),
         (lambda e: e.observations.update(extra={}), "observations"),
         (lambda e: e.attrs.update(bad=object()), "bad"),
+        (lambda e: setattr(e, "gripper_changed", np.zeros(2, bool)), "gripper_changed"),
     ],
 )
 def test_bad_episode_is_rejected_and_file_untouched(tmp_path, change, field):

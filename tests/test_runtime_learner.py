@@ -42,7 +42,8 @@ def client_for(cfg: LearnerConfig, config_hash_: str) -> ActorClient:
 def transition(i: int, intervened: bool) -> dict:
     obs = {"state": np.full(3, i, np.float32)}
     next_obs = {"state": np.full(3, i + 1, np.float32)}
-    info = {"intervened": intervened, "executed_action": np.array([0.5], np.float32) if intervened else None}
+    info = {"intervened": intervened, "executed_action": np.array([0.5], np.float32) if intervened else None,
+            "grasp_penalty": -0.02 if i % 4 == 1 else 0.0}
     return make_transition(obs, np.array([-0.1], np.float32), -1.0, next_obs, False, i % 5 == 4, info)
 
 
@@ -66,6 +67,7 @@ def test_learner_routes_interventions_publishes_weights_and_resumes(cfg, tmp_pat
         assert len(learner.online) == 10 and len(learner.demo) == 4 and learner.counters.interventions == 4
         # the human's action is what was stored, for both buffers
         assert np.allclose(learner.demo.actions[:4], 0.5) and learner.counters.episodes == 2
+        np.testing.assert_allclose(learner.online.scalars["grasp_penalty"][:10], [-0.02 * (i % 4 == 1) for i in range(10)])
         assert learner.training and learner.backlog == 10
         while learner.backlog:
             learner.update()
@@ -130,3 +132,23 @@ def test_a_malformed_transition_is_dropped_and_the_learner_goes_on(cfg, tmp_path
     finally:
         client.close()
         learner.close()
+
+
+def test_the_actor_env_charges_the_grasp_critic_for_gripper_changes():
+    from serl.runtime.envs import build_env
+
+    env = build_env(EnvConfig(task="PandaPickCube", grasp_penalty=0.02), seed=0)
+    try:
+        obs, _ = env.reset(seed=0)
+        penalties = []
+        for gripper in (1.0, -1.0, -1.0, 1.0):  # stays open, closes, stays closed, opens
+            action = np.zeros(env.action_space.shape, np.float32)
+            action[-1] = gripper
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            transition = make_transition(obs, action, reward, next_obs, terminated, truncated, info)
+            penalties.append(float(transition["grasp_penalty"]))
+            assert transition["rewards"] == np.float32(reward)  # the SAC reward is untouched
+            obs = next_obs
+    finally:
+        env.close()
+    np.testing.assert_allclose(penalties, [0.0, -0.02, 0.0, -0.02])

@@ -87,6 +87,8 @@ class TrainConfig:
     publish_every: int = 10
     checkpoint_every: int = 2_000
     random_steps: int = 0
+    grasp_penalty: float = 0.0
+    """Cost of a step that changes the gripper, paid by the grasp critic only (HIL-SERL: 0.02)."""
     max_lag: int = 10
     """The actor waits while the learner owes this many updates (keeps the update-to-data ratio in sim)."""
     robot_server: bool = False
@@ -260,7 +262,8 @@ def train(cfg: TrainConfig) -> int:
     net = dataclasses.replace(
         cfg.net, port=cfg.net.port or free_port(), weights_port=cfg.net.weights_port or free_port()
     )
-    env = EnvConfig(task=cfg.task, pixels=cfg.pixels, overrides=cfg.overrides, task_module=cfg.task_module)
+    env = EnvConfig(task=cfg.task, pixels=cfg.pixels, overrides=cfg.overrides, task_module=cfg.task_module,
+                    grasp_penalty=cfg.grasp_penalty)
     write_config(run_dir, dataclasses.replace(cfg, run=run, net=net), "train_config.json")
 
     demos = cfg.demos

@@ -30,13 +30,18 @@ def flatten_observation(observation: Mapping, state_keys: Sequence[str]) -> dict
     return flat
 
 
-def episode_transitions(episode: Episode, state_keys: Sequence[str]) -> Iterator[dict]:
-    """Transitions of one episode in the buffer's insert format; the last one is marked done."""
+def episode_transitions(episode: Episode, state_keys: Sequence[str], grasp_penalty: float = 0.0) -> Iterator[dict]:
+    """Transitions of one episode in the buffer's insert format; the last one is marked done.
+
+    ``grasp_penalty`` > 0 adds ``grasp_penalty`` = -cost on the steps that changed the gripper (files
+    without the ``gripper_changed`` field get none).
+    """
     obs = flatten_observation(episode.observations, state_keys)
     steps = len(episode)
+    changed = episode.gripper_changed if grasp_penalty > 0 else None
     for t in range(steps):
         terminated = bool(episode.terminated[t])
-        yield {
+        transition = {
             "observations": {k: v[t] for k, v in obs.items()},
             "actions": np.asarray(episode.actions[t], np.float32),
             "rewards": float(episode.rewards[t]),
@@ -44,16 +49,24 @@ def episode_transitions(episode: Episode, state_keys: Sequence[str]) -> Iterator
             "dones": terminated or bool(episode.truncated[t]) or t == steps - 1,
             "next_observations": {k: v[t + 1] for k, v in obs.items()},
         }
+        if changed is not None:
+            transition["grasp_penalty"] = -grasp_penalty * float(changed[t])
+        yield transition
 
 
 def load_episode_file(buffer: ReplayBuffer, path: str | os.PathLike, state_keys: Sequence[str], *,
-                      only_successful: bool = False) -> int:
+                      only_successful: bool = False, grasp_penalty: float = 0.0) -> int:
     """Insert every complete episode of an HDF5 episode file into `buffer`; returns transitions added."""
     added = 0
+    without_flag = 0
     for episode in read_episodes(path, only_successful=only_successful):
-        for transition in episode_transitions(episode, state_keys):
+        without_flag += grasp_penalty > 0 and episode.gripper_changed is None
+        for transition in episode_transitions(episode, state_keys, grasp_penalty):
             buffer.insert(transition)
             added += 1
+    if without_flag:
+        log.warning("%s: %d episodes have no gripper_changed field (recorded before it existed); their "
+                    "transitions carry no grasp penalty", path, without_flag)
     return added
 
 

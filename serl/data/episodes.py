@@ -10,6 +10,7 @@ Layout (T = number of steps of the episode)::
         rewards                       (T,) float32
         terminated, truncated         (T,) bool
         intervened, succeed           (T,) bool
+        gripper_changed               (T,) bool          optional: the step changed the gripper (open<->close)
         timestamps                    (T+1,) float64
         attrs: length=T, success, task, source, complete=True (set last)
 
@@ -71,6 +72,7 @@ class Episode:
     succeed: np.ndarray
     timestamps: np.ndarray
     attrs: dict = dataclasses.field(default_factory=dict)
+    gripper_changed: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
@@ -101,9 +103,15 @@ class Episode:
         timestamps = np.asarray(self.timestamps, dtype=np.float64)
         if timestamps.shape != (steps + 1,):
             raise ValueError(f"timestamps: expected shape ({steps + 1},), got {timestamps.shape}")
+        gripper_changed = None
+        if self.gripper_changed is not None:
+            gripper_changed = np.asarray(self.gripper_changed).astype(np.bool_)
+            if gripper_changed.shape != (steps,):
+                raise ValueError(f"gripper_changed: expected shape ({steps},), got {gripper_changed.shape}")
         observations = _canonical_observations(self.observations, steps + 1)
         attrs = {str(k): _attr_value(str(k), v) for k, v in self.attrs.items()}
-        return Episode(observations, actions, timestamps=timestamps, attrs=attrs, **fields)
+        return Episode(observations, actions, timestamps=timestamps, attrs=attrs, gripper_changed=gripper_changed,
+                       **fields)
 
     def transitions(self) -> dict[str, Any]:
         """Transition arrays (length T) for a replay buffer: obs, next_obs, actions, rewards, flags.
@@ -505,6 +513,8 @@ class EpisodeWriter:
         group.create_dataset("actions", data=episode.actions)
         for field in STEP_FIELDS:
             group.create_dataset(field, data=getattr(episode, field))
+        if episode.gripper_changed is not None:
+            group.create_dataset("gripper_changed", data=episode.gripper_changed)
         group.create_dataset("timestamps", data=episode.timestamps)
         attrs = {k: v for k, v in episode.attrs.items() if k not in ("complete", "length", "name", "discarded")}
         attrs.setdefault("success", episode.success)
@@ -574,7 +584,7 @@ class EpisodeRecorder:
 
     def _reset(self) -> None:
         self._obs: list[Mapping] = []
-        self._steps: dict[str, list] = {k: [] for k in ("actions", *STEP_FIELDS)}
+        self._steps: dict[str, list] = {k: [] for k in ("actions", *STEP_FIELDS, "gripper_changed")}
         self._timestamps: list[float] = []
 
     @property
@@ -610,6 +620,7 @@ class EpisodeRecorder:
         self._steps["truncated"].append(bool(truncated))
         self._steps["intervened"].append(bool(info.get("intervened", False)))
         self._steps["succeed"].append(bool(info.get("succeed", False)))
+        self._steps["gripper_changed"].append(bool(info.get("gripper_changed", False)))
         self._obs.append(_copy_obs(next_obs))
         stamp = info.get("timestamp")
         self._timestamps.append(self._clock() if stamp is None else float(stamp))
@@ -644,6 +655,7 @@ class EpisodeRecorder:
             succeed=np.asarray(steps["succeed"], bool),
             timestamps=np.asarray(self._timestamps, np.float64),
             attrs={"task": self.task, "source": self.source, **attrs},
+            gripper_changed=np.asarray(steps["gripper_changed"], bool),
         )
         if success is not None:
             episode.attrs["success"] = bool(success)
@@ -680,6 +692,7 @@ def _read_group(group: h5py.Group) -> Episode:
         actions=group["actions"][()],
         timestamps=group["timestamps"][()],
         attrs=attrs,
+        gripper_changed=group["gripper_changed"][()] if "gripper_changed" in group else None,
         **{field: group[field][()] for field in STEP_FIELDS},
     )
 

@@ -62,7 +62,7 @@ class EpisodeStats:
 def make_transition(obs, action, reward, next_obs, terminated, truncated, info) -> dict:
     """The transition dict the learner's buffers take (the human's action when intervened)."""
     executed = info.get("executed_action")
-    return {
+    transition = {
         "observations": obs,
         "actions": np.asarray(action if executed is None else executed, dtype=np.float32),
         "rewards": np.float32(np.squeeze(reward)),
@@ -71,6 +71,9 @@ def make_transition(obs, action, reward, next_obs, terminated, truncated, info) 
         "next_observations": next_obs,
         "intervened": bool(info.get("intervened", False)),
     }
+    if "grasp_penalty" in info:
+        transition["grasp_penalty"] = np.float32(info["grasp_penalty"])
+    return transition
 
 
 def connect(cfg: ActorConfig, hash_: str, actor_id: str):

@@ -10,6 +10,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Literal, Mapping
@@ -40,6 +41,12 @@ class EnvConfig:
     """Checkpoint directory from `serl classifier train`: the reward comes from that success classifier."""
     classifier_k: int = 1
     """Consecutive steps above the classifier's threshold that count as success (reward 1, episode end)."""
+    grasp_penalty: float = 0.0
+    """Cost of a step that changes the gripper (open<->close), paid by the grasp critic only (HIL-SERL: 0.02)."""
+
+    def __post_init__(self):
+        if not (math.isfinite(self.grasp_penalty) and self.grasp_penalty >= 0):
+            raise ValueError(f"grasp_penalty: expected a finite value >= 0, got {self.grasp_penalty}")
 
     def override_dict(self) -> dict:
         """``overrides`` as a dict; ValueError naming a malformed entry."""
@@ -58,7 +65,7 @@ class EnvConfig:
     def identity(self) -> dict:
         """What actor and learner must agree on (hashed into the transport handshake)."""
         return {"task": self.task, "pixels": self.pixels, "overrides": sorted(self.overrides),
-                "task_module": self.task_module}
+                "task_module": self.task_module, "grasp_penalty": self.grasp_penalty}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +130,7 @@ class LearnerConfig:
     """No console summary lines (serl train shows its own display)."""
 
     def __post_init__(self):
+        _check_grasp_penalty(self.env, self.agent)
         _positive(self, "batch_size", "publish_every", "checkpoint_every", "log_every", "buffer_capacity")
         if not 0.0 <= self.demo_ratio < 1.0:
             raise ValueError(f"demo_ratio: expected in [0, 1), got {self.demo_ratio}")
@@ -154,6 +162,7 @@ class ActorConfig:
     quiet: bool = False
 
     def __post_init__(self):
+        _check_grasp_penalty(self.env, self.agent)
         _positive(self, "log_every")
         if self.max_lag < 0 or self.random_steps < 0 or self.max_env_steps < 0:
             raise ValueError("max_lag, random_steps, max_env_steps: must be >= 0")
@@ -174,6 +183,12 @@ class EvalConfig:
 
     def __post_init__(self):
         _positive(self, "episodes")
+
+
+def _check_grasp_penalty(env: EnvConfig, agent: SACConfig) -> None:
+    if env.grasp_penalty > 0 and not agent.grasp_critic:
+        raise ValueError("env.grasp_penalty: only the grasp critic pays it; add --agent.grasp-critic "
+                         "(or put a gripper cost into the reward with the task's own reward)")
 
 
 def _positive(cfg, *names: str) -> None:

@@ -28,6 +28,10 @@ def build_env(cfg: EnvConfig, seed: int | None = None, teleop: str = "none") -> 
     else:
         env = _make_remote_env(cfg, overrides)
     env = flatten(env)
+    if cfg.grasp_penalty > 0:
+        from serl.envs.wrappers import GripperPenalty
+
+        env = GripperPenalty(env, cfg.grasp_penalty, mode="info")
     if cfg.reward_classifier is not None:
         from reward_classifiers.runtime import ClassifierReward
 

@@ -50,13 +50,13 @@ def env_spec(cfg: LearnerConfig) -> tuple[dict, int, dict]:
         env.close()
 
 
-def load_demos(path: Path, buffer: ReplayBuffer, state_keys: list[str]) -> int:
+def load_demos(path: Path, buffer: ReplayBuffer, state_keys: list[str], grasp_penalty: float = 0.0) -> int:
     """Insert every transition of an HDF5 demo file into ``buffer`` (state flattened in the env's order)."""
     from serl.data.demos import load_episode_file
 
     if not Path(path).exists():
         raise FileNotFoundError(f"demos: {path} not found")
-    return load_episode_file(buffer, path, state_keys)
+    return load_episode_file(buffer, path, state_keys, grasp_penalty=grasp_penalty)
 
 
 class Learner:
@@ -85,7 +85,7 @@ class Learner:
             transport_state = meta.get("transport")
             print(f"[learner] resumed from checkpoint {step}: {self.counters}", flush=True)
         elif cfg.demos is not None:
-            count = load_demos(cfg.demos, self.demo, spaces["state_keys"])
+            count = load_demos(cfg.demos, self.demo, spaces["state_keys"], cfg.env.grasp_penalty)
             print(f"[learner] loaded {count} demo transitions from {cfg.demos}", flush=True)
         self.sampler = MixedSampler(self.online, self.demo, cfg.demo_ratio)
         self.server = LearnerServer(TransportConfig(
