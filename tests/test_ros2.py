@@ -211,13 +211,13 @@ def test_server_reports_a_frozen_driver_in_health_and_recovers():
 
     domain = DOMAIN + 51
     with running_twin_node(domain) as process, \
-            Ros2Backend(Ros2Config(domain_id=domain, stale_after=0.25)) as backend, \
+            Ros2Backend(Ros2Config(domain_id=domain, stale_after=0.5)) as backend, \
             ServerThread(create_app(backend, {}, ServerConfig(watchdog_timeout=None))) as server, \
             HttpRobotClient(server.url, timeout=5.0) as client:
         assert client.health()["ok"]
         os.kill(process.pid, signal.SIGSTOP)
         try:
-            assert wait_for(lambda: not client.health()["ok"], 3.0)
+            assert wait_for(lambda: not client.health()["ok"], 5.0)
             health = client.health()
             assert any("stale" in e for e in health["errors"])
             assert client.state().controller_mode == "hold"
@@ -225,8 +225,8 @@ def test_server_reports_a_frozen_driver_in_health_and_recovers():
                 client.set_target(client.state().tcp_pose)  # refused, and the server stays up
         finally:
             os.kill(process.pid, signal.SIGCONT)
-        client.recover()
-        assert client.health()["ok"]
+        # staleness latches until recover(); on a loaded machine a late message right after it latches again
+        assert wait_for(lambda: (client.recover(), client.health()["ok"])[1], 10.0), client.health()
         target = client.state().tcp_pose.copy()
         target[2] += 0.02
         client.set_target(target)
