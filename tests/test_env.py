@@ -189,11 +189,13 @@ def test_real_time_client_keeps_the_period():
     env = _realtime_env(control_hz=20.0)
     assert not env.client.lockstep
     env.reset(seed=0)
-    errors = [env.step(np.zeros(7))[4]["control_period_error"] for _ in range(15)]
+    infos = [env.step(np.zeros(7))[4] for _ in range(15)]
     env.close()
+    errors = [info["control_period_error"] for info in infos]
     # loose bounds: two shared cores; benchmarks/env_step.py measures the real figure
     assert abs(float(np.median(errors))) < 0.01
-    assert sum(errors) == pytest.approx(0.0, abs=0.02)  # drift-free: errors do not accumulate
+    # drift-free: errors do not accumulate (an overrun restarts the schedule, as the FakeClock test pins down)
+    assert infos[-1]["overruns"] > 0 or sum(errors) == pytest.approx(0.0, abs=0.02)
 
 
 class FakeClock:
