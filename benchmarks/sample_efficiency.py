@@ -3,7 +3,9 @@
 Learning curve = success rate of the actor's training episodes (rolling window of 20 episodes) against
 env steps, averaged over seeds on a common grid. Writes ``<out>/sample_efficiency.json`` and ``.png`` and
 prints one JSON object: per task the env steps at which the mean curve first reaches 50 / 80 / 90 %
-(null when it does not within the budget), the final success rate, and wall time.
+(null when it does not within the budget), the final success rate, the success rate of all training episodes in
+the last 2,000 env steps, the deterministic policy's success on ``--eval-episodes`` episodes from each final
+checkpoint (``serl eval``), and wall time.
 
 Targets (issue 6): PandaPickCube state ≥ 90 % within 10k env steps; pixels within 30k; PandaPegInsertion
 pixels within 40k. ``--quick`` is a smoke run (one seed, 2 demos, a few hundred steps) for CI.
@@ -42,10 +44,29 @@ def train_run(task: str, pixels: bool, steps: int, seed: int, demos: int, root: 
     return root / task / name
 
 
+def read_episodes(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "episodes.jsonl").read_text().splitlines() if (run_dir / "episodes.jsonl").exists() else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def late_success(run_dir: Path, steps: int, window: int = 2000) -> float | None:
+    """Success rate of all training episodes that ended in the last ``window`` env steps."""
+    late = [e["episode/success"] for e in read_episodes(run_dir) if e["env_steps"] > steps - window]
+    return float(np.mean(late)) if late else None
+
+
+def eval_success(run_dir: Path, episodes: int) -> float:
+    """The final checkpoint's deterministic success rate (``serl eval``)."""
+    args = [sys.executable, "-m", "serl.cli.main", "eval", "--run-dir", str(run_dir), "--episodes", str(episodes)]
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"serl eval {run_dir} failed:\n{result.stderr[-2000:]}")
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["success_rate"])
+
+
 def curve(run_dir: Path, grid: np.ndarray) -> np.ndarray:
     """Rolling success rate of training episodes, evaluated at each grid step (last value carried forward)."""
-    lines = (run_dir / "episodes.jsonl").read_text().splitlines() if (run_dir / "episodes.jsonl").exists() else []
-    episodes = [json.loads(line) for line in lines if line.strip()]
+    episodes = read_episodes(run_dir)
     if not episodes:
         return np.zeros_like(grid, dtype=float)
     steps = np.array([e["env_steps"] for e in episodes])
@@ -92,12 +113,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--demos", type=int, default=20)
     parser.add_argument("--steps", type=int, default=0, help="env steps per run (0 = the task's budget)")
+    parser.add_argument("--eval-episodes", type=int, default=40, help="deterministic episodes per final checkpoint")
     parser.add_argument("--out", type=Path, default=Path("sample_efficiency"))
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: extra serl train options")
     args = parser.parse_args()
     extra = [a for a in args.train_args if a != "--"]
     if args.quick:
-        args.tasks, args.seeds, args.demos, args.steps = ["PandaPickCube"], 1, 2, 300
+        args.tasks, args.seeds, args.demos, args.steps, args.eval_episodes = ["PandaPickCube"], 1, 2, 300, 2
         extra = ["--agent.hidden-dims", "64", "64", "--agent.num-qs", "2", "--agent.utd-ratio", "1",
                  "--min-online-steps", "100", "--batch-size", "64", *extra]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -111,12 +133,19 @@ def main() -> None:
         grid = np.linspace(0, steps, 101).astype(int)
         curves = np.stack([curve(run_dir, grid) for run_dir in run_dirs])
         mean_curve = curves.mean(axis=0)
+        late = [late_success(run_dir, steps) for run_dir in run_dirs]
+        evals = [eval_success(run_dir, args.eval_episodes) for run_dir in run_dirs] if args.eval_episodes else []
         results[name] = {"grid": grid.tolist(), "curves": curves.tolist(), "mean_curve": mean_curve.tolist(),
                          "target_env_steps": target}
         report["tasks"][name] = {
             "env_steps": steps,
             **steps_to(LEVELS, grid, mean_curve),
             "final_success_rate": float(mean_curve[-1]),
+            "success_last_2000_steps": float(np.mean([x for x in late if x is not None])) if any(
+                x is not None for x in late) else None,
+            "success_last_2000_steps_per_seed": late,
+            "eval_success_rate": float(np.mean(evals)) if evals else None,
+            "eval_success_rate_per_seed": evals,
             "target_env_steps_to_90pct": target,
             "meets_target": bool(mean_curve[grid <= target].max(initial=0.0) >= 0.9),
             "wall_time_s_per_seed": (time.monotonic() - started) / args.seeds,
