@@ -54,6 +54,8 @@ def test_train_parses_positional_task_and_nested_agent_options():
     assert cfg.overrides == ("max_episode_steps=50",)
     with pytest.raises(ValueError, match="env_steps"):
         TrainConfig(env_steps=0)
+    with pytest.raises(ValueError, match="demo_noise"):
+        TrainConfig(demo_noise=-0.1)
 
 
 def test_configs_round_trip_through_json(tmp_path):

@@ -232,3 +232,18 @@ def test_recorder_controls_count_held_pad_buttons_once_and_every_key_press():
     keyboard = Controls("scripted", None)
     assert keyboard.keys({"enter": True}) == {"enter"}
     assert keyboard.keys({"enter": True}) == {"enter"}  # a keyboard reports each press once: both count
+
+
+def test_serl_train_demo_noise_reaches_the_scripted_expert(tmp_path):
+    from serl.cli.train import TrainConfig, _record_demos
+    from serl.runtime.config import EnvConfig
+
+    def actions(noise):
+        path = _record_demos(TrainConfig(num_demos=1, demo_noise=noise), EnvConfig(), tmp_path / f"noise{noise}.h5")
+        (episode,) = read_episodes(path)
+        return episode.actions
+
+    quiet, noisy = actions(0.0), actions(0.5)
+    steps = min(len(quiet), len(noisy))
+    # same seed, same cube: only the injected noise differs, and it shows in the approach's xy actions
+    assert np.abs(noisy[:steps, :2] - quiet[:steps, :2]).mean() > 0.1

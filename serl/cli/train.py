@@ -76,6 +76,8 @@ class TrainConfig:
     demos: Path | None = None
     """Demo file; None records num_demos scripted demos into the run directory."""
     num_demos: int = 20
+    demo_noise: float = 0.1
+    """Std of the scripted expert's action noise in the recorded demos (action units)."""
     env_steps: int = 10_000
     """Env steps the actor takes."""
     run: RunConfig = RunConfig()
@@ -107,6 +109,8 @@ class TrainConfig:
             raise ValueError(f"env_steps: must be positive, got {self.env_steps}")
         if self.num_demos < 0:
             raise ValueError(f"num_demos: must be >= 0, got {self.num_demos}")
+        if not self.demo_noise >= 0:
+            raise ValueError(f"demo_noise: must be >= 0, got {self.demo_noise}")
         if self.robot_server and (self.pixels or self.task_module):
             raise ValueError("robot_server: the served twin takes a registered state task only (no --pixels, --task-module)")
 
@@ -152,7 +156,8 @@ def _record_demos(cfg: TrainConfig, env: EnvConfig, path: Path) -> Path:
         import_task_module(env.task_module)
 
     fields = {f.name for f in dataclasses.fields(RecordDemosConfig)}
-    options = {"task": cfg.task, "n": cfg.num_demos, "teleop": "scripted", "out": path, "seed": cfg.run.seed}
+    options = {"task": cfg.task, "n": cfg.num_demos, "teleop": "scripted", "out": path, "seed": cfg.run.seed,
+               "noise": cfg.demo_noise}
     if "pixels" in fields:
         options["pixels"] = cfg.pixels
     if "overrides" in fields:
