@@ -44,14 +44,15 @@ def train_run(task: str, pixels: bool, steps: int, seed: int, demos: int, root: 
     return root / task / name
 
 
-def read_episodes(run_dir: Path) -> list[dict]:
+def episode_log(run_dir: Path) -> list[dict]:
+    """The actor's per-episode records (episodes.jsonl)."""
     lines = (run_dir / "episodes.jsonl").read_text().splitlines() if (run_dir / "episodes.jsonl").exists() else []
     return [json.loads(line) for line in lines if line.strip()]
 
 
 def late_success(run_dir: Path, steps: int, window: int = 2000) -> float | None:
     """Success rate of all training episodes that ended in the last ``window`` env steps."""
-    late = [e["episode/success"] for e in read_episodes(run_dir) if e["env_steps"] > steps - window]
+    late = [e["episode/success"] for e in episode_log(run_dir) if e["env_steps"] > steps - window]
     return float(np.mean(late)) if late else None
 
 
@@ -66,7 +67,7 @@ def eval_success(run_dir: Path, episodes: int) -> float:
 
 def curve(run_dir: Path, grid: np.ndarray) -> np.ndarray:
     """Rolling success rate of training episodes, evaluated at each grid step (last value carried forward)."""
-    episodes = read_episodes(run_dir)
+    episodes = episode_log(run_dir)
     if not episodes:
         return np.zeros_like(grid, dtype=float)
     steps = np.array([e["env_steps"] for e in episodes])
@@ -134,6 +135,7 @@ def main() -> None:
         curves = np.stack([curve(run_dir, grid) for run_dir in run_dirs])
         mean_curve = curves.mean(axis=0)
         late = [late_success(run_dir, steps) for run_dir in run_dirs]
+        late_known = [rate for rate in late if rate is not None]
         evals = [eval_success(run_dir, args.eval_episodes) for run_dir in run_dirs] if args.eval_episodes else []
         results[name] = {"grid": grid.tolist(), "curves": curves.tolist(), "mean_curve": mean_curve.tolist(),
                          "target_env_steps": target}
@@ -141,8 +143,7 @@ def main() -> None:
             "env_steps": steps,
             **steps_to(LEVELS, grid, mean_curve),
             "final_success_rate": float(mean_curve[-1]),
-            "success_last_2000_steps": float(np.mean([x for x in late if x is not None])) if any(
-                x is not None for x in late) else None,
+            "success_last_2000_steps": float(np.mean(late_known)) if late_known else None,
             "success_last_2000_steps_per_seed": late,
             "eval_success_rate": float(np.mean(evals)) if evals else None,
             "eval_success_rate_per_seed": evals,

@@ -50,12 +50,14 @@ import numpy as np
 SCHEMA_VERSION = 1
 GROUP_PATTERN = re.compile(r"^episode_(\d{6,})$")
 STEP_FIELDS = ("rewards", "terminated", "truncated", "intervened", "succeed")
+OPTIONAL_STEP_FIELDS = ("gripper_changed",)  # None on an Episode, absent in a file, when not recorded
 _STEP_DTYPES = {
     "rewards": np.float32,
     "terminated": np.bool_,
     "truncated": np.bool_,
     "intervened": np.bool_,
     "succeed": np.bool_,
+    "gripper_changed": np.bool_,
 }
 
 
@@ -94,8 +96,10 @@ class Episode:
         steps = actions.shape[0]
         if not np.all(np.isfinite(actions)):
             raise ValueError("actions: contains NaN or inf")
-        fields: dict[str, np.ndarray] = {}
-        for name in STEP_FIELDS:
+        fields: dict[str, np.ndarray | None] = {name: None for name in OPTIONAL_STEP_FIELDS}
+        for name in STEP_FIELDS + OPTIONAL_STEP_FIELDS:
+            if getattr(self, name) is None and name in OPTIONAL_STEP_FIELDS:
+                continue
             arr = np.asarray(getattr(self, name)).astype(_STEP_DTYPES[name])
             if arr.shape != (steps,):
                 raise ValueError(f"{name}: expected shape ({steps},), got {arr.shape}")
@@ -103,15 +107,9 @@ class Episode:
         timestamps = np.asarray(self.timestamps, dtype=np.float64)
         if timestamps.shape != (steps + 1,):
             raise ValueError(f"timestamps: expected shape ({steps + 1},), got {timestamps.shape}")
-        gripper_changed = None
-        if self.gripper_changed is not None:
-            gripper_changed = np.asarray(self.gripper_changed).astype(np.bool_)
-            if gripper_changed.shape != (steps,):
-                raise ValueError(f"gripper_changed: expected shape ({steps},), got {gripper_changed.shape}")
         observations = _canonical_observations(self.observations, steps + 1)
         attrs = {str(k): _attr_value(str(k), v) for k, v in self.attrs.items()}
-        return Episode(observations, actions, timestamps=timestamps, attrs=attrs, gripper_changed=gripper_changed,
-                       **fields)
+        return Episode(observations, actions, timestamps=timestamps, attrs=attrs, **fields)
 
     def transitions(self) -> dict[str, Any]:
         """Transition arrays (length T) for a replay buffer: obs, next_obs, actions, rewards, flags.
@@ -511,10 +509,9 @@ class EpisodeWriter:
         for key, arr in episode.observations["images"].items():
             images.create_dataset(key, data=arr, chunks=(1, *arr.shape[1:]), compression=self.image_compression)
         group.create_dataset("actions", data=episode.actions)
-        for field in STEP_FIELDS:
-            group.create_dataset(field, data=getattr(episode, field))
-        if episode.gripper_changed is not None:
-            group.create_dataset("gripper_changed", data=episode.gripper_changed)
+        for field in STEP_FIELDS + OPTIONAL_STEP_FIELDS:
+            if getattr(episode, field) is not None:
+                group.create_dataset(field, data=getattr(episode, field))
         group.create_dataset("timestamps", data=episode.timestamps)
         attrs = {k: v for k, v in episode.attrs.items() if k not in ("complete", "length", "name", "discarded")}
         attrs.setdefault("success", episode.success)
@@ -584,7 +581,7 @@ class EpisodeRecorder:
 
     def _reset(self) -> None:
         self._obs: list[Mapping] = []
-        self._steps: dict[str, list] = {k: [] for k in ("actions", *STEP_FIELDS, "gripper_changed")}
+        self._steps: dict[str, list] = {k: [] for k in ("actions", *STEP_FIELDS, *OPTIONAL_STEP_FIELDS)}
         self._timestamps: list[float] = []
 
     @property
@@ -692,8 +689,8 @@ def _read_group(group: h5py.Group) -> Episode:
         actions=group["actions"][()],
         timestamps=group["timestamps"][()],
         attrs=attrs,
-        gripper_changed=group["gripper_changed"][()] if "gripper_changed" in group else None,
         **{field: group[field][()] for field in STEP_FIELDS},
+        **{field: group[field][()] if field in group else None for field in OPTIONAL_STEP_FIELDS},
     )
 
 
