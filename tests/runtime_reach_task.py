@@ -2,7 +2,7 @@
 the hand to a fixed point 10 cm lower than the reset pose (success within 3 cm; dense reward).
 
 Imported by actor and learner processes through ``--env.task-module`` (it registers the task). It learns in
-a few hundred env steps with scripted demos; lifting the cube (PandaPickCube) needs ~10k steps and is
+about a thousand env steps with scripted demos; lifting the cube (PandaPickCube) needs ~10k steps and is
 measured by benchmarks/sample_efficiency.py instead.
 """
 
