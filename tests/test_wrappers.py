@@ -142,7 +142,9 @@ def test_flatten_state_layout_and_images():
     assert wrapped.observation_space.contains(obs)
     stacked = FrameStack(wrapped, 3)
     assert stacked.get_wrapper_attr("state_layout") is layout
-    check_env(default_wrappers(make_sim_env("PandaPickCube", pixels=True, seed=1)), skip_render_check=True)
+    checked = default_wrappers(make_sim_env("PandaPickCube", pixels=True, seed=1))
+    check_env(checked, skip_render_check=True)
+    checked.close()  # its renderer, not the garbage collector on another thread, releases the EGL context
     with pytest.raises(ValueError, match="not in the state"):
         FlattenState(env, keys=("tcp_pose", "joint_torque"))
     env.close()
