@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -43,6 +45,27 @@ def test_shaped_pick_reward_pays_progress_and_telescopes():
     env.close()
 
 
+def test_shaping_with_the_agents_discount_shifts_the_discounted_return_by_the_start_potential():
+    from robot_servers.backends.base import RobotState
+
+    gamma = 0.9
+    reward_fn = PickCubeReward(shaping=True, shaping_discount=gamma)
+    cube = np.array([0.5, 0.0, 0.02, 0, 0, 0, 1])
+    heights = [0.20, 0.12, 0.06, 0.03, 0.03, 0.03, 0.08, 0.123]  # hand over the cube: down, grasp, lift
+    states = [RobotState(tcp_pose=np.array([0.5, 0.0, z, 1, 0, 0, 0]), tcp_vel=np.zeros(6), wrench=np.zeros(6),
+                         q=np.zeros(7), dq=np.zeros(7), gripper_width=0.04, target_pose=np.zeros(7))
+              for z in heights]
+    scenes = [{"cube": cube}] * 6 + [{"cube": cube + [0, 0, 0.05, 0, 0, 0, 0]}, {"cube": cube + [0, 0, 0.101, 0, 0, 0, 0]}]
+    reward_fn.reset(scenes[0], states[0])
+    start = reward_fn.potential
+    steps = [reward_fn(scene, state) for scene, state in zip(scenes[1:], states[1:])]
+    assert [success for _, success in steps] == [False] * 6 + [True]
+    assert steps[0][0] > 0 and steps[3][0] < 0  # progress pays at once; waiting costs (1 - gamma) * phi
+    # the lift ends the episode: phi(terminal) = 0, so shaping adds exactly -phi(s0) to the discounted return
+    discounted = sum(gamma**t * reward for t, (reward, _) in enumerate(steps))
+    assert discounted == pytest.approx(gamma ** (len(steps) - 1) * 1.0 - start, abs=1e-9)
+
+
 def test_unshaped_tasks_keep_their_sparse_reward_and_unknown_scenes_are_refused():
     env = make_sim_env("PandaPickCube", seed=0, max_episode_steps=2)
     env.reset(seed=0)
@@ -54,8 +77,12 @@ def test_unshaped_tasks_keep_their_sparse_reward_and_unknown_scenes_are_refused(
 
 def test_pick_cube_train_defaults_add_shaping_translation_only_and_grasp_critic_unless_told_otherwise():
     tuned = apply_task_defaults(TrainConfig(task="PandaPickCube"))
-    assert tuned.overrides == ("reward_shaping=true", "rotation_actions=false") and tuned.agent.grasp_critic
-    assert tuned.agent.bc_weight > 0
+    assert tuned.overrides == ("reward_shaping=true", "rotation_actions=false", "shaping_discount=0.97")
+    assert tuned.agent.grasp_critic and tuned.agent.bc_weight > 0 and tuned.agent.discount == 0.97
+    far_sighted = TrainConfig(task="PandaPickCube", agent=dataclasses.replace(TRAIN_AGENT, discount=0.99))
+    assert apply_task_defaults(far_sighted).overrides[-1] == "shaping_discount=0.99"  # follows the agent's discount
+    given = apply_task_defaults(TrainConfig(task="PandaPickCube", overrides=("shaping_discount=1",)))
+    assert given.overrides == ("shaping_discount=1", "reward_shaping=true", "rotation_actions=false")
     explicit = apply_task_defaults(TrainConfig(task="PandaPickCube", overrides=("reward_shaping=false",)))
     assert explicit.overrides == ("reward_shaping=false", "rotation_actions=false")
     plain = apply_task_defaults(TrainConfig(task="PandaPickCube", task_defaults=False))

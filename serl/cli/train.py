@@ -58,6 +58,9 @@ def apply_task_defaults(cfg: "TrainConfig") -> "TrainConfig":
     given = {item.partition("=")[0].strip() for item in cfg.overrides}
     extra = tuple(item for item in defaults.get("overrides", ()) if item.partition("=")[0] not in given)
     agent = dataclasses.replace(cfg.agent, **defaults.get("agent", {}))
+    overrides = EnvConfig(task=cfg.task, overrides=cfg.overrides + extra).override_dict()
+    if overrides.get("reward_shaping") is True and "shaping_discount" not in overrides:
+        extra += (f"shaping_discount={agent.discount}",)  # shaping with the agent's discount keeps its optimal policy
     return dataclasses.replace(cfg, overrides=cfg.overrides + extra, agent=agent)
 
 

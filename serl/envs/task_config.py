@@ -53,6 +53,7 @@ class TaskConfig:
     reward: Literal["ground_truth", "classifier", "keyboard"] = "ground_truth"
     dense_reward: bool = False
     reward_shaping: bool = False  # add potential-based shaping to the ground-truth reward (sim learning aid)
+    shaping_discount: float = 1.0  # gamma in the shaping term gamma * phi(s') - phi(s); the agent's discount keeps its optimal policy
     reset_hooks: tuple[ResetHookSpec, ...] = (ResetHookSpec("go_to_reset_pose"),)
     joint_reset_period: int = 0  # episodes between joint resets; 0 = never
     robot: Literal["panda", "fr3"] = "panda"

@@ -38,14 +38,17 @@ RewardFactory = Callable[[TaskConfig], GroundTruthReward]
 class PickCubeReward:
     """Sparse: 1 once the cube is ``lift_height`` above where it started. Dense: reach + lift shaping.
 
-    ``shaping`` adds the step's change of a potential (reach progress + lift progress, each worth 0.5)
-    to the reward: the sum over an episode telescopes, so the best policy stays the one that lifts the
-    cube soonest, but every step towards the cube or upwards with it is rewarded at once.
+    ``shaping`` adds ``shaping_discount * phi(s') - phi(s)`` for a potential phi (reach progress + lift
+    progress, each worth 0.5), with phi = 0 once the cube is lifted (the episode ends there). With the agent's
+    discount as ``shaping_discount`` the discounted return changes by -phi(s0) only (Ng et al., 1999), so the
+    best policy stays the one that lifts the cube soonest, but every step towards the cube or upwards with it is
+    rewarded at once.
     """
 
     lift_height: float = 0.1
     dense: bool = False
     shaping: bool = False
+    shaping_discount: float = 1.0
     reach_scale: float = 0.25  # m: the reach potential grows linearly from this distance to contact
     initial_z: float = 0.0
     potential: float = 0.0
@@ -63,8 +66,8 @@ class PickCubeReward:
     def __call__(self, scene: Mapping[str, np.ndarray], state: RobotState) -> tuple[float, bool]:
         reward, success = self._reward(scene, state)
         if self.shaping:
-            potential = self.shaping_potential(scene, state)
-            reward += potential - self.potential
+            potential = 0.0 if success else self.shaping_potential(scene, state)
+            reward += self.shaping_discount * potential - self.potential
             self.potential = potential
         return reward, success
 
@@ -113,8 +116,8 @@ SCENE_REWARDS: dict[str, Callable[[bool], GroundTruthReward]] = {
     "pick_cube": lambda dense: PickCubeReward(dense=dense),
     "peg_insertion": lambda dense: PegInsertionReward(dense=dense),
 }
-SHAPED_REWARDS: dict[str, Callable[[bool], GroundTruthReward]] = {
-    "pick_cube": lambda dense: PickCubeReward(dense=dense, shaping=True),
+SHAPED_REWARDS: dict[str, Callable[[bool, float], GroundTruthReward]] = {
+    "pick_cube": lambda dense, discount: PickCubeReward(dense=dense, shaping=True, shaping_discount=discount),
 }
 
 
@@ -155,7 +158,7 @@ def make_reward(task: TaskConfig) -> GroundTruthReward | None:
         if task.scene not in SHAPED_REWARDS:
             raise ValueError(f"TaskConfig.reward_shaping: scene {task.scene!r} has no shaped reward "
                              f"(shaped: {sorted(SHAPED_REWARDS)})")
-        return SHAPED_REWARDS[task.scene](task.dense_reward)
+        return SHAPED_REWARDS[task.scene](task.dense_reward, task.shaping_discount)
     return SCENE_REWARDS[task.scene](task.dense_reward)
 
 
