@@ -75,16 +75,17 @@ def test_unshaped_tasks_keep_their_sparse_reward_and_unknown_scenes_are_refused(
         make_sim_env("PandaPegInsertion", seed=0, reward_shaping=True)
 
 
-def test_pick_cube_train_defaults_add_shaping_translation_only_and_grasp_critic_unless_told_otherwise():
+def test_pick_cube_train_defaults_add_shaping_translation_only_cube_position_and_grasp_critic_unless_told_otherwise():
     tuned = apply_task_defaults(TrainConfig(task="PandaPickCube"))
-    assert tuned.overrides == ("reward_shaping=true", "rotation_actions=false", "shaping_discount=0.97")
+    assert tuned.overrides == ("reward_shaping=true", "rotation_actions=false", "object_state=position",
+                              "shaping_discount=0.97")
     assert tuned.agent.grasp_critic and tuned.agent.bc_weight > 0 and tuned.agent.discount == 0.97
     far_sighted = TrainConfig(task="PandaPickCube", agent=dataclasses.replace(TRAIN_AGENT, discount=0.99))
     assert apply_task_defaults(far_sighted).overrides[-1] == "shaping_discount=0.99"  # follows the agent's discount
     given = apply_task_defaults(TrainConfig(task="PandaPickCube", overrides=("shaping_discount=1",)))
-    assert given.overrides == ("shaping_discount=1", "reward_shaping=true", "rotation_actions=false")
+    assert given.overrides[:2] == ("shaping_discount=1", "reward_shaping=true") and len(given.overrides) == 4
     explicit = apply_task_defaults(TrainConfig(task="PandaPickCube", overrides=("reward_shaping=false",)))
-    assert explicit.overrides == ("reward_shaping=false", "rotation_actions=false")
+    assert explicit.overrides == ("reward_shaping=false", "rotation_actions=false", "object_state=position")
     plain = apply_task_defaults(TrainConfig(task="PandaPickCube", task_defaults=False))
     assert plain.overrides == () and plain.agent == TRAIN_AGENT
     assert apply_task_defaults(TrainConfig(task="PandaPegInsertion")).agent == TRAIN_AGENT

@@ -77,6 +77,19 @@ def test_relative_frame_observations(env):
     np.testing.assert_allclose(obs["state"]["tcp_pose"][:3], expected[:3], atol=1e-6)
 
 
+def test_relative_frame_moves_an_object_position_like_a_pose():
+    env = make_sim_env("PandaPickCube", seed=0, reset_yaw_range=0.3, object_state="position")
+    wrapped = RelativeFrame(env)
+    obs, _ = wrapped.reset(seed=2)
+    assert wrapped.observation_space["state"]["cube_position"].shape == (3,) and "cube_pose" not in obs["state"]
+    cube, reset_pose = env.client.scene()["cube"], wrapped.reset_pose
+    expected_cube = relative_pose(np.concatenate([cube[:3], reset_pose[3:]]), reset_pose)[:3]
+    np.testing.assert_allclose(obs["state"]["cube_position"], expected_cube, atol=1e-5)
+    env.close()
+    with pytest.raises(ValueError, match="object_state"):
+        make_sim_env("PandaPickCube", seed=0, object_state="quaternion")
+
+
 def _rot(pose):
     from robot_servers.control.pose import quat_to_matrix
 

@@ -44,9 +44,12 @@ TRAIN_AGENT = SACConfig(num_qs=10, num_min_qs=2, critic_layer_norm=True, utd_rat
 
 # What --task-defaults adds per sim task: the sparse lift reward alone gives the critic almost no action signal
 # within 10k steps (see docs), so PickCube learns from the potential-shaped reward and a discrete grasp critic, and,
-# as SERL's and gym-hil's sim PickCube, moves the hand without turning it (docs/env.md, "Action").
+# as SERL's and gym-hil's sim PickCube, moves the hand without turning it (docs/env.md, "Action") and sees the
+# cube's position only: a cube's quaternion changes under its symmetries, and on toppled cubes the critic
+# extrapolated and diverged.
 TASK_DEFAULTS: dict[str, dict] = {
-    "PandaPickCube": {"overrides": ("reward_shaping=true", "rotation_actions=false"), "agent": {"grasp_critic": True}},
+    "PandaPickCube": {"overrides": ("reward_shaping=true", "rotation_actions=false", "object_state=position"),
+                      "agent": {"grasp_critic": True}},
 }
 
 

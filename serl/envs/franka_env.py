@@ -142,7 +142,7 @@ class FrankaEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.action_layout.size,), dtype=np.float32)
         self._held_orientation: np.ndarray | None = None
         state_space = {key: _unbounded(STATE_SIZES[key]) for key in task.state_keys}
-        state_space.update({f"{name}_pose": _unbounded(7) for name in task.scene_objects})
+        state_space.update({key: _unbounded(size) for key, size in task.object_state_sizes.items()})
         spaces: dict[str, gym.Space] = {"state": gym.spaces.Dict(state_space)}
         if task.cameras:
             spaces["images"] = gym.spaces.Dict(
@@ -243,7 +243,7 @@ class FrankaEnv(gym.Env):
     @property
     def state_order(self) -> tuple[str, ...]:
         """State entry names in the task's order (the observation space's Dict sorts them)."""
-        return tuple(self.task.state_keys) + tuple(f"{name}_pose" for name in self.task.scene_objects)
+        return tuple(self.task.state_keys) + tuple(self.task.object_state_sizes)
 
     @property
     def state(self) -> RobotState | None:
@@ -316,8 +316,8 @@ class FrankaEnv(gym.Env):
         obs_state = {key: np.asarray(values[key], dtype=np.float32) for key in self.task.state_keys}
         if self.task.scene_objects:
             scene = self.client.scene()
-            for name in self.task.scene_objects:
-                obs_state[f"{name}_pose"] = np.asarray(scene[name][:7], dtype=np.float32)
+            for name, (key, size) in zip(self.task.scene_objects, self.task.object_state_sizes.items()):
+                obs_state[key] = np.asarray(scene[name][:size], dtype=np.float32)
         obs: dict[str, Any] = {"state": obs_state}
         if self.task.cameras:
             images = {}

@@ -59,7 +59,8 @@ class TaskConfig:
     robot: Literal["panda", "fr3"] = "panda"
     scene: str = "empty"  # twin scene name
     state_keys: tuple[str, ...] = ("tcp_pose", "tcp_vel", "wrench", "gripper_width")  # see franka_env.STATE_SIZES
-    scene_objects: tuple[str, ...] = ()  # twin objects whose ground-truth pose enters the state as '<name>_pose' (sim only)
+    scene_objects: tuple[str, ...] = ()  # twin objects whose ground-truth pose enters the state (sim only)
+    object_state: Literal["pose", "position"] = "pose"  # as '<name>_pose' (xyz + quat) or '<name>_position' (xyz)
 
     def __post_init__(self):
         if len(self.reset_pose) != 7:
@@ -70,3 +71,11 @@ class TaskConfig:
             raise ValueError("TaskConfig.max_episode_steps must be positive")
         if len({c.name for c in self.cameras}) != len(self.cameras):
             raise ValueError("TaskConfig.cameras: camera names must be unique")
+        if self.object_state not in ("pose", "position"):
+            raise ValueError(f"TaskConfig.object_state: expected 'pose' or 'position', got {self.object_state!r}")
+
+    @property
+    def object_state_sizes(self) -> dict[str, int]:
+        """State entries of ``scene_objects``: '<name>_pose' (7) or '<name>_position' (3), per ``object_state``."""
+        size = 7 if self.object_state == "pose" else 3
+        return {f"{name}_{self.object_state}": size for name in self.scene_objects}

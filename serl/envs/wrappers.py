@@ -40,6 +40,10 @@ def _is_object_pose(name: str, space: gym.Space) -> bool:
     return name.endswith("_pose") and name not in ROBOT_POSE_KEYS and space.shape == (7,)
 
 
+def _is_object_position(name: str, space: gym.Space) -> bool:
+    return name.endswith("_position") and space.shape == (3,)
+
+
 def _state_space(env: gym.Env) -> gym.spaces.Dict:
     space = env.observation_space
     if not isinstance(space, gym.spaces.Dict) or not isinstance(space.get("state"), gym.spaces.Dict):
@@ -56,8 +60,9 @@ def action_layout(env: gym.Env) -> ActionLayout:
 class RelativeFrame(gym.Wrapper):
     """Poses, velocities and wrenches in the frame of the pose at reset; base-frame actions too.
 
-    Object poses (``<name>_pose`` from the twin) get relative positions; their orientation stays
-    in the base frame, where an object on the table has a quaternion far from the w≈0 sign flip.
+    Object poses and positions (``<name>_pose``, ``<name>_position`` from the twin) get relative positions;
+    an orientation stays in the base frame, where an object on the table has a quaternion far from the w≈0
+    sign flip.
 
     The policy then sees the same numbers wherever the (randomised) episode starts. With an
     ``ee``-frame task the actions are already relative and pass through unchanged.
@@ -102,7 +107,7 @@ class RelativeFrame(gym.Wrapper):
             space = self._state_space[name]
             if name in ROBOT_POSE_KEYS:
                 state[name] = relative_pose(value, self.reset_pose).astype(np.float32)
-            elif _is_object_pose(name, space):
+            elif _is_object_pose(name, space) or _is_object_position(name, space):
                 position = rotate(inverse, np.asarray(value[:3], np.float64) - self.reset_pose[:3])
                 state[name] = np.concatenate([position, value[3:]]).astype(np.float32)
             elif name in VECTOR_KEYS:
