@@ -55,7 +55,8 @@ def test_shaping_with_the_agents_discount_shifts_the_discounted_return_by_the_st
     states = [RobotState(tcp_pose=np.array([0.5, 0.0, z, 1, 0, 0, 0]), tcp_vel=np.zeros(6), wrench=np.zeros(6),
                          q=np.zeros(7), dq=np.zeros(7), gripper_width=0.04, target_pose=np.zeros(7))
               for z in heights]
-    scenes = [{"cube": cube}] * 6 + [{"cube": cube + [0, 0, 0.05, 0, 0, 0, 0]}, {"cube": cube + [0, 0, 0.101, 0, 0, 0, 0]}]
+    lifted = [cube + [0, 0, dz, 0, 0, 0, 0] for dz in (0.05, 0.101)]
+    scenes = [{"cube": cube}] * 6 + [{"cube": lifted[0]}, {"cube": lifted[1]}]
     reward_fn.reset(scenes[0], states[0])
     start = reward_fn.potential
     steps = [reward_fn(scene, state) for scene, state in zip(scenes[1:], states[1:])]
@@ -89,3 +90,5 @@ def test_pick_cube_train_defaults_add_shaping_translation_only_cube_position_and
     plain = apply_task_defaults(TrainConfig(task="PandaPickCube", task_defaults=False))
     assert plain.overrides == () and plain.agent == TRAIN_AGENT
     assert apply_task_defaults(TrainConfig(task="PandaPegInsertion")).agent == TRAIN_AGENT
+    with pytest.raises(ValueError, match="shaping_discount"):
+        make_sim_env("PandaPickCube", seed=0, reward_shaping=True, shaping_discount=1.5)

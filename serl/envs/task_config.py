@@ -53,7 +53,7 @@ class TaskConfig:
     reward: Literal["ground_truth", "classifier", "keyboard"] = "ground_truth"
     dense_reward: bool = False
     reward_shaping: bool = False  # add potential-based shaping to the ground-truth reward (sim learning aid)
-    shaping_discount: float = 1.0  # gamma in the shaping term gamma * phi(s') - phi(s); the agent's discount keeps its optimal policy
+    shaping_discount: float = 1.0  # gamma of the shaping term gamma * phi(s') - phi(s): set it to the agent's discount
     reset_hooks: tuple[ResetHookSpec, ...] = (ResetHookSpec("go_to_reset_pose"),)
     joint_reset_period: int = 0  # episodes between joint resets; 0 = never
     robot: Literal["panda", "fr3"] = "panda"
@@ -71,6 +71,8 @@ class TaskConfig:
             raise ValueError("TaskConfig.max_episode_steps must be positive")
         if len({c.name for c in self.cameras}) != len(self.cameras):
             raise ValueError("TaskConfig.cameras: camera names must be unique")
+        if not 0.0 < self.shaping_discount <= 1.0:
+            raise ValueError(f"TaskConfig.shaping_discount: expected a value in (0, 1], got {self.shaping_discount}")
         if self.object_state not in ("pose", "position"):
             raise ValueError(f"TaskConfig.object_state: expected 'pose' or 'position', got {self.object_state!r}")
 
