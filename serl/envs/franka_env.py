@@ -142,7 +142,8 @@ class FrankaEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.action_layout.size,), dtype=np.float32)
         self._held_orientation: np.ndarray | None = None
         state_space = {key: _unbounded(STATE_SIZES[key]) for key in task.state_keys}
-        state_space.update({key: _unbounded(size) for key, size in task.object_state_sizes.items()})
+        state_space.update({task.object_state_key(name): _unbounded(task.object_state_size)
+                            for name in task.scene_objects})
         spaces: dict[str, gym.Space] = {"state": gym.spaces.Dict(state_space)}
         if task.cameras:
             spaces["images"] = gym.spaces.Dict(
@@ -243,7 +244,7 @@ class FrankaEnv(gym.Env):
     @property
     def state_order(self) -> tuple[str, ...]:
         """State entry names in the task's order (the observation space's Dict sorts them)."""
-        return tuple(self.task.state_keys) + tuple(self.task.object_state_sizes)
+        return tuple(self.task.state_keys) + tuple(map(self.task.object_state_key, self.task.scene_objects))
 
     @property
     def state(self) -> RobotState | None:
@@ -316,8 +317,9 @@ class FrankaEnv(gym.Env):
         obs_state = {key: np.asarray(values[key], dtype=np.float32) for key in self.task.state_keys}
         if self.task.scene_objects:
             scene = self.client.scene()
-            for name, (key, size) in zip(self.task.scene_objects, self.task.object_state_sizes.items()):
-                obs_state[key] = np.asarray(scene[name][:size], dtype=np.float32)
+            for name in self.task.scene_objects:
+                obs_state[self.task.object_state_key(name)] = np.asarray(scene[name][: self.task.object_state_size],
+                                                                         dtype=np.float32)
         obs: dict[str, Any] = {"state": obs_state}
         if self.task.cameras:
             images = {}

@@ -77,7 +77,10 @@ class TaskConfig:
             raise ValueError(f"TaskConfig.object_state: expected 'pose' or 'position', got {self.object_state!r}")
 
     @property
-    def object_state_sizes(self) -> dict[str, int]:
-        """State entries of ``scene_objects``: '<name>_pose' (7) or '<name>_position' (3), per ``object_state``."""
-        size = 7 if self.object_state == "pose" else 3
-        return {f"{name}_{self.object_state}": size for name in self.scene_objects}
+    def object_state_size(self) -> int:
+        """Entries per scene object in the state: 7 for a pose (xyz + quat), 3 for a position."""
+        return 7 if self.object_state == "pose" else 3
+
+    def object_state_key(self, name: str) -> str:
+        """State name of scene object ``name``: '<name>_pose' or '<name>_position', per ``object_state``."""
+        return f"{name}_{self.object_state}"
