@@ -58,11 +58,11 @@ def apply_task_defaults(cfg: "TrainConfig") -> "TrainConfig":
     defaults = TASK_DEFAULTS.get(cfg.task) if cfg.task_defaults else None
     if not defaults:
         return cfg
-    given = {item.partition("=")[0].strip() for item in cfg.overrides}
+    given = EnvConfig(task=cfg.task, overrides=cfg.overrides).override_dict()
     extra = tuple(item for item in defaults.get("overrides", ()) if item.partition("=")[0] not in given)
     agent = dataclasses.replace(cfg.agent, **defaults.get("agent", {}))
-    overrides = EnvConfig(task=cfg.task, overrides=cfg.overrides + extra).override_dict()
-    if overrides.get("reward_shaping") is True and "shaping_discount" not in overrides:
+    merged = EnvConfig(task=cfg.task, overrides=cfg.overrides + extra).override_dict()
+    if merged.get("reward_shaping") is True and "shaping_discount" not in merged:
         extra += (f"shaping_discount={agent.discount}",)  # shaping with the agent's discount keeps its optimal policy
     return dataclasses.replace(cfg, overrides=cfg.overrides + extra, agent=agent)
 
