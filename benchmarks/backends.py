@@ -44,6 +44,7 @@ def video_cameras(directory: str):
     import cv2
 
     from robot_servers.cameras.opencv import OpenCVCamera, OpenCVCameraConfig
+    from robot_servers.cameras.threaded import threaded_cameras
 
     path = os.path.join(directory, "camera.avi")
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (640, 480))
@@ -52,13 +53,14 @@ def video_cameras(directory: str):
         frame[:, : 20 * i] = (0, 128, 255)
         writer.write(frame)
     writer.release()
-    return {name: OpenCVCamera(OpenCVCameraConfig(source=path, name=name, size=(128, 128), loop=True))
-            for name in ("wrist", "front")}
+    return threaded_cameras({name: OpenCVCamera(OpenCVCameraConfig(source=path, name=name, size=(128, 128), loop=True))
+                             for name in ("wrist", "front")})
 
 
 @contextlib.contextmanager
 def robot_server(backend, cameras):
-    from robot_servers.server import ServerConfig, ServerThread, create_app
+    from robot_servers.http import ServerConfig, create_app
+    from robot_servers.serve import ServerThread
     from serl.envs.http_client import HttpRobotClient
 
     app = create_app(backend, cameras, ServerConfig(watchdog_timeout=None))

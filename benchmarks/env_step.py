@@ -118,7 +118,8 @@ def one_trip_loop(steps: int, period: float, step) -> dict:
 
 def frankaenv_loop(url: str, steps: int) -> dict:
     from serl.envs.franka_env import FrankaEnv
-    from serl.envs.tasks import get_task, make_reward, pixel_variant
+    from serl.envs.rewards import make_reward
+    from serl.envs.tasks import get_task, pixel_variant
 
     task = pixel_variant(get_task("PandaPickCube"))
     env = FrankaEnv(HttpRobotClient(url), task, reward_fn=make_reward(task))
@@ -141,8 +142,10 @@ def frankaenv_loop(url: str, steps: int) -> dict:
 
 def start_server_process():
     """The robot server as users run it: its own process, real-time twin, two 128×128 cameras."""
+    from serl.cli.serve import SERVE_COMMAND
+
     return start_robot_server(["--backend", "twin", "--task", "PandaPickCube", "--option", 'cameras=["wrist","front"]',
-                               "--option", "image_size=[128,128]"])
+                               "image_size=[128,128]"], SERVE_COMMAND)
 
 
 def main() -> None:
@@ -204,7 +207,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs: timings are noisy",
         "control_hz": args.hz,
         "cameras": cameras,
-        "server": "python -m robot_servers (own process): real-time twin, PandaPickCube box, cameras on a capture thread",
+        "server": "serl serve (own process): real-time twin, PandaPickCube box, cameras on a capture thread",
         "ours": ours,
         "ours_target_then_observe": two,
         "serl_style": serl,

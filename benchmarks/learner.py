@@ -138,6 +138,7 @@ def _sbx_round(peer: dict) -> float:
 def bench_state(quick: bool, with_peer: bool) -> dict:
     from serl.agents import SACAgent, SACConfig
     from serl.data.replay import ReplayBuffer
+    from serl.data.transition import make_transition
 
     obs_dim, action_dim = 17, 6
     hidden, n, m, batch, utd, calls, rounds = (32, 4, 2, 16, 2, 3, 1) if quick else (256, 10, 2, 256, 20, 5, 6)
@@ -147,10 +148,9 @@ def bench_state(quick: bool, with_peer: bool) -> dict:
     rng = np.random.default_rng(0)
     buffer = ReplayBuffer(example, action_dim, 10_000)
     for _ in range(2000 if not quick else 100):
-        buffer.insert({"observations": {"state": rng.normal(size=obs_dim).astype(np.float32)},
-                       "next_observations": {"state": rng.normal(size=obs_dim).astype(np.float32)},
-                       "actions": rng.uniform(-1, 1, action_dim).astype(np.float32), "rewards": 0.0, "masks": 1.0,
-                       "dones": False})
+        obs, next_obs = ({"state": rng.normal(size=obs_dim).astype(np.float32)} for _ in range(2))
+        buffer.insert(make_transition(obs, rng.uniform(-1, 1, action_dim), 0.0, next_obs,
+                                      terminated=False, truncated=False))
     agent, first = _first_call(agent, buffer.sample(batch * utd))
     batches = [buffer.sample(batch * utd) for _ in range(4)]
     peer = _start_sbx(obs_dim, action_dim, hidden, n, batch, utd, calls) if with_peer else None

@@ -109,7 +109,8 @@ def percentiles(values, scale: float) -> dict[str, float]:
 def run(events: int, hz: float, use_server: bool) -> dict:
     from serl.envs.franka_env import FrankaEnv
     from serl.envs.intervention import InterventionWrapper
-    from serl.envs.tasks import get_task, make_reward, with_overrides
+    from serl.envs.rewards import make_reward
+    from serl.envs.tasks import get_task, with_overrides
 
     task = with_overrides(get_task("PandaPickCube"), control_hz=hz, max_episode_steps=100000)
     period = 1.0 / hz
@@ -119,7 +120,9 @@ def run(events: int, hz: float, use_server: bool) -> dict:
         try:
             from serl.envs.http_client import HttpRobotClient
 
-            server, url = start_robot_server(["--backend", "twin", "--task", task.name])
+            from serl.cli.serve import SERVE_COMMAND
+
+            server, url = start_robot_server(["--backend", "twin", "--task", task.name], SERVE_COMMAND)
             client = HttpRobotClient(url)
             path = "robot server over HTTP (loopback, real-time twin in its own process)"
         except Exception as err:  # fall back, but say so in the report
@@ -127,10 +130,11 @@ def run(events: int, hz: float, use_server: bool) -> dict:
             server = None
     if server is None:
         from robot_servers.backends.twin import TwinBackend, TwinConfig
+        from robot_servers.guard import GuardConfig
         from serl.envs.robot_client import LocalRobot
 
-        backend = TwinBackend(TwinConfig(scene=task.scene, lockstep=False, safety_box=task.safety_box))
-        client = LocalRobot(backend)
+        backend = TwinBackend(TwinConfig(scene=task.scene, lockstep=False))
+        client = LocalRobot(backend, guard=GuardConfig(safety_box=task.safety_box))
     client, target_stamps = timed_client(client)
     device = SyntheticSpaceMouse(events, period)
     env = InterventionWrapper(FrankaEnv(client, task, reward_fn=make_reward(task)), device)

@@ -17,11 +17,12 @@ import time
 import numpy as np
 import zmq
 
-from serl.transport import ActorClient, ActorConfig, LearnerConfig, LearnerServer, config_hash
-from serl.transport.schema import packb
+from robot_servers.wire import packb
+from serl.data.transition import make_transition as make_step_transition
+from serl.transport import ActorClient, ActorClientConfig, LearnerServer, LearnerServerConfig, config_hash
 
 HASH = config_hash({"benchmark": "transport"})
-BATCH = ActorConfig().batch_size  # the pickle baseline batches like we do
+BATCH = ActorClientConfig().batch_size  # the pickle baseline batches like we do
 
 
 def make_transition(rng: np.random.Generator, i: int) -> dict:
@@ -32,15 +33,7 @@ def make_transition(rng: np.random.Generator, i: int) -> dict:
             "wrist": rng.integers(0, 256, (128, 128, 3), dtype=np.uint8),
         }
 
-    return {
-        "id": i,
-        "observations": obs(),
-        "next_observations": obs(),
-        "actions": rng.uniform(-1, 1, 7).astype(np.float32),
-        "rewards": 0.0,
-        "masks": 1.0,
-        "dones": False,
-    }
+    return {"id": i, **make_step_transition(obs(), rng.uniform(-1, 1, 7), 0.0, obs(), terminated=False, truncated=False)}
 
 
 def policy_params(width: float, seed: int = 0) -> dict:
@@ -87,8 +80,9 @@ def percentiles(values_s: list[float]) -> dict:
     }
 
 
-def actor_config(actor_id: str, req: int, pub: int) -> ActorConfig:
-    return ActorConfig(actor_id=actor_id, config_hash=HASH, request_port=req, weights_port=pub)  # library defaults
+def actor_config(actor_id: str, req: int, pub: int) -> ActorClientConfig:
+    # library defaults
+    return ActorClientConfig(actor_id=actor_id, config_hash=HASH, request_port=req, weights_port=pub)
 
 
 # ---------------------------------------------------------------- actor processes
@@ -197,7 +191,7 @@ def pickle_weights_worker(pub: int, expected: int, ready, results) -> None:
 
 
 def bench_stream(ctx, n_actors: int, per_actor: int) -> dict:
-    server = LearnerServer(LearnerConfig(request_port=0, weights_port=0, config_hash=HASH)).start()
+    server = LearnerServer(LearnerServerConfig(request_port=0, weights_port=0, config_hash=HASH)).start()
     start, results = ctx.Event(), ctx.Queue()
     procs = [
         ctx.Process(target=stream_worker, args=(f"a{k}", server.request_port, server.weights_port, per_actor, start, results))
@@ -238,7 +232,7 @@ def bench_stream(ctx, n_actors: int, per_actor: int) -> dict:
 
 def bench_weights(ctx, width: float, versions: int, period_s: float) -> dict:
     params = policy_params(width)
-    server = LearnerServer(LearnerConfig(request_port=0, weights_port=0, config_hash=HASH)).start()
+    server = LearnerServer(LearnerServerConfig(request_port=0, weights_port=0, config_hash=HASH)).start()
     ready, results = ctx.Event(), ctx.Queue()
     proc = ctx.Process(target=weights_worker, args=(server.request_port, server.weights_port, versions, ready, results))
     proc.start()
@@ -262,7 +256,7 @@ def bench_weights(ctx, width: float, versions: int, period_s: float) -> dict:
 
 
 def bench_loop(ctx, ticks: int, weights_every_s: float) -> dict:
-    server = LearnerServer(LearnerConfig(request_port=0, weights_port=0, config_hash=HASH)).start()
+    server = LearnerServer(LearnerServerConfig(request_port=0, weights_port=0, config_hash=HASH)).start()
     params = policy_params(0.5)
     ready, results = ctx.Event(), ctx.Queue()
     proc = ctx.Process(target=loop_worker, args=(server.request_port, server.weights_port, ticks, 10.0, ready, results))

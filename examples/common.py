@@ -10,8 +10,6 @@ from robot_servers.backends.base import ImpedanceParams
 from robot_servers.control.safety import SafetyBox
 from serl.envs.task_config import CameraSpec, ResetHookSpec, TaskConfig
 
-DOWN = (1.0, 0.0, 0.0, 0.0)  # gripper pointing at the table (quat xyzw)
-
 # While the policy acts: soft, with tight error clips so contact forces stay small (SERL's insertion gains).
 COMPLIANT = ImpedanceParams(
     translational_stiffness=(2000.0, 2000.0, 2000.0),

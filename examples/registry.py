@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
-import importlib
-
+from examples.cable_routing import config as cable_routing
+from examples.object_relocation import config as object_relocation
+from examples.pcb_insertion import config as pcb_insertion
+from examples.peg_insertion import config as peg_insertion
+from examples.ram_insertion import config as ram_insertion
+from examples.usb_insertion import config as usb_insertion
 from serl.envs.task_config import TaskConfig
-
-EXAMPLES = ("peg_insertion", "pcb_insertion", "cable_routing", "object_relocation", "ram_insertion", "usb_insertion")
+from serl.envs.tasks import register_task
 
 
 def example_tasks() -> list[TaskConfig]:
     """Real-arm configs (both object-relocation directions) and the twin variants that exist."""
-    tasks = []
-    for name in EXAMPLES:
-        module = importlib.import_module(f"examples.{name}.config")
-        tasks += [module.FORWARD, module.BACKWARD] if name == "object_relocation" else [module.config()]
-        if hasattr(module, "sim_config"):
-            tasks.append(module.sim_config())
-    return tasks
+    return [
+        peg_insertion.config(), peg_insertion.sim_config(),
+        pcb_insertion.config(),
+        cable_routing.config(),
+        object_relocation.FORWARD, object_relocation.BACKWARD, object_relocation.sim_config(),
+        ram_insertion.config(),
+        usb_insertion.config(),
+    ]
 
 
 def register_examples() -> list[str]:
     """Add the example tasks to the task registry (idempotent); returns their names."""
-    from serl.envs.tasks import register_task
-
     tasks = example_tasks()
     for task in tasks:
         register_task(task, overwrite=True)

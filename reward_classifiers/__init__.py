@@ -1,7 +1,8 @@
 """Learned reward classifiers: label frames, train a success classifier, evaluate it, use it as the reward.
 
-``data`` (labelled frames from HDF5 episodes), ``twin`` (ground-truth labelled rollouts), ``model``,
-``train``, ``evaluate`` (report), ``checkpoint``, ``runtime`` (``ClassifierReward`` gymnasium wrapper).
+``data`` (labelled frames from HDF5 episodes), ``twin`` (ground-truth labelled rollouts), ``live`` (labels
+keyed during teleop), ``model``, ``train``, ``evaluate`` (report), ``checkpoint``, ``runtime``
+(``ClassifierReward`` gymnasium wrapper), ``cli`` and ``labelling`` (the ``serl classifier`` commands).
 """
 
 from reward_classifiers.checkpoint import CheckpointError, ClassifierCheckpoint, load_checkpoint, save_checkpoint

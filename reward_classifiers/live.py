@@ -8,19 +8,14 @@ looks done, press it again if it stops looking done. Marking is off at each rese
 from __future__ import annotations
 
 import os
-from typing import Callable, Protocol
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
 
 from robot_servers.clock import PeriodicClock
 from serl.data.episodes import EpisodeRecorder, EpisodeWriter
-
-
-class KeySource(Protocol):
-    def drain(self) -> list: ...  # objects with a ``key`` attribute, oldest first
-
-    def close(self) -> None: ...
+from serl.envs.keyboard_reward import KeySource
 
 
 class SuccessKeyLabels(gym.Wrapper):

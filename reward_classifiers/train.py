@@ -22,7 +22,9 @@ from serl.agents.augment import random_shift
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class ClassifierTrainingParams:
+    """Hyper-parameters of classifier training: steps, batches, augmentation, early stopping, threshold."""
+
     max_steps: int = 2000
     """Most gradient steps (early stopping usually ends sooner)."""
     min_steps: int = 100
@@ -56,7 +58,9 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
-class TrainResult:
+class ClassifierTrainingResult:
+    """The best held-out checkpoint, the evaluation history and the split it was chosen on."""
+
     checkpoint: ClassifierCheckpoint
     history: list[dict]
     train_index: np.ndarray
@@ -111,11 +115,11 @@ def predict_frames(spec: ClassifierSpec, params: Any, images: dict[str, np.ndarr
 def train_classifier(
     frames: LabelledFrames,
     spec: ClassifierSpec,
-    cfg: TrainConfig = TrainConfig(),
+    cfg: ClassifierTrainingParams = ClassifierTrainingParams(),
     *,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
-) -> TrainResult:
+) -> ClassifierTrainingResult:
     """Train on ``frames`` (images keyed by ``spec``'s camera names) and return the best held-out checkpoint."""
     for cam in spec.cameras:
         if cam.name not in frames.images:
@@ -183,7 +187,7 @@ def train_classifier(
     best = (np.inf, params, None, 0)
     evals_without_gain = 0
     started = time.perf_counter()
-    bar = _Progress(cfg.max_steps) if progress else None
+    bar = _TrainingProgressBar(cfg.max_steps) if progress else None
     try:
         for step in range(1, cfg.max_steps + 1):
             if cfg.balance:
@@ -233,10 +237,10 @@ def train_classifier(
         "heldout_metrics": binary_metrics(probs, held_labels, threshold),
     }
     checkpoint = ClassifierCheckpoint(spec, jax.device_get(params), threshold, metadata)
-    return TrainResult(checkpoint, history, train_idx, held_idx, probs)
+    return ClassifierTrainingResult(checkpoint, history, train_idx, held_idx, probs)
 
 
-class _Progress:
+class _TrainingProgressBar:
     """A rich progress bar with the latest losses (console only)."""
 
     def __init__(self, total: int):

@@ -13,6 +13,11 @@ from typing import Callable
 import numpy as np
 
 from serl.data.episodes import EpisodeRecorder, EpisodeWriter, episode_count
+from serl.devices.scripted import ExpertConfig, ScriptedExpert
+from serl.envs.intervention import InterventionWrapper
+from serl.envs.task_config import CameraSpec
+from serl.envs.rewards import make_reward
+from serl.envs.tasks import get_task, make_sim_env
 
 
 def generate_twin_episodes(
@@ -33,11 +38,6 @@ def generate_twin_episodes(
 
     Returns a summary (episodes, successes, frames, positives).
     """
-    from serl.devices.scripted import ScriptedExpert
-    from serl.envs.intervention import InterventionWrapper
-    from serl.envs.task_config import CameraSpec
-    from serl.envs.tasks import get_task, make_reward, make_sim_env
-
     if episodes <= 0:
         raise ValueError(f"episodes: must be positive, got {episodes}")
     if not 0.0 <= fail_fraction <= 1.0:
@@ -97,8 +97,6 @@ def generate_twin_episodes(
 
 
 def _expert_config(scene: str, fail: bool, noise: float, seed: int, rng: np.random.Generator):
-    from serl.devices.scripted import ExpertConfig
-
     if scene == "pick_cube":
         # failures are lifted, but not far enough (the hardest negatives); successes hold at various heights
         lift = rng.uniform(0.01, 0.085) if fail else rng.uniform(0.12, 0.2)

@@ -49,15 +49,19 @@ def running_until_ready(command: Sequence[str], what: str, timeout: float = 30.0
         stop_process(process)
 
 
-def start_robot_server(args: Sequence[str], timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
-    """Start ``python -m robot_servers ARGS`` on a free loopback port; return (process, url) once /health answers."""
+ROBOT_SERVER_COMMAND = (sys.executable, "-m", "robot_servers")
+
+
+def start_robot_server(args: Sequence[str], command: Sequence[str] = ROBOT_SERVER_COMMAND,
+                       timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
+    """Start ``COMMAND ARGS`` (``python -m robot_servers`` by default; ``serl serve`` for a task) on a free
+    loopback port; return (process, url) once /health answers."""
     import httpx
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "robot_servers", *args, "--port", str(port), "--log-level", "error"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*command, *args, "--port", str(port), "--log-level", "error"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -8,14 +8,16 @@ import time
 import numpy as np
 
 from robot_servers.cameras.opencv import OpenCVCamera, OpenCVCameraConfig
+from robot_servers.cameras.threaded import ThreadedCamera, threaded_cameras
 from robot_servers.clock import PeriodicClock
 from robot_servers.control.safety import SafetyBox
-from robot_servers.server import ServerConfig, ServerThread, create_app
+from robot_servers.http import ServerConfig, create_app
+from robot_servers.serve import ServerThread
 from serl.envs.http_client import HttpRobotClient
 
 
-def video_cameras(tmp_path, names=("wrist", "front")) -> dict[str, OpenCVCamera]:
-    """Two looping OpenCV cameras on a generated video file (the server's camera threads)."""
+def video_cameras(tmp_path, names=("wrist", "front")) -> dict[str, ThreadedCamera]:
+    """Two looping OpenCV cameras on a generated video file, each on its capture thread."""
     import cv2
 
     path = str(tmp_path / "camera.avi")
@@ -23,7 +25,8 @@ def video_cameras(tmp_path, names=("wrist", "front")) -> dict[str, OpenCVCamera]
     for i in range(30):
         writer.write(np.full((120, 160, 3), i * 8, np.uint8))
     writer.release()
-    return {name: OpenCVCamera(OpenCVCameraConfig(source=path, name=name, size=(64, 64), loop=True)) for name in names}
+    return threaded_cameras({name: OpenCVCamera(OpenCVCameraConfig(source=path, name=name, size=(64, 64), loop=True))
+                             for name in names})
 
 
 def wait_for(predicate, timeout: float, period: float = 0.05) -> bool:

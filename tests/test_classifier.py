@@ -19,11 +19,19 @@ from reward_classifiers.data import (
 )
 from reward_classifiers.evaluate import binary_metrics, roc_auc, threshold_for_precision
 from reward_classifiers.model import CameraInput, ClassifierSpec, EncoderConfig, init_params
-from reward_classifiers.train import TrainConfig
-from serl.cli.classifier import ClassifierEvalConfig, ClassifierTrainConfig, LabelConfig, evaluate, label, train
+from reward_classifiers.cli import (
+    ClassifierEvalCommand,
+    ClassifierLabelCommand,
+    ClassifierTrainCommand,
+    evaluate,
+    label,
+    train,
+)
+from reward_classifiers.train import ClassifierTrainingParams
 from serl.data.episodes import read_episodes
+from serl.envs.rewards import PickCubeReward
 from serl.envs.task_config import CameraSpec
-from serl.envs.tasks import PickCubeReward, make_sim_env
+from serl.envs.tasks import make_sim_env
 
 SIZE = 32  # CI-sized frames; the 128x128 path is exercised by test_128_pixel_path
 CAMERAS = ("wrist", "front")
@@ -37,7 +45,7 @@ def pick_env(size=SIZE, cameras=CAMERAS, seed=100):
 @pytest.fixture(scope="module")
 def twin_data(tmp_path_factory):
     path = tmp_path_factory.mktemp("twin") / "pick.h5"
-    summary = label(LabelConfig(out=path, from_twin="PandaPickCube", episodes=16, image_size=(SIZE, SIZE)),
+    summary = label(ClassifierLabelCommand(out=path, from_twin="PandaPickCube", episodes=16, image_size=(SIZE, SIZE)),
                     stdout=io.StringIO())
     assert summary["episodes"] == 16 and 0 < summary["successes"] < 16
     return path
@@ -46,9 +54,9 @@ def twin_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(twin_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("clf") / "checkpoint"
-    cfg = ClassifierTrainConfig(
+    cfg = ClassifierTrainCommand(
         data=(twin_data,), out=out, progress=False,
-        train=TrainConfig(max_steps=120, min_steps=60, eval_every=20, shift_pad=1, seed=0),
+        train=ClassifierTrainingParams(max_steps=120, min_steps=60, eval_every=20, shift_pad=1, seed=0),
     )
     summary = train(cfg, log=None)
     return out, summary
@@ -97,7 +105,7 @@ def test_training_reaches_95_percent_heldout_accuracy_with_report(trained):
 
 def test_eval_on_heldout_episodes_and_new_threshold(trained, twin_data, tmp_path):
     out, summary = trained
-    report = evaluate(ClassifierEvalConfig(checkpoint=out, data=(twin_data,), out=tmp_path / "eval",
+    report = evaluate(ClassifierEvalCommand(checkpoint=out, data=(twin_data,), out=tmp_path / "eval",
                                            target_precision=0.9), log=None)
     assert report["data"]["episodes"] == len(load_checkpoint(out).metadata["heldout_episodes"])
     assert report["metrics"]["accuracy"] >= 0.95
@@ -230,19 +238,19 @@ def test_corrupt_or_mismatched_checkpoint_gives_clear_error(tmp_path):
 def test_label_recording_by_ranges_and_interactively(twin_data, tmp_path):
     names = [e.attrs["name"] for e in read_episodes(twin_data)]
     out = tmp_path / "labels.json"
-    summary = label(LabelConfig(out=out, input=twin_data, from_flags=False, ranges=(f"{names[0]}:5-7", f"{names[1]}:10-")),
-                    stdout=io.StringIO())
+    ranges = (f"{names[0]}:5-7", f"{names[1]}:10-")
+    summary = label(ClassifierLabelCommand(out=out, input=twin_data, from_flags=False, ranges=ranges), stdout=io.StringIO())
     labels = read_labels(out)["episodes"]
     assert labels[names[0]] == [[5, 7]] and labels[names[1]][0][0] == 10 and labels[names[2]] == []
     assert summary["episodes_with_success"] == 2
     frames = frames_from_episodes(twin_data, labels_file=out)
     assert frames.labels.sum() == summary["positives"]
     with pytest.raises(ValueError, match="range"):
-        label(LabelConfig(out=out, input=twin_data, ranges=(f"{names[0]}:7-5",)), stdout=io.StringIO())
+        label(ClassifierLabelCommand(out=out, input=twin_data, ranges=(f"{names[0]}:7-5",)), stdout=io.StringIO())
 
     # interactive: first episode 3-4, second kept from its flags, third none, then stop
     answers = io.StringIO("3-4\n\nnone\nq\n")
-    label(LabelConfig(out=out, input=twin_data, interactive=True), stdin=answers, stdout=io.StringIO())
+    label(ClassifierLabelCommand(out=out, input=twin_data, interactive=True), stdin=answers, stdout=io.StringIO())
     labels = read_labels(out)["episodes"]
     second = next(e for e in read_episodes(twin_data) if e.attrs["name"] == names[1])
     assert labels[names[0]] == [[3, 4]] and labels[names[2]] == []
@@ -251,9 +259,10 @@ def test_label_recording_by_ranges_and_interactively(twin_data, tmp_path):
 
 
 def test_128_pixel_path(tmp_path):
-    """The issue's 128x128 frames: twin labelling, crop + resize into the encoder, run-time prediction."""
+    """128x128 frames: twin labelling, crop + resize into the encoder, run-time prediction."""
     path = tmp_path / "pick128.h5"
-    label(LabelConfig(out=path, from_twin="PandaPickCube", episodes=1, fail_fraction=0.0), stdout=io.StringIO())
+    label(ClassifierLabelCommand(out=path, from_twin="PandaPickCube", episodes=1, fail_fraction=0.0),
+          stdout=io.StringIO())
     frames = frames_from_episodes(path)
     assert frames.image_size("front") == (128, 128) and frames.labels.any()
     spec = ClassifierSpec((CameraInput("front", (128, 128), crop=(16, 0, 96, 128), input_size=(64, 64)),
@@ -347,6 +356,6 @@ def test_live_labelling_marks_frames_with_a_toggle_key(tmp_path):
     frames = frames_from_episodes(tmp_path / "live.h5")
     assert np.flatnonzero(frames.labels).tolist() == [6, 7, 8]
 
-    summary = label(LabelConfig(out=tmp_path / "cli.h5", live="PandaPickCube", teleop="scripted", episodes=1,
-                                image_size=(SIZE, SIZE)), stdout=io.StringIO())
+    summary = label(ClassifierLabelCommand(out=tmp_path / "cli.h5", live="PandaPickCube", teleop="scripted", episodes=1,
+                                           image_size=(SIZE, SIZE)), stdout=io.StringIO())
     assert summary["episodes"] == 1 and summary["positives"] == 0  # nobody pressed the mark key

@@ -14,7 +14,7 @@ from serl.runtime.config import (
     LearnerConfig,
     NetConfig,
     RunConfig,
-    config_hash,
+    run_config_hash,
     from_dict,
     to_jsonable,
     write_config,
@@ -91,13 +91,13 @@ def test_bad_values_name_the_field():
 
 def test_config_hash_changes_with_what_actor_and_learner_must_share():
     base = LearnerConfig()
-    same = config_hash(base.env, base.agent)
-    assert config_hash(EnvConfig(), base.agent) == same
-    assert config_hash(EnvConfig(pixels=True), base.agent) != same
-    assert config_hash(EnvConfig(grasp_penalty=0.02), base.agent) != same
-    assert config_hash(base.env, dataclasses.replace(base.agent, num_qs=4)) != same
+    same = run_config_hash(base.env, base.agent)
+    assert run_config_hash(EnvConfig(), base.agent) == same
+    assert run_config_hash(EnvConfig(pixels=True), base.agent) != same
+    assert run_config_hash(EnvConfig(grasp_penalty=0.02), base.agent) != same
+    assert run_config_hash(base.env, dataclasses.replace(base.agent, num_qs=4)) != same
     # where the actor's robot is does not matter to the learner
-    assert config_hash(EnvConfig(robot_url="http://10.0.0.2:5000"), base.agent) == same
+    assert run_config_hash(EnvConfig(robot_url="http://10.0.0.2:5000"), base.agent) == same
 
 
 def test_eval_refuses_a_directory_without_a_run(tmp_path):

@@ -8,12 +8,13 @@ from gymnasium.utils.env_checker import check_env
 
 pytest.importorskip("robot_servers.backends.twin")  # sets MUJOCO_GL before mujoco loads
 
-from robot_servers.backends.base import MAX_GRIPPER_WIDTH  # noqa: E402
+from robot_servers.limits import MAX_GRIPPER_WIDTH  # noqa: E402
 from robot_servers.backends.twin import TwinBackend, TwinConfig  # noqa: E402
 from robot_servers.control.pose import quat_to_rotvec, quat_multiply, quat_conjugate, rotate  # noqa: E402
 from serl.envs.franka_env import FrankaEnv, RobotClientError  # noqa: E402
 from serl.envs.robot_client import LocalRobot  # noqa: E402
-from serl.envs.tasks import get_task, make_reward, make_sim_env, with_overrides  # noqa: E402
+from serl.envs.rewards import make_reward  # noqa: E402
+from serl.envs.tasks import get_task, make_sim_env, with_overrides  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -49,7 +49,8 @@ def load_server_command():
 
 def test_server_command_parses_with_the_real_cli():
     tyro = pytest.importorskip("tyro")
-    from robot_servers.server import ServeConfig, _parse_options
+    from robot_servers.overrides import parse_overrides
+    from serl.cli.serve import ServeCommand
 
     ns = load_server_command()
     values = {name: default for name, (default, _) in ns["ARGUMENTS"].items()}
@@ -57,10 +58,10 @@ def test_server_command_parses_with_the_real_cli():
                   cameras="realsense:wrist_1=128422270679;opencv:side=/dev/video4,size=96x96")
     command = ns["server_command"](values)
     assert command[:3] == ["/opt/venv/bin/python", "-m", "examples.serve"]
-    config = tyro.cli(ServeConfig, args=command[3:])
+    config = tyro.cli(ServeCommand, args=command[3:])
     assert config.backend == "ros2" and config.port == 5001 and config.task == "PegInsertion"
-    options = _parse_options(config.option)
-    assert options["cameras"] == ["realsense:wrist_1=128422270679", "opencv:side=/dev/video4,size=96x96"]
+    options = parse_overrides(config.option, "--option")
+    assert list(options["cameras"]) == ["realsense:wrist_1=128422270679", "opencv:side=/dev/video4,size=96x96"]
     assert options["gripper_normalized"] is True and options["stale_after"] == 0.1
     from robot_servers.backends.ros2 import Ros2Config
 

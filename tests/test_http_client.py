@@ -13,7 +13,8 @@ pytest.importorskip("robot_servers.backends.twin")  # sets MUJOCO_GL before mujo
 from robot_servers.backends.base import ImpedanceParams  # noqa: E402
 from robot_servers.backends.twin import TwinBackend, TwinConfig  # noqa: E402
 from robot_servers.control.safety import SafetyBox  # noqa: E402
-from robot_servers.server import ServerConfig, ServerThread, create_app  # noqa: E402
+from robot_servers.http import ServerConfig, create_app  # noqa: E402
+from robot_servers.serve import ServerThread  # noqa: E402
 from serl.envs.franka_env import FrankaEnv, RobotClientError  # noqa: E402
 from serl.envs.http_client import HttpRobotClient, RobotConnectionError  # noqa: E402
 from serl.envs.tasks import make_reward, make_sim_env  # noqa: E402

@@ -23,7 +23,8 @@ def test_sac_solves_pendulum(seed):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_rlpd_config_solves_pendulum(seed):
-    cfg = SACConfig.rlpd(hidden_dims=(256, 256), utd_ratio=4, init_temperature=0.1)
+    cfg = SACConfig(hidden_dims=(256, 256), num_qs=10, num_min_qs=2, critic_layer_norm=True, utd_ratio=4,
+                    init_temperature=0.1)
     _, result = train(cfg, LoopConfig(total_steps=2000, random_steps=200, batch_size=256, eval_episodes=5, seed=seed))
     assert result["final_return"] > -300
 

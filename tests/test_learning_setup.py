@@ -7,9 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from serl.cli.train import TRAIN_AGENT, TrainConfig, apply_task_defaults
+from serl.agents.sac import SACConfig
+from serl.cli.train import TrainConfig, apply_task_defaults
 from serl.data.replay import MixedSampler, ReplayBuffer
-from serl.envs.tasks import PickCubeReward, make_sim_env
+from serl.envs.rewards import PickCubeReward
+from serl.envs.tasks import make_sim_env
 from serl.runtime.learner import update_batch
 
 
@@ -81,7 +83,7 @@ def test_pick_cube_train_defaults_add_shaping_translation_only_cube_position_and
     assert tuned.overrides == ("reward_shaping=true", "rotation_actions=false", "object_state=position",
                               "shaping_discount=0.97")
     assert tuned.agent.grasp_critic and tuned.agent.bc_weight > 0 and tuned.agent.discount == 0.97
-    far_sighted = TrainConfig(task="PandaPickCube", agent=dataclasses.replace(TRAIN_AGENT, discount=0.99))
+    far_sighted = TrainConfig(task="PandaPickCube", agent=dataclasses.replace(SACConfig.rlpd_with_demo_bc(), discount=0.99))
     assert apply_task_defaults(far_sighted).overrides[-1] == "shaping_discount=0.99"  # follows the agent's discount
     given = apply_task_defaults(TrainConfig(task="PandaPickCube", overrides=("shaping_discount=1",)))
     assert given.overrides == ("shaping_discount=1", "reward_shaping=true", "rotation_actions=false",
@@ -89,7 +91,7 @@ def test_pick_cube_train_defaults_add_shaping_translation_only_cube_position_and
     explicit = apply_task_defaults(TrainConfig(task="PandaPickCube", overrides=("reward_shaping=false",)))
     assert explicit.overrides == ("reward_shaping=false", "rotation_actions=false", "object_state=position")
     plain = apply_task_defaults(TrainConfig(task="PandaPickCube", task_defaults=False))
-    assert plain.overrides == () and plain.agent == TRAIN_AGENT
-    assert apply_task_defaults(TrainConfig(task="PandaPegInsertion")).agent == TRAIN_AGENT
+    assert plain.overrides == () and plain.agent == SACConfig.rlpd_with_demo_bc()
+    assert apply_task_defaults(TrainConfig(task="PandaPegInsertion")).agent == SACConfig.rlpd_with_demo_bc()
     with pytest.raises(ValueError, match="shaping_discount"):
         make_sim_env("PandaPickCube", seed=0, reward_shaping=True, shaping_discount=1.5)

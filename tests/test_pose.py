@@ -6,6 +6,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from robot_servers.control import pose as P
+from robot_servers.control.impedance import matrix_to_quat_xyzw
 
 S = np.sqrt(0.5)
 QZ90 = np.array([0.0, 0.0, S, S])  # +90° about z
@@ -26,6 +27,13 @@ def rz(a):
 
 def same_rotation(a, b, atol=1e-9):
     return np.allclose(P.quat_to_matrix(a), P.quat_to_matrix(b), atol=atol)
+
+
+def matrix_to_quat(matrix):
+    """The controller's kernel on a 3×3 matrix, as the representative with w ≥ 0."""
+    q = matrix_to_quat_xyzw(np.asarray(matrix, dtype=np.float64).reshape(9).copy(), np.empty(4))
+    assert np.linalg.norm(q) == pytest.approx(1.0, abs=1e-12)
+    return P.normalize_quat(q)
 
 
 unit_quats = st.lists(st.floats(-1, 1), min_size=4, max_size=4).filter(
@@ -55,9 +63,17 @@ def test_quat_to_matrix_known_values():
 
 @pytest.mark.parametrize("matrix", [rz(0.3), rx(np.pi), ry(np.pi), rz(np.pi), rx(2.5) @ ry(-0.4), np.eye(3)])
 def test_matrix_to_quat_every_branch(matrix):
-    q = P.matrix_to_quat(matrix)
+    q = matrix_to_quat(matrix)
     assert q[3] >= 0
     np.testing.assert_allclose(P.quat_to_matrix(q), matrix, atol=1e-12)
+
+
+@pytest.mark.parametrize("matrix", [rz(0.3), rx(np.pi), ry(np.pi), rz(np.pi), rx(2.5) @ ry(-0.4), np.eye(3)])
+def test_matrix_to_quat_matches_scipy(matrix):
+    rotation = pytest.importorskip("scipy.spatial.transform").Rotation
+    expected = P.normalize_quat(rotation.from_matrix(matrix).as_quat())  # scipy is [x, y, z, w] too
+    q = matrix_to_quat(matrix)
+    assert np.allclose(q, expected, atol=1e-12) or np.allclose(q, -expected, atol=1e-12)  # w = 0: ±q
 
 
 def test_rotvec_known_values():
@@ -117,7 +133,7 @@ def test_mujoco_quaternion_order():
 @given(unit_quats)
 @example(np.array([7.07106781e-01, 7.07106781e-06, 7.07106781e-01, 0.0]))  # 1e-5 rad from gimbal lock
 def test_matrix_and_euler_round_trips(q):
-    assert same_rotation(P.matrix_to_quat(P.quat_to_matrix(q)), q)
+    assert same_rotation(matrix_to_quat(P.quat_to_matrix(q)), q)
     assert same_rotation(P.euler_to_quat(P.quat_to_euler(q)), q, atol=1e-7)
     assert same_rotation(P.rotvec_to_quat(P.quat_to_rotvec(q)), q)
 

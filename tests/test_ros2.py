@@ -206,8 +206,10 @@ def test_episode_through_the_robot_server(backend, tmp_path):
 
 
 def test_server_reports_a_frozen_driver_in_health_and_recovers():
-    from robot_servers.server import ServerConfig, ServerThread, create_app
-    from serl.envs.http_client import HttpRobotClient, RobotServerError
+    from robot_servers.http import ServerConfig, create_app
+    from robot_servers.serve import ServerThread
+    from robot_servers.guard import RobotFault
+    from serl.envs.http_client import HttpRobotClient
 
     domain = DOMAIN + 51
     with running_twin_node(domain) as process, \
@@ -221,7 +223,7 @@ def test_server_reports_a_frozen_driver_in_health_and_recovers():
             health = client.health()
             assert any("stale" in e for e in health["errors"])
             assert client.state().controller_mode == "hold"
-            with pytest.raises(RobotServerError):
+            with pytest.raises(RobotFault):
                 client.set_target(client.state().tcp_pose)  # refused, and the server stays up
         finally:
             os.kill(process.pid, signal.SIGCONT)
@@ -259,7 +261,8 @@ def test_served_ros2_backend_opens_the_task_cameras_with_their_crops_and_sizes(t
 
     from test_cameras import write_video
 
-    from robot_servers.server import ServeConfig, build_server
+    from robot_servers.serve import ServeConfig, build_server
+    from serl.cli.serve import served_task
     from serl.envs.task_config import CameraSpec
     from serl.envs.tasks import get_task, register_task
 
@@ -268,7 +271,7 @@ def test_served_ros2_backend_opens_the_task_cameras_with_their_crops_and_sizes(t
         CameraSpec("front", size=(24, 40), crop=(0, 0, 240, 160), serial=f"opencv:{video},loop"),))
     register_task(task, overwrite=True)
     _app, backend, cameras = build_server(ServeConfig(
-        backend="ros2", task=task.name, option=(f"domain_id={DOMAIN}", "stale_after=0.5")))
+        backend="ros2", option=(f"domain_id={DOMAIN}", "stale_after=0.5")), served_task(task.name))
     try:
         assert set(cameras) == {"front"}
         frame, _ = cameras["front"].read()
@@ -281,8 +284,8 @@ def test_served_ros2_backend_opens_the_task_cameras_with_their_crops_and_sizes(t
     missing = dataclasses.replace(task, name="Ros2MissingCamera", cameras=(CameraSpec("wrist"),))
     register_task(missing, overwrite=True)
     with pytest.raises(ValueError, match="needs camera"):
-        build_server(ServeConfig(backend="ros2", task=missing.name,
-                                 option=(f"domain_id={DOMAIN}", "stale_after=0.5")))
+        build_server(ServeConfig(backend="ros2", option=(f"domain_id={DOMAIN}", "stale_after=0.5")),
+                     served_task(missing.name))
 
 
 def test_nullspace_target_reaches_the_twin_posture_through_the_public_api(healthy):

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 
 from serl.agents.sac import SACConfig
-from serl.runtime.actor import make_transition
-from serl.runtime.config import EnvConfig, LearnerConfig, NetConfig, RunConfig, config_hash
+from serl.runtime.actor import transition_from_step
+from serl.runtime.config import EnvConfig, LearnerConfig, NetConfig, RunConfig, run_config_hash
 from serl.runtime.learner import Learner
 from serl.runtime.policy import create_agent, decode_weights, policy_params
-from serl.transport.actor import ActorClient, HandshakeRejected
-from serl.transport.actor import ActorConfig as TransportConfig
+from serl.transport.actor_client import ActorClient, ActorClientConfig, HandshakeRejected
 
 
 def free_port() -> int:
@@ -34,9 +33,9 @@ def cfg(tmp_path):
 
 
 def client_for(cfg: LearnerConfig, config_hash_: str) -> ActorClient:
-    return ActorClient(TransportConfig(actor_id="unit-actor", config_hash=config_hash_, host="127.0.0.1",
-                                       request_port=cfg.net.port, weights_port=cfg.net.weights_port,
-                                       flush_interval_s=0.01))
+    return ActorClient(ActorClientConfig(actor_id="unit-actor", config_hash=config_hash_, host="127.0.0.1",
+                                         request_port=cfg.net.port, weights_port=cfg.net.weights_port,
+                                         flush_interval_s=0.01))
 
 
 def transition(i: int, intervened: bool) -> dict:
@@ -44,7 +43,7 @@ def transition(i: int, intervened: bool) -> dict:
     next_obs = {"state": np.full(3, i + 1, np.float32)}
     info = {"intervened": intervened, "executed_action": np.array([0.5], np.float32) if intervened else None,
             "grasp_penalty": -0.02 if i % 4 == 1 else 0.0}
-    return make_transition(obs, np.array([-0.1], np.float32), -1.0, next_obs, False, i % 5 == 4, info)
+    return transition_from_step(obs, np.array([-0.1], np.float32), -1.0, next_obs, False, i % 5 == 4, info)
 
 
 def receive_until(learner: Learner, steps: int, timeout: float = 10.0) -> None:
@@ -57,7 +56,7 @@ def receive_until(learner: Learner, steps: int, timeout: float = 10.0) -> None:
 def test_learner_routes_interventions_publishes_weights_and_resumes(cfg, tmp_path):
     run_dir = tmp_path / "run"
     learner = Learner(cfg, run_dir)
-    client = client_for(cfg, config_hash(cfg.env, cfg.agent))
+    client = client_for(cfg, run_config_hash(cfg.env, cfg.agent))
     try:
         assert client.wait_connected(10)
         for i in range(10):
@@ -102,7 +101,7 @@ def test_learner_routes_interventions_publishes_weights_and_resumes(cfg, tmp_pat
 
 def test_actor_with_another_config_is_refused_by_name(cfg, tmp_path):
     learner = Learner(cfg, tmp_path / "run")
-    other = config_hash(EnvConfig(task="gym:Pendulum-v1", pixels=True), cfg.agent)
+    other = run_config_hash(EnvConfig(task="gym:Pendulum-v1", pixels=True), cfg.agent)
     client = client_for(cfg, other)
     try:
         with pytest.raises(HandshakeRejected, match="config hash"):
@@ -120,7 +119,7 @@ def _leaves(tree):
 
 def test_a_malformed_transition_is_dropped_and_the_learner_goes_on(cfg, tmp_path):
     learner = Learner(cfg, tmp_path / "run")
-    client = client_for(cfg, config_hash(cfg.env, cfg.agent))
+    client = client_for(cfg, run_config_hash(cfg.env, cfg.agent))
     try:
         bad = transition(0, False)
         bad["observations"] = {"state": np.zeros(5, np.float32)}  # another env's layout
@@ -145,7 +144,7 @@ def test_the_actor_env_charges_the_grasp_critic_for_gripper_changes():
             action = np.zeros(env.action_space.shape, np.float32)
             action[-1] = gripper
             next_obs, reward, terminated, truncated, info = env.step(action)
-            transition = make_transition(obs, action, reward, next_obs, terminated, truncated, info)
+            transition = transition_from_step(obs, action, reward, next_obs, terminated, truncated, info)
             penalties.append(float(transition["grasp_penalty"]))
             assert transition["rewards"] == np.float32(reward)  # the SAC reward is untouched
             obs = next_obs

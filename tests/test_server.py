@@ -18,7 +18,9 @@ pytest.importorskip("robot_servers.backends.twin")  # sets MUJOCO_GL before mujo
 from robot_servers.backends.twin import TwinBackend, TwinConfig  # noqa: E402
 from robot_servers.cameras.threaded import threaded_cameras  # noqa: E402
 from robot_servers.control.safety import SafetyBox  # noqa: E402
-from robot_servers.server import ServeConfig, ServerConfig, ServerThread, create_app, decode_images  # noqa: E402
+from robot_servers.http import ServerConfig, create_app  # noqa: E402
+from robot_servers.serve import ServeConfig, ServerThread  # noqa: E402
+from robot_servers.wire import decode_images, unpackb  # noqa: E402
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -163,12 +165,12 @@ def test_images_are_all_cameras_in_one_binary_response(lockstep):
     backend, _, client = lockstep
     response = client.get("/images")
     assert response.headers["content-type"] == "application/msgpack"
-    frames = decode_images(msgpack.unpackb(response.content))
+    frames = decode_images(unpackb(response.content))
     assert set(frames) == {"wrist", "front"}
     for frame, timestamp in frames.values():
         assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8 and frame.std() > 1.0
         assert timestamp == pytest.approx(backend.state().timestamp)
-    only = decode_images(msgpack.unpackb(client.get("/images", params={"camera": "front"}).content))
+    only = decode_images(unpackb(client.get("/images", params={"camera": "front"}).content))
     assert set(only) == {"front"}
     np.testing.assert_array_equal(only["front"][0], frames["front"][0])  # same sim instant, same frame
     unknown = client.get("/images", params={"camera": "top"})
@@ -204,7 +206,7 @@ def test_measured_pose_leaving_the_box_holds_until_recover():
             served = client.get("/state").json()
             assert any(error.startswith("safety_stop") for error in served["errors"])
             blocked = client.post("/target", json={"pose": [0.4, 0.0, 0.4, *DOWN]})
-            assert blocked.status_code == 409 and "/recover" in blocked.json()["detail"]
+            assert blocked.status_code == 409 and "recover" in blocked.json()["detail"]
             np.testing.assert_array_equal(backend.state().target_pose, state.target_pose)
             assert client.post("/recover").status_code == 200
             assert not client.get("/health").json()["safety"]["stopped"]
@@ -357,7 +359,7 @@ def test_cli_serves_a_task_and_warns_about_open_binding(tmp_path):
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     env.pop("SERL_ROBOT_TOKEN", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "robot_servers", "--backend", "twin", "--task", "PandaPickCube",
+        [sys.executable, "-m", "serl.cli.main", "serve", "--backend", "twin", "--task", "PandaPickCube",
          "--port", str(port), "--host", "0.0.0.0", "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
@@ -428,7 +430,7 @@ def test_a_failing_camera_is_reported_retried_and_does_not_stop_the_others(tmp_p
             failures = cameras["front"].faults
             write_video(front_path, frames=30, fps=10.0)  # the source comes back (3 s of video)
             assert _wait_until(lambda: client.get("/health").json()["ok"], 5.0)  # retried with backoff: reopened
-            frames = decode_images(msgpack.unpackb(client.get("/images").content))
+            frames = decode_images(unpackb(client.get("/images").content))
             assert set(frames) == {"front", "wrist"} and frames["front"][0].shape == (16, 16, 3)
             assert cameras["front"].faults == failures
     finally:

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E
 
 from robot_servers.backends.twin import TwinBackend, TwinConfig  # noqa: E402
 from robot_servers.control.safety import SafetyBox  # noqa: E402
-from robot_servers.server import ServerConfig, ServerThread, create_app  # noqa: E402
+from robot_servers.http import ServerConfig, create_app  # noqa: E402
+from robot_servers.serve import ServerThread  # noqa: E402
 
 TOKEN = "fuzz"
 EXAMPLES = 200  # per stream (schema-valid, schema-invalid, plausible targets): 600 requests in all
@@ -41,34 +42,36 @@ def _fingerprint(backend) -> tuple:
             state.controller_mode, tuple(state.errors))
 
 
-class CommandLog:
-    """The real twin, with every command that reaches it logged (and whether it was accepted)."""
+class CommandLog(TwinBackend):
+    """The real twin, with every command that reaches it and is accepted logged."""
 
-    COMMANDS = {"set_target", "set_gripper", "set_impedance", "joint_reset", "recover", "hold", "advance",
-                "reset_robot", "reset_scene"}
+    COMMANDS = ("set_target", "set_gripper", "set_impedance", "joint_reset", "recover", "hold", "advance",
+                "reset_robot", "reset_scene")
 
-    def __init__(self, backend: TwinBackend):
-        self._backend = backend
+    def __init__(self, config: TwinConfig):
         self.accepted: list[str] = []
+        super().__init__(config)
+        self.accepted.clear()  # construction is not a command
 
-    def __getattr__(self, name):
-        attr = getattr(self._backend, name)
-        if name not in self.COMMANDS:
-            return attr
 
-        def logged(*args, **kwargs):
-            result = attr(*args, **kwargs)  # a ValueError here means the twin refused it and changed nothing
-            self.accepted.append(name)
-            return result
+def _logged(name: str):
+    def command(self, *args, **kwargs):
+        result = getattr(TwinBackend, name)(self, *args, **kwargs)  # a ValueError: the twin refused, nothing changed
+        self.accepted.append(name)
+        return result
 
-        return logged
+    return command
+
+
+for _name in CommandLog.COMMANDS:
+    setattr(CommandLog, _name, _logged(_name))
 
 
 @pytest.fixture(scope="module")
 def fuzz_target():
-    backend = TwinBackend(TwinConfig(scene="pick_cube", lockstep=True, cameras=("wrist",), image_size=(16, 16)))
+    backend = CommandLog(TwinConfig(scene="pick_cube", lockstep=True, cameras=("wrist",), image_size=(16, 16)))
     box = SafetyBox(position_low=(0.2, -0.3, 0.05), position_high=(0.7, 0.3, 0.6), center_quat=(1.0, 0.0, 0.0, 0.0))
-    server = ServerThread(create_app(CommandLog(backend), backend.cameras(),
+    server = ServerThread(create_app(backend, backend.cameras(),
                                      ServerConfig(safety_box=box, on_violation="reject", token=TOKEN))).start()
     spec = httpx.get(server.url + "/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}).json()
     yield server.server.config.app.state.guard.backend, server, schemathesis.openapi.from_dict(_shorten_blocking_calls(spec))

@@ -12,21 +12,11 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import serl.envs  # noqa: F401  (registers the gymnasium ids)
-from robot_servers.control.pose import orientation_error, quat_multiply, quat_to_euler, rotvec_to_quat
-from serl.envs.tasks import (
-    PANDA_PICK_CUBE,
-    PegInsertionReward,
-    PickCubeReward,
-    get_task,
-    list_tasks,
-    make_reward,
-    peg_tip,
-    register_task,
-    with_overrides,
-)
+from robot_servers.control.pose import DOWN_QUAT, orientation_error, quat_multiply, quat_to_euler, rotvec_to_quat
+from serl.envs.rewards import PegInsertionReward, PickCubeReward, make_reward, peg_tip
+from serl.envs.tasks import PANDA_PICK_CUBE, get_task, list_tasks, register_task, with_overrides
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-DOWN = np.array([1.0, 0.0, 0.0, 0.0])
 
 
 def test_importing_serl_envs_does_not_import_mujoco():
@@ -109,7 +99,7 @@ def test_scripted_insertion_succeeds():
         obs, _ = env.reset(seed=seed)
         for _ in range(60):
             tcp, hole = obs["state"]["tcp_pose"].astype(float), obs["state"]["hole_pose"].astype(float)
-            desired = quat_multiply(rotvec_to_quat([0, 0, quat_to_euler(hole[3:])[2]]), DOWN)
+            desired = quat_multiply(rotvec_to_quat([0, 0, quat_to_euler(hole[3:])[2]]), DOWN_QUAT)
             rot_err = -orientation_error(tcp[3:], desired)
             xy_err = hole[:2] - tcp[:2]
             aligned = np.linalg.norm(xy_err) < 0.002 and np.linalg.norm(rot_err) < 0.03
@@ -136,7 +126,7 @@ def test_dense_pick_reward_rises_as_the_hand_approaches():
 def test_reward_functions_on_known_scenes():
     from robot_servers.backends.base import RobotState
 
-    state = RobotState(tcp_pose=np.array([0.5, 0, 0.02, *DOWN]), tcp_vel=np.zeros(6), wrench=np.zeros(6),
+    state = RobotState(tcp_pose=np.array([0.5, 0, 0.02, *DOWN_QUAT]), tcp_vel=np.zeros(6), wrench=np.zeros(6),
                        q=np.zeros(7), dq=np.zeros(7), gripper_width=0.04, target_pose=np.zeros(7))
     pick = PickCubeReward(dense=True)
     pick.reset({"cube": np.array([0.5, 0, 0.02, 0, 0, 0, 1])}, state)
@@ -145,7 +135,7 @@ def test_reward_functions_on_known_scenes():
     assert success and reward == pytest.approx(0.3 * np.exp(-20 * 0.101) + 0.7)
 
     hole = np.array([0.55, 0.0, 0.0, 0, 0, 0, 1])
-    upside_down = DOWN  # the peg sits in the hand with the hand's orientation; either end may be lowest
+    upside_down = DOWN_QUAT  # the peg sits in the hand with the hand's orientation; either end may be lowest
     peg = lambda x, z: np.array([x, 0.0, z, *upside_down])  # noqa: E731
     np.testing.assert_allclose(peg_tip(peg(0.55, 0.065)), [0.55, 0, 0.02])
     sparse = PegInsertionReward()

@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 import zmq
 
+from robot_servers.wire import packb
 from serl.transport import (
     SCHEMA_VERSION,
     ActorClient,
-    ActorConfig,
+    ActorClientConfig,
     HandshakeRejected,
-    LearnerConfig,
     LearnerServer,
+    LearnerServerConfig,
     config_hash,
 )
-from serl.transport.schema import encode_message, packb
+from serl.transport.schema import encode_message
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,13 +36,16 @@ def free_port() -> int:
 
 def make_learner(request_port=0, weights_port=0, **kw) -> LearnerServer:
     return LearnerServer(
-        LearnerConfig(request_port=request_port, weights_port=weights_port, config_hash=HASH, **kw.pop("cfg", {})), **kw
+        LearnerServerConfig(request_port=request_port, weights_port=weights_port, config_hash=HASH, **kw.pop("cfg", {})),
+        **kw,
     ).start()
 
 
 def make_actor(request_port, weights_port, actor_id="a0", **kw) -> ActorClient:
     cfg = {**FAST, "batch_size": 8, "flush_interval_s": 0.01, "config_hash": HASH, **kw}
-    return ActorClient(ActorConfig(actor_id=actor_id, request_port=request_port, weights_port=weights_port, **cfg))
+    return ActorClient(
+        ActorClientConfig(actor_id=actor_id, request_port=request_port, weights_port=weights_port, **cfg)
+    )
 
 
 def transition(i: int, run: int = 0) -> dict:
@@ -438,12 +442,12 @@ def test_state_dict_round_trips_and_load_validates():
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: ActorConfig(batch_size=0), "batch_size"),
-        (lambda: ActorConfig(request_port=70000), "request_port"),
-        (lambda: ActorConfig(actor_id=""), "actor_id"),
-        (lambda: ActorConfig(request_timeout_s=0), "request_timeout_s"),
-        (lambda: LearnerConfig(max_queued_bytes=0), "max_queued_bytes"),
-        (lambda: LearnerConfig(weights_port=-1), "weights_port"),
+        (lambda: ActorClientConfig(batch_size=0), "batch_size"),
+        (lambda: ActorClientConfig(request_port=70000), "request_port"),
+        (lambda: ActorClientConfig(actor_id=""), "actor_id"),
+        (lambda: ActorClientConfig(request_timeout_s=0), "request_timeout_s"),
+        (lambda: LearnerServerConfig(max_queued_bytes=0), "max_queued_bytes"),
+        (lambda: LearnerServerConfig(weights_port=-1), "weights_port"),
     ],
 )
 def test_configs_refuse_bad_values_naming_the_field(make, match):

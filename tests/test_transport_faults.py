@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from serl.transport import ActorClient, ActorConfig, LearnerConfig, LearnerServer, config_hash
+from serl.transport import ActorClient, ActorClientConfig, LearnerServer, LearnerServerConfig, config_hash
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -35,8 +35,8 @@ def transition(i: int, run: int) -> dict:
 def actor_main(request_port: int, weights_port: int, run: int, count: int, rate_hz: float) -> None:
     """Stream ``count`` transitions, printing the acked count as it grows; flush and exit at the end."""
     client = ActorClient(
-        ActorConfig(actor_id="robot", config_hash=HASH, request_port=request_port, weights_port=weights_port,
-                    batch_size=4, flush_interval_s=0.01, **FAST)
+        ActorClientConfig(actor_id="robot", config_hash=HASH, request_port=request_port, weights_port=weights_port,
+                          batch_size=4, flush_interval_s=0.01, **FAST)
     )
     last = -1
     for i in range(count):
@@ -56,7 +56,7 @@ def learner_main(request_port: int, weights_port: int, checkpoint: str) -> None:
     """Receive into a list 'buffer' and checkpoint buffer + dedup table together every 0.2 s (atomic rename)."""
     path = pathlib.Path(checkpoint)
     buffer: list[list[int]] = []
-    server = LearnerServer(LearnerConfig(request_port=request_port, weights_port=weights_port, config_hash=HASH))
+    server = LearnerServer(LearnerServerConfig(request_port=request_port, weights_port=weights_port, config_hash=HASH))
     if path.exists():
         saved = json.loads(path.read_text())
         buffer = saved["buffer"]
@@ -111,7 +111,7 @@ def free_port() -> int:
 def test_actor_killed_mid_stream_and_restarted_loses_and_duplicates_nothing_acked():
     received: list[tuple[str, int, int]] = []
     server = LearnerServer(
-        LearnerConfig(request_port=0, weights_port=0, config_hash=HASH),
+        LearnerServerConfig(request_port=0, weights_port=0, config_hash=HASH),
         on_batch=lambda b: received.extend((b.session, t["run"], t["id"]) for t in b.transitions),
     ).start()
     try:
@@ -141,8 +141,8 @@ def test_learner_killed_and_restarted_from_its_checkpoint_actor_keeps_going_with
     learner = spawn(f"learner_main({req}, {pub}, {str(checkpoint)!r})")
     read_until(learner, lambda s: s == "ready", timeout=20)
     actor = ActorClient(
-        ActorConfig(actor_id="robot", config_hash=HASH, request_port=req, weights_port=pub,
-                    batch_size=4, flush_interval_s=0.01, **FAST)
+        ActorClientConfig(actor_id="robot", config_hash=HASH, request_port=req, weights_port=pub,
+                          batch_size=4, flush_interval_s=0.01, **FAST)
     )
     total, worst_send = 600, 0.0
     try:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from robot_servers.wire import ARRAY_EXT, packb
 from serl.transport.schema import (
-    ARRAY_EXT,
     SCHEMA_VERSION,
     ProtocolError,
     SchemaMismatch,
@@ -18,7 +18,6 @@ from serl.transport.schema import (
     decode_message,
     decode_transition,
     encode_message,
-    packb,
 )
 
 DTYPES = ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64"]

@@ -251,13 +251,6 @@ def test_bad_input_raises_naming_the_field_and_changes_nothing(call, field):
         assert s_bad.gripper_width == s_good.gripper_width
 
 
-def test_safety_box_clips_the_target():
-    box = SafetyBox(position_low=(0.3, -0.1, 0.1), position_high=(0.6, 0.1, 0.5))
-    with TwinBackend(TwinConfig(scene="empty", safety_box=box)) as backend:
-        backend.set_target(np.r_[0.9, -0.5, 0.0, DOWN])
-        np.testing.assert_allclose(backend.state().target_pose[:3], [0.6, -0.1, 0.1])
-
-
 def test_recover_clears_errors_and_holds(twin):
     twin._errors.append("reflex")
     twin.set_target(twin.state().tcp_pose + np.r_[0.05, 0, 0, 0, 0, 0, 0])

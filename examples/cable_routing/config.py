@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from examples.common import COMPLIANT, DOWN, HUMAN_RESET, PRECISE, box_around
+from examples.common import COMPLIANT, HUMAN_RESET, PRECISE, box_around
+from robot_servers.control.pose import DOWN_QUAT
 from serl.envs.task_config import CameraSpec, TaskConfig
 
-CLIP = (0.55, -0.05, 0.04, *DOWN)  # TCP pose with the cable seated in the clip: measure on your setup
-RESET_POSE = (CLIP[0] - 0.06, CLIP[1] + 0.10, CLIP[2] + 0.05, *DOWN)
+CLIP = (0.55, -0.05, 0.04, *DOWN_QUAT)  # TCP pose with the cable seated in the clip: measure on your setup
+RESET_POSE = (CLIP[0] - 0.06, CLIP[1] + 0.10, CLIP[2] + 0.05, *DOWN_QUAT)
 
 
 def config() -> TaskConfig:

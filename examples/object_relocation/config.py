@@ -7,13 +7,14 @@ from typing import Literal
 
 import numpy as np
 
-from examples.common import COMPLIANT, DOWN, PRECISE, REAL_RESET, box_around, on_twin
-from robot_servers.backends.base import MAX_GRIPPER_WIDTH
+from examples.common import COMPLIANT, PRECISE, REAL_RESET, box_around, on_twin
+from robot_servers.control.pose import DOWN_QUAT
+from robot_servers.limits import MAX_GRIPPER_WIDTH
 from serl.envs.task_config import CameraSpec, ResetHookSpec, TaskConfig
 
-BIN_A = (0.45, -0.15, 0.12, *DOWN)  # TCP poses above the bin centres: measure on your setup
-BIN_B = (0.45, 0.15, 0.12, *DOWN)
-WORKSPACE = (0.45, 0.0, 0.06, *DOWN)
+BIN_A = (0.45, -0.15, 0.12, *DOWN_QUAT)  # TCP poses above the bin centres: measure on your setup
+BIN_B = (0.45, 0.15, 0.12, *DOWN_QUAT)
+WORKSPACE = (0.45, 0.0, 0.06, *DOWN_QUAT)
 
 
 def config(direction: Literal["forward", "backward"] = "forward") -> TaskConfig:
@@ -44,7 +45,7 @@ BACKWARD = config("backward")
 
 def sim_config() -> TaskConfig:
     """Forward relocation's first half on the twin: reach, grasp and lift the cube (ground-truth reward)."""
-    reset_pose = (0.5, 0.0, 0.2, *DOWN)
+    reset_pose = (0.5, 0.0, 0.2, *DOWN_QUAT)
     return on_twin(
         FORWARD,
         name="ObjectRelocationTwin",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from examples.common import DOWN, PRECISE, REAL_RESET, box_around, wrist_cameras
+from examples.common import PRECISE, REAL_RESET, box_around, wrist_cameras
+from robot_servers.control.pose import DOWN_QUAT
 from robot_servers.backends.base import ImpedanceParams
 from serl.envs.task_config import CameraSpec, TaskConfig
 
-BOARD_ENTRY = (0.52, 0.05, 0.07, *DOWN)  # TCP pose with the legs touching their holes: measure on your setup
-RESET_POSE = (BOARD_ENTRY[0], BOARD_ENTRY[1], BOARD_ENTRY[2] + 0.02, *DOWN)
+BOARD_ENTRY = (0.52, 0.05, 0.07, *DOWN_QUAT)  # TCP pose with the legs touching their holes: measure on your setup
+RESET_POSE = (BOARD_ENTRY[0], BOARD_ENTRY[1], BOARD_ENTRY[2] + 0.02, *DOWN_QUAT)
 
 # Legs bend easily: low stiffness and 5 mm clips keep insertion forces under ~10 N.
 DELICATE = ImpedanceParams(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from examples.common import COMPLIANT, DOWN, PRECISE, REAL_RESET, box_around, on_twin, wrist_cameras
+from examples.common import COMPLIANT, PRECISE, REAL_RESET, box_around, on_twin, wrist_cameras
+from robot_servers.control.pose import DOWN_QUAT
 from serl.envs.task_config import ResetHookSpec, TaskConfig
 
-HOLE_ENTRY = (0.55, 0.0, 0.10, *DOWN)  # TCP pose with the peg tip just inside the hole: measure on your setup
-RESET_POSE = (HOLE_ENTRY[0], HOLE_ENTRY[1], HOLE_ENTRY[2] + 0.06, *DOWN)
+HOLE_ENTRY = (0.55, 0.0, 0.10, *DOWN_QUAT)  # TCP pose with the peg tip just inside the hole: measure on your setup
+RESET_POSE = (HOLE_ENTRY[0], HOLE_ENTRY[1], HOLE_ENTRY[2] + 0.06, *DOWN_QUAT)
 
 
 def config() -> TaskConfig:
@@ -34,7 +35,7 @@ def config() -> TaskConfig:
 
 def sim_config() -> TaskConfig:
     """The same task on the twin's peg-insertion scene with its ground-truth reward."""
-    reset_pose = (0.55, 0.0, 0.16, *DOWN)
+    reset_pose = (0.55, 0.0, 0.16, *DOWN_QUAT)
     return on_twin(
         config(),
         name="PegInsertionTwin",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from examples.common import DOWN, PRECISE, REAL_RESET, box_around, wrist_cameras
+from examples.common import PRECISE, REAL_RESET, box_around, wrist_cameras
+from robot_servers.control.pose import DOWN_QUAT
 from robot_servers.backends.base import ImpedanceParams
 from serl.envs.task_config import CameraSpec, TaskConfig
 
-SLOT = (0.58, 0.02, 0.12, *DOWN)  # TCP pose with the stick seated in the slot: measure on your setup
-RESET_POSE = (SLOT[0], SLOT[1], SLOT[2] + 0.03, *DOWN)
+SLOT = (0.58, 0.02, 0.12, *DOWN_QUAT)  # TCP pose with the stick seated in the slot: measure on your setup
+RESET_POSE = (SLOT[0], SLOT[1], SLOT[2] + 0.03, *DOWN_QUAT)
 
 # Seating a RAM stick needs ~30 N down: stiffer z with a 15 mm clip, soft and tightly clipped elsewhere.
 PRESS = ImpedanceParams(

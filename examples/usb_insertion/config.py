@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from examples.common import COMPLIANT, DOWN, HUMAN_RESET, PRECISE, box_around, wrist_cameras
+from examples.common import COMPLIANT, HUMAN_RESET, PRECISE, box_around, wrist_cameras
+from robot_servers.control.pose import DOWN_QUAT
 from serl.envs.task_config import CameraSpec, TaskConfig
 
-PORT = (0.55, 0.08, 0.09, *DOWN)  # TCP pose with the plug in the port: measure on your setup
-RESET_POSE = (0.50, -0.02, 0.10, *DOWN)  # above where the connector is laid down
+PORT = (0.55, 0.08, 0.09, *DOWN_QUAT)  # TCP pose with the plug in the port: measure on your setup
+RESET_POSE = (0.50, -0.02, 0.10, *DOWN_QUAT)  # above where the connector is laid down
 
 
 def config() -> TaskConfig:
@@ -14,7 +15,7 @@ def config() -> TaskConfig:
         name="UsbInsertion",
         robot="fr3",
         reset_pose=RESET_POSE,
-        safety_box=box_around((0.525, 0.03, 0.09, *DOWN), (0.06, 0.08, 0.0), z_below=0.07, z_above=0.06,
+        safety_box=box_around((0.525, 0.03, 0.09, *DOWN_QUAT), (0.06, 0.08, 0.0), z_below=0.07, z_above=0.06,
                               rpy_half=(0.05, 0.05, 0.4)),
         reset_xy_range=0.02,
         reset_yaw_range=0.1,

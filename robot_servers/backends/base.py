@@ -1,8 +1,9 @@
 """The ``Backend`` interface every arm implements (twin, ROS 2, libfranka), and its data types.
 
 All poses follow ``robot_servers.control.pose`` conventions (xyz + quaternion xyzw, base frame).
-A backend validates its own inputs: NaN/inf, wrong shapes, unsafe gains and gripper widths
-outside ``[0, MAX_GRIPPER_WIDTH]`` raise ``ValueError`` naming the field and change nothing.
+Commands reach a backend through ``robot_servers.guard.RobotGuard``, which validates them against
+``robot_servers.limits`` and the safety box; a backend still refuses what its own arm cannot do
+(joint limits, a fault state) with ``ValueError`` or ``RuntimeError`` and changes nothing.
 """
 
 from __future__ import annotations
@@ -13,11 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-MAX_GRIPPER_WIDTH = 0.08  # m, Franka hand fully open
-
-# Safe ranges for run-time impedance changes (SERL's dynamic_reconfigure ranges).
-STIFFNESS_LIMITS = {"translational": (0.0, 6000.0), "rotational": (0.0, 300.0)}
-DAMPING_LIMITS = {"translational": (0.0, 400.0), "rotational": (0.0, 30.0)}
+from robot_servers.limits import IMPEDANCE_LIMITS, validate_impedance_field
 
 
 @dataclasses.dataclass
@@ -72,42 +69,12 @@ class ImpedanceParams:
     torque_rate_limit: float = 1.0  # Nm per 1 ms tick
 
     def validate(self) -> "ImpedanceParams":
-        """Return a copy with float arrays; raise ValueError naming the first bad field."""
-
-        def vec(name: str, value, low: float, high: float) -> np.ndarray:
-            arr = np.asarray(value, dtype=np.float64)
-            if arr.shape != (3,):
-                raise ValueError(f"{name}: expected 3 values, got shape {arr.shape}")
-            if not np.all(np.isfinite(arr)):
-                raise ValueError(f"{name}: values must be finite, got {arr.tolist()}")
-            if np.any(arr < low) or np.any(arr > high):
-                raise ValueError(f"{name}: values must lie in [{low}, {high}], got {arr.tolist()}")
-            return arr
-
-        def scalar(name: str, value, low: float, high: float) -> float:
-            value = float(value)
-            if not np.isfinite(value) or not low <= value <= high:
-                raise ValueError(f"{name}: must be finite and in [{low}, {high}], got {value}")
-            return value
-
-        kt = vec("translational_stiffness", self.translational_stiffness, *STIFFNESS_LIMITS["translational"])
-        kr = vec("rotational_stiffness", self.rotational_stiffness, *STIFFNESS_LIMITS["rotational"])
-        dt = None if self.translational_damping is None else vec(
-            "translational_damping", self.translational_damping, *DAMPING_LIMITS["translational"])
-        dr = None if self.rotational_damping is None else vec(
-            "rotational_damping", self.rotational_damping, *DAMPING_LIMITS["rotational"])
-        return ImpedanceParams(
-            translational_stiffness=kt,
-            rotational_stiffness=kr,
-            translational_damping=dt,
-            rotational_damping=dr,
-            translational_clip=vec("translational_clip", self.translational_clip, 1e-4, 1.0),
-            rotational_clip=vec("rotational_clip", self.rotational_clip, 1e-4, np.pi),
-            nullspace_stiffness=scalar("nullspace_stiffness", self.nullspace_stiffness, 0.0, 100.0),
-            joint1_nullspace_stiffness=scalar(
-                "joint1_nullspace_stiffness", self.joint1_nullspace_stiffness, 0.0, 200.0),
-            torque_rate_limit=scalar("torque_rate_limit", self.torque_rate_limit, 1e-3, 10.0),
-        )
+        """Return a copy with float arrays; raise ValueError naming the first bad field (``robot_servers.limits``)."""
+        values = {}
+        for name in IMPEDANCE_LIMITS:
+            value = getattr(self, name)
+            values[name] = None if value is None else validate_impedance_field(name, value)
+        return ImpedanceParams(**values)
 
     def damping(self) -> tuple[np.ndarray, np.ndarray]:
         """(translational, rotational) damping, critical (2·sqrt(K)) where not given."""
@@ -122,32 +89,6 @@ class ImpedanceParams:
         return {k: (np.asarray(v).tolist() if v is not None and not isinstance(v, float) else v) for k, v in out.items()}
 
 
-def validate_pose(pose, field: str = "pose") -> np.ndarray:
-    """A (7,) finite pose with a normalised quaternion, or ValueError naming ``field``."""
-    arr = np.asarray(pose, dtype=np.float64)
-    if arr.shape != (7,):
-        raise ValueError(f"{field}: expected 7 values (xyz + quat xyzw), got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{field}: values must be finite, got {arr.tolist()}")
-    norm = np.linalg.norm(arr[3:])
-    if not 0.9 < norm < 1.1:
-        raise ValueError(f"{field}: quaternion norm {norm:.3f} is not close to 1")
-    from robot_servers.control.pose import normalize_quat
-
-    return np.concatenate([arr[:3], normalize_quat(arr[3:])])
-
-
-def validate_gripper(width, field: str = "gripper") -> float:
-    """A finite width in [0, MAX_GRIPPER_WIDTH] m, or ValueError naming ``field``."""
-    try:
-        value = float(width)
-    except (TypeError, ValueError):
-        raise ValueError(f"{field}: expected a number in [0, {MAX_GRIPPER_WIDTH}] m, got {width!r}") from None
-    if not np.isfinite(value) or not 0.0 <= value <= MAX_GRIPPER_WIDTH:
-        raise ValueError(f"{field}: width must be finite and in [0, {MAX_GRIPPER_WIDTH}] m, got {value}")
-    return value
-
-
 class Backend(abc.ABC):
     """One arm (plus its hand). Implementations: twin, ros2, libfranka.
 
@@ -156,6 +97,11 @@ class Backend(abc.ABC):
     """
 
     name: str = "backend"
+    lockstep: bool = False  # True: time moves only in ``SimulatedBackend.advance``
+
+    def cameras(self) -> dict[str, Any]:
+        """Cameras the backend opened itself (name -> ``Camera``); none by default."""
+        return {}
 
     @abc.abstractmethod
     def state(self) -> RobotState: ...
@@ -191,3 +137,29 @@ class Backend(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+class SimulatedBackend(Backend):
+    """A simulated arm: the twin. Adds simulated time, ground truth and instant resets.
+
+    ``lockstep`` twins advance only in ``advance``; real-time ones run their own clock and refuse it.
+    """
+
+    dt: float  # s per physics tick
+
+    @abc.abstractmethod
+    def advance(self, seconds: float) -> None:
+        """Lockstep: run physics for ``seconds`` of simulated time."""
+
+    @property
+    @abc.abstractmethod
+    def scene(self) -> dict[str, np.ndarray]:
+        """Ground-truth poses (xyz + quat xyzw) of the task objects."""
+
+    @abc.abstractmethod
+    def reset_scene(self, seed: int | None = None) -> None:
+        """Put the task objects at a random pose (deterministic for a seed)."""
+
+    @abc.abstractmethod
+    def reset_robot(self, q: np.ndarray | None = None) -> None:
+        """Put the arm at rest at ``q`` (home when None) instantly."""

@@ -19,14 +19,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from robot_servers.backends.base import (
-    Backend,
-    ImpedanceParams,
-    RobotState,
-    validate_gripper,
-    validate_pose,
-)
+from robot_servers.backends.base import Backend, ImpedanceParams, RobotState
 from robot_servers.cameras.specs import camera_errors
+from robot_servers.franka import HOME_Q
+from robot_servers.limits import validate_gripper, validate_pose
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +37,6 @@ ARM_JOINT_LIMITS = {
         (2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973),
     ),
 }
-HOME_Q = (0.0, -0.7854, 0.0, -2.3562, 0.0, 1.5708, 0.7854)  # Franka "ready" pose, gripper pointing down
 
 
 @dataclasses.dataclass(frozen=True)

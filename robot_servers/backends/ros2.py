@@ -22,13 +22,14 @@ from typing import Literal
 
 import numpy as np
 
-from robot_servers.backends.base import MAX_GRIPPER_WIDTH, Backend, ImpedanceParams, RobotState, validate_gripper, validate_pose
+from robot_servers.backends.base import Backend, ImpedanceParams, RobotState
+from robot_servers.franka import HOME_Q
+from robot_servers.limits import MAX_GRIPPER_WIDTH, validate_gripper, validate_pose
 from robot_servers.cameras.specs import camera_errors
 
 log = logging.getLogger(__name__)
 
 FR3_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))
-HOME_Q = (0.0, -0.7854, 0.0, -2.3562, 0.0, 1.5708, 0.7854)  # Franka "ready" pose, gripper pointing down
 
 
 @dataclasses.dataclass(frozen=True)

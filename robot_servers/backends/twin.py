@@ -29,19 +29,12 @@ from typing import Mapping
 
 import numpy as np
 
-from robot_servers.backends.base import (
-    MAX_GRIPPER_WIDTH,
-    Backend,
-    ImpedanceParams,
-    RobotState,
-    validate_gripper,
-    validate_pose,
-)
+from robot_servers.backends.base import ImpedanceParams, RobotState, SimulatedBackend
 from robot_servers.control.impedance import ImpedanceController, filter_target, matrix_to_quat_xyzw
 from robot_servers.control.pose import euler_to_quat, wxyz_to_xyzw, xyzw_to_wxyz
-from robot_servers.control.safety import SafetyBox
 from robot_servers.twin import fastloop, models
 from robot_servers.twin.cameras import TwinCamera
+from robot_servers.limits import MAX_GRIPPER_WIDTH, validate_gripper, validate_joints, validate_pose
 from robot_servers.twin.rendering import make_renderer, mujoco, release_gl_context
 
 JOINT_KP = np.array([600.0, 600.0, 600.0, 600.0, 250.0, 150.0, 50.0])  # Nm/rad, joint-reset servo
@@ -69,7 +62,6 @@ class TwinConfig:
     crops: Mapping[str, tuple[int, int, int, int]] = dataclasses.field(default_factory=dict)
     physics_hz: float = 1000.0
     lockstep: bool = True
-    safety_box: SafetyBox | None = None
     seed: int = 0
     impedance: ImpedanceParams = dataclasses.field(default_factory=ImpedanceParams)
     home_q: tuple[float, ...] | None = None  # None = Franka's default home
@@ -99,7 +91,7 @@ class TwinConfig:
                 raise ValueError(f"crops: camera {name!r} is not in cameras {self.cameras}")
 
 
-class TwinBackend(Backend):
+class TwinBackend(SimulatedBackend):
     """The twin arm, hand and scene. Thread-safe: one lock guards MjData."""
 
     name = "twin"
@@ -309,8 +301,6 @@ class TwinBackend(Backend):
     def set_target(self, pose, gripper=None) -> None:
         pose = validate_pose(pose, "pose")
         width = None if gripper is None else validate_gripper(gripper, "gripper")
-        if self.config.safety_box is not None:
-            pose = self.config.safety_box.clip(pose)
         with self._lock:
             if self._mode == "impedance":
                 self._command[:] = pose
@@ -338,16 +328,7 @@ class TwinBackend(Backend):
             return self.controller.q_ns.copy()
 
     def _check_q(self, q, field: str) -> np.ndarray:
-        q = np.asarray(q, dtype=np.float64)
-        if q.shape != (7,):
-            raise ValueError(f"{field}: expected 7 joint positions, got shape {q.shape}")
-        if not np.all(np.isfinite(q)):
-            raise ValueError(f"{field}: values must be finite, got {q.tolist()}")
-        if np.any(q < self.joint_low) or np.any(q > self.joint_high):
-            bad = int(np.argmax((q < self.joint_low) | (q > self.joint_high)))
-            raise ValueError(f"{field}: joint {bad + 1} = {q[bad]:.4f} rad outside "
-                             f"[{self.joint_low[bad]:.4f}, {self.joint_high[bad]:.4f}]")
-        return q
+        return validate_joints(q, field, self.joint_low, self.joint_high)
 
     def joint_reset(self, q=None, duration: float = 3.0) -> None:
         """Minimum-jerk joint move to ``q`` (home when None) over ``duration`` s, then hold by impedance."""
@@ -455,7 +436,7 @@ class TwinBackend(Backend):
         """The configured cameras (created on first call)."""
         if not self._cameras:
             for name in self.config.cameras:
-                self._cameras[name] = TwinCamera(self, name)
+                self._cameras[name] = TwinCamera(name, self.render, self.config)
         return dict(self._cameras)
 
     def render(self, camera: str, height: int, width: int) -> tuple[np.ndarray, float]:

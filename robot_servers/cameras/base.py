@@ -1,11 +1,29 @@
-"""The ``Camera`` interface: twin renderer, RealSense and OpenCV implement it."""
+"""The ``Camera`` interface (twin renderer, RealSense, OpenCV and ``ThreadedCamera`` implement it)
+and what the camera modules share: ``CropResize``, ``CameraError``, ``parse_ints``."""
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import re
 
 import numpy as np
+
+
+class CameraError(RuntimeError):
+    """A camera could not be opened or stopped delivering frames."""
+
+
+def parse_ints(text: str, count: int, field: str) -> tuple[int, ...]:
+    """``"0:80:480:480"`` or ``"128x128"`` → ints; ValueError naming ``field`` otherwise."""
+    parts = re.split(r"[:x]", text)
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise ValueError(f"{field}: expected {count} integers, got {text!r}")
+    return values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,19 +57,27 @@ def resize_nearest_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 class Camera(abc.ABC):
-    """A colour camera. ``read`` returns the newest frame without waiting for a new exposure
-    when the implementation runs its own capture thread."""
+    """A colour camera. Device cameras and renderers produce a frame per ``read`` (waiting for the
+    device); ``ThreadedCamera`` puts one on a capture thread and ``read`` returns its newest frame."""
 
-    name: str
+    name: str = "camera"
 
     @abc.abstractmethod
     def read(self) -> tuple[np.ndarray, float]:
         """(H, W, 3) uint8 RGB frame after crop/resize, and its capture timestamp (s)."""
 
     @property
+    def error(self) -> str | None:
+        """The camera's current fault (naming the camera), or None while frames flow."""
+        return None
+
+    @property
     @abc.abstractmethod
     def shape(self) -> tuple[int, int, int]:
         """Shape of the frames ``read`` returns."""
+
+    def reopen(self) -> None:
+        """Re-open the device after a fault (the capture thread calls it before retrying); nothing by default."""
 
     def close(self) -> None:
         """Stop capture. Idempotent."""

@@ -1,22 +1,21 @@
 """``RealSenseCamera``: an Intel RealSense (D4xx) by serial number through pyrealsense2.
 
 The layer is thin on purpose: configuration (parsed and validated without hardware), one
-pipeline per serial, a capture thread keeping the newest colour (and optionally aligned depth)
-frame. pyrealsense2 is imported only when a camera is opened (extra ``realsense``).
+pipeline per serial, ``read`` waiting for its next colour (and optionally aligned depth) frame;
+``ThreadedCamera`` runs it on a capture thread. pyrealsense2 is imported only when a camera is
+opened (extra ``realsense``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import threading
 import time
 from typing import Any, Mapping
 
 import numpy as np
 
-from robot_servers.cameras.base import Camera, CropResize
-from robot_servers.cameras.opencv import CameraError
+from robot_servers.cameras.base import Camera, CameraError, CropResize, parse_ints
 
 # Colour modes the D405/D415/D435 accept (width, height): fps
 SUPPORTED_RESOLUTIONS = {(424, 240), (480, 270), (640, 360), (640, 480), (848, 480), (1280, 720), (1920, 1080)}
@@ -36,7 +35,7 @@ class RealSenseConfig:
     depth: bool = False
     crop: tuple[int, int, int, int] | None = None  # (top, left, height, width) on the sensor image
     size: tuple[int, int] | None = (128, 128)  # output (H, W)
-    first_frame_timeout: float = 5.0
+    first_frame_timeout: float = 5.0  # longest wait for a frame before ``read`` reports a fault
 
     def __post_init__(self):
         if not re.fullmatch(r"[0-9A-Za-z_-]+", str(self.serial)):
@@ -98,18 +97,6 @@ class RealSenseConfig:
         return cls(**kwargs)
 
 
-def parse_ints(text: str, count: int, field: str) -> tuple[int, ...]:
-    """``"0:80:480:480"`` or ``"128x128"`` → ints; ValueError naming ``field`` otherwise."""
-    parts = re.split(r"[:x]", text)
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != count:
-        raise ValueError(f"{field}: expected {count} integers, got {text!r}")
-    return values
-
-
 def _import_rs():
     try:
         import pyrealsense2 as rs
@@ -125,23 +112,36 @@ def connected_serials() -> list[str]:
 
 
 class RealSenseCamera(Camera):
-    """Newest-frame capture from one RealSense; ``read_depth`` gives the aligned depth (m) when enabled."""
+    """Frame-by-frame capture from one RealSense; ``read_depth`` gives the aligned depth (m) when enabled."""
 
     def __init__(self, config: RealSenseConfig):
         self.config = config
         self.name = config.name
-        rs = self._rs = _import_rs()
+        self._rs = _import_rs()
         self._transform = CropResize(crop=config.crop, size=config.size)
-        self._pipeline = rs.pipeline()
+        self._depth_crop = CropResize(crop=config.crop, size=None)
+        self._pipeline = None
+        self._align = None
+        self._depth_scale = 0.0
+        self._latest_depth: np.ndarray | None = None
+        self._error: str | None = None
+        self.reopen()
+
+    def reopen(self) -> None:
+        """(Re)start the pipeline; raises ``CameraError`` when the camera cannot be started."""
+        self.close()
+        rs, config = self._rs, self.config
+        pipeline = rs.pipeline()
         rs_config = rs.config()
         rs_config.enable_device(config.serial)
         rs_config.enable_stream(rs.stream.color, config.width, config.height, rs.format.rgb8, config.fps)
         if config.depth:
             rs_config.enable_stream(rs.stream.depth, config.width, config.height, rs.format.z16, config.fps)
         try:
-            profile = self._pipeline.start(rs_config)
+            profile = pipeline.start(rs_config)
         except RuntimeError as exc:
-            raise CameraError(f"camera {self.name!r}: cannot start RealSense {config.serial}: {exc}") from exc
+            raise self._fail(f"camera {self.name!r}: cannot start RealSense {config.serial}: {exc}") from exc
+        self._pipeline = pipeline  # from here on ``close`` stops it
         sensor = profile.get_device().first_color_sensor()
         if config.exposure is None:
             sensor.set_option(rs.option.enable_auto_exposure, 1)
@@ -150,58 +150,46 @@ class RealSenseCamera(Camera):
             sensor.set_option(rs.option.exposure, float(config.exposure))
         self._align = rs.align(rs.stream.color) if config.depth else None
         self._depth_scale = profile.get_device().first_depth_sensor().get_depth_scale() if config.depth else 0.0
-        self._lock = threading.Lock()
-        self._has_frame = threading.Event()
-        self._stop = threading.Event()
-        self._latest: tuple[np.ndarray, float] | None = None
-        self._latest_depth: np.ndarray | None = None
-        self._error: str | None = None
-        self._thread = threading.Thread(target=self._run, name=f"realsense-{self.name}", daemon=True)
-        self._thread.start()
+        self._latest_depth = None
+        self._error = None
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                frames = self._pipeline.wait_for_frames(int(self.config.first_frame_timeout * 1000))
-                if self._align is not None:
-                    frames = self._align.process(frames)
-                color = np.asanyarray(frames.get_color_frame().get_data())
-                image = self._transform.apply(color)
-                depth = None
-                if self._align is not None:
-                    raw = np.asanyarray(frames.get_depth_frame().get_data())
-                    depth = CropResize(crop=self.config.crop, size=None).apply(raw[..., None])[..., 0] * self._depth_scale
-            except Exception as exc:  # unplugged, USB reset, timeout
-                with self._lock:
-                    self._error = f"camera {self.name!r} ({self.config.serial}): {exc}"
-                self._has_frame.set()
-                return
-            image.flags.writeable = False
-            with self._lock:
-                self._latest = (image, frames.get_timestamp() / 1000.0 if frames.get_timestamp() else time.time())
-                self._latest_depth = depth
-            self._has_frame.set()
+    def _fail(self, message: str) -> CameraError:
+        """Record the fault (``error``) and return the exception to raise."""
+        self._error = message
+        return CameraError(message)
+
+    def read(self) -> tuple[np.ndarray, float]:
+        """The next colour frame (waits up to ``first_frame_timeout``) and its capture time."""
+        if self._pipeline is None:
+            raise CameraError(self._error or f"camera {self.name!r}: closed")
+        try:
+            frames = self._pipeline.wait_for_frames(int(self.config.first_frame_timeout * 1000))
+            if self._align is not None:
+                frames = self._align.process(frames)
+            image = self._transform.apply(np.asanyarray(frames.get_color_frame().get_data()))
+            depth = None
+            if self._align is not None:
+                raw = np.asanyarray(frames.get_depth_frame().get_data())
+                depth = self._depth_crop.apply(raw[..., None])[..., 0] * self._depth_scale
+        except Exception as exc:  # unplugged, USB reset, timeout
+            raise self._fail(f"camera {self.name!r} ({self.config.serial}): {exc}") from exc
+        self._latest_depth = depth
+        self._error = None
+        stamp = frames.get_timestamp()
+        return image, stamp / 1000.0 if stamp else time.time()
 
     @property
     def error(self) -> str | None:
-        with self._lock:
-            return self._error
-
-    def read(self) -> tuple[np.ndarray, float]:
-        if not self._has_frame.wait(self.config.first_frame_timeout):
-            raise CameraError(f"camera {self.name!r}: no frame within {self.config.first_frame_timeout} s")
-        with self._lock:
-            if self._error is not None:
-                raise CameraError(self._error)
-            return self._latest
+        """The last start/read fault, or None since the last good frame."""
+        return self._error
 
     def read_depth(self) -> np.ndarray:
-        """Newest depth image in metres, aligned to colour and cropped (not resized)."""
+        """Depth (m) of the frames the last ``read`` returned, aligned to colour and cropped (not resized)."""
         if not self.config.depth:
             raise CameraError(f"camera {self.name!r}: depth was not enabled in its config")
-        self.read()
-        with self._lock:
-            return self._latest_depth
+        if self._latest_depth is None:
+            self.read()
+        return self._latest_depth
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -212,34 +200,10 @@ class RealSenseCamera(Camera):
         return (self.config.height, self.config.width, 3)
 
     def close(self) -> None:
-        if self._stop.is_set():
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is None:
             return
-        self._stop.set()
-        self._thread.join(timeout=2.0)
         try:
-            self._pipeline.stop()
+            pipeline.stop()
         except RuntimeError:
             pass
-
-
-def open_realsense_cameras(configs: list[RealSenseConfig]) -> dict[str, RealSenseCamera]:
-    """Open several cameras by serial; fails before opening any when a serial is missing or repeated."""
-    serials = [c.serial for c in configs]
-    if len(set(serials)) != len(serials):
-        raise ValueError(f"RealSense serials must be unique, got {serials}")
-    names = [c.name for c in configs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"camera names must be unique, got {names}")
-    present = set(connected_serials())
-    missing = [s for s in serials if s not in present]
-    if missing:
-        raise CameraError(f"RealSense serials not connected: {missing}; connected: {sorted(present)}")
-    cameras: dict[str, RealSenseCamera] = {}
-    try:
-        for config in configs:
-            cameras[config.name] = RealSenseCamera(config)
-    except Exception:
-        for camera in cameras.values():
-            camera.close()
-        raise
-    return cameras

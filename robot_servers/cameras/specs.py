@@ -4,7 +4,8 @@
 ``opencv:front=/dev/video0,size=128x128``
 
 A task's ``CameraSpec`` (crop, size, serial) fills what a spec leaves out, matched by camera name;
-with no specs at all, the task's cameras that name a device (``serial``) are opened.
+with no specs at all, the task's cameras that name a device (``serial``) are opened. Every camera
+opened here runs on its own capture thread (``ThreadedCamera``): reads return the newest frame.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Iterable, Mapping
 from robot_servers.cameras.base import Camera
 from robot_servers.cameras.opencv import OpenCVCamera, OpenCVCameraConfig
 from robot_servers.cameras.realsense import RealSenseCamera, RealSenseConfig
+from robot_servers.cameras.threaded import ThreadedCamera
 
 
 def parse_camera_spec(spec: str) -> RealSenseConfig | OpenCVCameraConfig:
@@ -43,17 +45,27 @@ def with_task_defaults(config, task_cameras: Iterable) -> RealSenseConfig | Open
     return dataclasses.replace(config, **updates)
 
 
-def open_cameras(specs: Iterable[str], task_cameras: Iterable = ()) -> dict[str, Camera]:
-    """Open every camera of ``specs`` (names must be unique); closes those already open on failure."""
+def open_cameras(specs: Iterable[str], task_cameras: Iterable = (),
+                 max_fps: float | None = None) -> dict[str, ThreadedCamera]:
+    """Open every camera of ``specs`` on its own capture thread.
+
+    With ``max_fps=None`` a thread reads as fast as its device delivers, so the driver's buffers
+    never hold stale frames. Names (and RealSense serials) must be unique; closes those already
+    open on failure.
+    """
     task_cameras = tuple(task_cameras)
     configs = [with_task_defaults(parse_camera_spec(s), task_cameras) for s in specs]
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ValueError(f"cameras: names must be unique, got {names}")
-    cameras: dict[str, Camera] = {}
+    serials = [c.serial for c in configs if isinstance(c, RealSenseConfig)]
+    if len(set(serials)) != len(serials):
+        raise ValueError(f"cameras: RealSense serials must be unique, got {serials}")
+    cameras: dict[str, ThreadedCamera] = {}
     try:
         for config in configs:
-            cameras[config.name] = RealSenseCamera(config) if isinstance(config, RealSenseConfig) else OpenCVCamera(config)
+            device = RealSenseCamera(config) if isinstance(config, RealSenseConfig) else OpenCVCamera(config)
+            cameras[config.name] = ThreadedCamera(device, max_fps, first_frame_timeout=config.first_frame_timeout)
     except Exception:
         for camera in cameras.values():
             camera.close()
@@ -81,13 +93,14 @@ def task_camera_specs(task_cameras: Iterable) -> tuple[str, ...]:
     return tuple(specs)
 
 
-def open_task_cameras(specs: Iterable[str], task_cameras: Iterable = ()) -> dict[str, Camera]:
+def open_task_cameras(specs: Iterable[str], task_cameras: Iterable = (),
+                      max_fps: float | None = None) -> dict[str, ThreadedCamera]:
     """``specs`` (or, when empty, the task's cameras that name a device) with the task's crops and sizes."""
     task_cameras = tuple(task_cameras)
     specs = tuple(specs) or task_camera_specs(task_cameras)
-    return open_cameras(specs, task_cameras) if specs else {}
+    return open_cameras(specs, task_cameras, max_fps) if specs else {}
 
 
 def camera_errors(cameras: Mapping[str, Camera]) -> list[str]:
-    """Capture faults of cameras that report them (``error`` attribute), for state and health."""
-    return [camera.error for camera in cameras.values() if getattr(camera, "error", None)]
+    """The cameras' current faults, for state and health."""
+    return [error for error in (camera.error for camera in cameras.values()) if error]

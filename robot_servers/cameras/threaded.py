@@ -1,8 +1,10 @@
 """Run cameras on capture threads and serve the newest frame of each without waiting.
 
-Separate devices (RealSense, OpenCV) get a thread each, so one slow exposure never delays the
-others. Cameras that share one renderer or SDK context (the twin's: an EGL context belongs to one
-thread at a time) share one thread: ``threaded_cameras(cameras, shared_thread=True)``.
+This is the one place frames are captured in the background: device cameras (RealSense, OpenCV)
+and renderers only produce a frame per ``read``. Separate devices get a thread each, so one slow
+exposure never delays the others. Cameras that share one renderer or SDK context (the twin's: an
+EGL context belongs to one thread at a time) share one thread:
+``threaded_cameras(cameras, shared_thread=True)``.
 
 A camera that fails (unplugged, end of stream, driver error) is reported through ``error`` while
 the thread keeps serving the others and retries it with exponential backoff (``reopen()`` first
@@ -27,7 +29,7 @@ class ThreadedCamera(Camera):
     def __init__(self, camera: Camera, max_fps: float | None = 30.0, first_frame_timeout: float = 5.0,
                  _start: bool = True):
         self.camera = camera
-        self.name = getattr(camera, "name", "camera")
+        self.name = camera.name
         self.first_frame_timeout = first_frame_timeout
         self._latest: tuple[np.ndarray, float] | None = None
         self._error: BaseException | None = None
@@ -70,7 +72,7 @@ class ThreadedCamera(Camera):
             if self._error is not None:
                 message = str(self._error) or repr(self._error)
                 return message if repr(self.name) in message else f"camera {self.name!r}: {message}"
-        return getattr(self.camera, "error", None)
+        return self.camera.error
 
     @property
     def frames_captured(self) -> int:
@@ -85,6 +87,9 @@ class ThreadedCamera(Camera):
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        with self._lock:
+            if self._latest is not None:  # known without touching the device from this thread
+                return self._latest[0].shape
         return self.camera.shape
 
     def close(self) -> None:
@@ -125,7 +130,7 @@ class _CaptureLoop:
         if pending is not None and now < pending[0]:
             return
         try:
-            if pending is not None and callable(getattr(view.camera, "reopen", None)):
+            if pending is not None:
                 view.camera.reopen()
             frame, timestamp = view.camera.read()
         except Exception as exc:  # reported to readers and health; the loop goes on
@@ -157,10 +162,17 @@ class _CaptureLoop:
 
 def threaded_cameras(cameras: Mapping[str, Camera], max_fps: float | None = 30.0,
                      shared_thread: bool = False) -> dict[str, ThreadedCamera]:
-    """Wrap every camera; one thread each, or one for all when they share a render/SDK context."""
-    if not shared_thread:
-        return {name: ThreadedCamera(camera, max_fps) for name, camera in cameras.items()}
-    views = {name: ThreadedCamera(camera, _start=False) for name, camera in cameras.items()}
-    if views:
-        _CaptureLoop(list(views.values()), max_fps).start()
-    return views
+    """Wrap every camera; one thread each, or one for all when they share a render/SDK context.
+
+    Cameras already on a capture thread (``ThreadedCamera``) are kept as they are.
+    """
+    views = {name: camera for name, camera in cameras.items() if isinstance(camera, ThreadedCamera)}
+    unthreaded = {name: camera for name, camera in cameras.items() if name not in views}
+    if shared_thread:
+        shared = {name: ThreadedCamera(camera, _start=False) for name, camera in unthreaded.items()}
+        if shared:
+            _CaptureLoop(list(shared.values()), max_fps).start()
+        views.update(shared)
+    else:
+        views.update({name: ThreadedCamera(camera, max_fps) for name, camera in unthreaded.items()})
+    return {name: views[name] for name in cameras}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 IDENTITY_QUAT = np.array([0.0, 0.0, 0.0, 1.0])
+DOWN_QUAT = (1.0, 0.0, 0.0, 0.0)  # gripper pointing at the table: π about the base x axis
 
 
 def normalize_quat(q: np.ndarray) -> np.ndarray:
@@ -54,25 +55,6 @@ def quat_to_matrix(q: np.ndarray) -> np.ndarray:
             [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
         ]
     )
-
-
-def matrix_to_quat(m: np.ndarray) -> np.ndarray:
-    """Unit quaternion (w ≥ 0) of a 3×3 rotation matrix (Shepperd's method)."""
-    m = np.asarray(m, dtype=np.float64)
-    trace = np.trace(m)
-    if trace > 0:
-        s = 2.0 * np.sqrt(trace + 1.0)
-        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s]
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = 2.0 * np.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = [0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s]
-    elif m[1, 1] > m[2, 2]:
-        s = 2.0 * np.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = [(m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s]
-    else:
-        s = 2.0 * np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s]
-    return normalize_quat(np.array(q))
 
 
 def quat_to_rotvec(q: np.ndarray) -> np.ndarray:

@@ -12,14 +12,13 @@ import dataclasses
 import numpy as np
 
 from robot_servers.control.pose import (
+    DOWN_QUAT,
     euler_to_quat,
     quat_conjugate,
     quat_multiply,
     quat_to_euler,
     normalize_quat,
 )
-
-DOWNWARD_QUAT = np.array([1.0, 0.0, 0.0, 0.0])  # gripper pointing down (x-axis flip)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +29,7 @@ class SafetyBox:
     position_high: tuple[float, float, float] = (0.75, 0.35, 0.5)
     euler_low: tuple[float, float, float] = (-np.pi, -np.pi, -np.pi)
     euler_high: tuple[float, float, float] = (np.pi, np.pi, np.pi)
-    center_quat: tuple[float, float, float, float] = tuple(DOWNWARD_QUAT)
+    center_quat: tuple[float, float, float, float] = DOWN_QUAT
 
     def __post_init__(self):
         for name in ("position_low", "position_high", "euler_low", "euler_high"):
@@ -57,14 +56,19 @@ class SafetyBox:
             quat = normalize_quat(quat_multiply(np.asarray(self.center_quat), euler_to_quat(clipped)))
         return np.concatenate([position, quat])
 
-    def violation(self, pose: np.ndarray, tolerance: float = 0.0) -> str | None:
-        """None when ``pose`` is inside (with ``tolerance`` in m / rad), else a message naming the axis."""
+    def violation(self, pose: np.ndarray, tolerance: float = 0.0, rotation_tolerance: float | None = None) -> str | None:
+        """None when ``pose`` is inside, else a message naming the axis.
+
+        ``tolerance`` widens the position bounds (m) and, unless ``rotation_tolerance`` is given, the
+        orientation bounds (rad) too.
+        """
         pose = np.asarray(pose, dtype=np.float64)
+        rotation_tolerance = tolerance if rotation_tolerance is None else rotation_tolerance
         for axis, value, low, high in zip("xyz", pose[:3], self.position_low, self.position_high):
             if value < low - tolerance or value > high + tolerance:
                 return f"position {axis}={value:.4f} m outside [{low}, {high}]"
         for axis, value, low, high in zip(("roll", "pitch", "yaw"), self._deviation(pose[3:]), self.euler_low, self.euler_high):
-            if value < low - tolerance or value > high + tolerance:
+            if value < low - rotation_tolerance or value > high + rotation_tolerance:
                 return f"orientation {axis} deviation {value:.4f} rad outside [{low}, {high}]"
         return None
 

@@ -18,10 +18,6 @@ def stamp_from_seconds(msg_stamp, seconds: float) -> None:
     msg_stamp.nanosec = int(round((seconds - int(seconds)) * 1e9)) % 1_000_000_000
 
 
-def seconds_from_stamp(stamp) -> float:
-    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
-
-
 def pose_msg(pose: np.ndarray, frame_id: str, seconds: float) -> PoseStamped:
     msg = _stamped(PoseStamped(), frame_id, seconds)
     p, q = msg.pose.position, msg.pose.orientation

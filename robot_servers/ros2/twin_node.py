@@ -21,10 +21,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from robot_servers.processes import running_until_ready
+
+if TYPE_CHECKING:  # the twin imports MuJoCo: only when the node builds one
+    from robot_servers.backends.twin import TwinBackend
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ class TwinNodeConfig:
 class TwinNode:
     """Owns a real-time ``TwinBackend`` and a ROS 2 node (own context) serving crisp's topics."""
 
-    def __init__(self, config: TwinNodeConfig = TwinNodeConfig(), backend=None):
+    def __init__(self, config: TwinNodeConfig = TwinNodeConfig(), backend: TwinBackend | None = None):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rcl_interfaces.msg import SetParametersResult
@@ -81,9 +85,7 @@ class TwinNode:
         self._context = rclpy.Context()
         self._context.init(domain_id=config.domain_id)
         node = self.node = rclpy.create_node(config.node_name, namespace=config.namespace or None, context=self._context)
-        initial = {**crisp.DEFAULTS, **crisp.impedance_to_parameters(self.backend.controller.params
-                                                                      if hasattr(self.backend, "controller") else
-                                                                      crisp.parameters_to_impedance({}))}
+        initial = {**crisp.DEFAULTS, **crisp.impedance_to_parameters(self.backend.controller.params)}
         for name, value in initial.items():
             node.declare_parameter(name, value)
         self._values = dict(initial)

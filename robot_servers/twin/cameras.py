@@ -6,29 +6,28 @@ and resized with ``CropResize``; the timestamp is the sim time of the rendered s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Callable
 
 import numpy as np
 
 from robot_servers.cameras.base import Camera, CropResize
 
-if TYPE_CHECKING:
-    from robot_servers.backends.twin import TwinBackend
+Render = Callable[[str, int, int], tuple[np.ndarray, float]]  # (camera, height, width) -> (frame, sim time)
 
 
 class TwinCamera(Camera):
     """A camera of the twin: renders the current sim state (``read`` timestamp = sim time)."""
 
-    def __init__(self, backend: "TwinBackend", name: str):
-        config = backend.config
+    def __init__(self, name: str, render: Render, config):
+        """``config`` is the twin's ``TwinConfig`` (image and render sizes, crops)."""
         self.name = name
-        self._backend = backend
+        self._render = render
         self._render_hw = tuple(config.render_size or config.image_size)
         self._crop = CropResize(crop=config.crops.get(name), size=tuple(config.image_size))
         self._shape = (*config.image_size, 3)
 
     def read(self) -> tuple[np.ndarray, float]:
-        frame, stamp = self._backend.render(self.name, *self._render_hw)
+        frame, stamp = self._render(self.name, *self._render_hw)
         return self._crop.apply(frame), stamp
 
     @property

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
+from robot_servers.franka import HOME_Q
 
 TCP_OFFSET = 0.1034  # m from the flange, Franka's default end-effector frame
 FINGER_ORIGIN = 0.0584  # m from the flange-side of the hand to the finger joints
 HAND_QUAT = "0.9238795 0 0 -0.3826834"  # −45° about the flange z axis (wxyz)
-HOME_Q = (0.0, -np.pi / 4, 0.0, -3 * np.pi / 4, 0.0, np.pi / 2, np.pi / 4)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,12 +21,6 @@ def subset_indices(rng, num_qs: int, num_min_qs: int) -> jnp.ndarray:
     return jax.random.choice(rng, num_qs, (num_min_qs,), replace=False)
 
 
-def subsample_min(rng, qs: jnp.ndarray, num_min_qs: int) -> jnp.ndarray:
-    """Min over a random subset of `num_min_qs` ensemble members (REDQ/RLPD): qs (N, B) -> (B,).
-    The agent evaluates only the chosen target members, which gives the same value for the same rng."""
-    return jnp.min(qs[subset_indices(rng, qs.shape[0], num_min_qs)], axis=0)
-
-
 def td_target(rewards, masks, discount, next_q, next_log_prob=None, temperature=0.0, backup_entropy=False):
     """r + gamma * mask * (Q'(s', a') [- alpha * log pi(a'|s')] with the entropy term only if backup_entropy)."""
     if backup_entropy:

@@ -23,7 +23,7 @@ from flax.training.train_state import TrainState
 
 from serl.agents import losses
 from serl.agents.augment import augment_observations
-from serl.networks.actor import TanhGaussianActor, sample_tanh_gaussian
+from serl.networks.gaussian_policy import TanhGaussianActor, sample_tanh_gaussian
 from serl.networks.encoders import EncodedObservation
 from serl.networks.mlp import CriticEnsemble, DiscreteCritic
 from serl.networks.pretrained import insert_backbone_params, load_backbone_params
@@ -31,7 +31,8 @@ from serl.networks.pretrained import insert_backbone_params, load_backbone_param
 
 @dataclasses.dataclass(frozen=True)
 class SACConfig:
-    """Agent hyper-parameters. Defaults are plain SAC; `SACConfig.rlpd()` gives RLPD's settings."""
+    """Agent hyper-parameters. Defaults are plain SAC (2 critics, min over both, no LayerNorm, UTD 1);
+    `SACConfig.rlpd_with_demo_bc()` is what `serl train` uses."""
 
     hidden_dims: tuple[int, ...] = (256, 256)
     activation: str = "relu"
@@ -75,9 +76,9 @@ class SACConfig:
             raise ValueError(f"SACConfig.num_min_qs must be in [1, num_qs={self.num_qs}], got {self.num_min_qs}")
         if self.utd_ratio < 1 or self.actor_update_period < 1:
             raise ValueError("SACConfig.utd_ratio and actor_update_period must be >= 1")
-        for name in ("bc_weight", "grasp_margin"):
-            if not (np.isfinite(getattr(self, name)) and getattr(self, name) >= 0.0):
-                raise ValueError(f"SACConfig.{name} must be finite and >= 0, got {getattr(self, name)}")
+        for name, value in (("bc_weight", self.bc_weight), ("grasp_margin", self.grasp_margin)):
+            if not (np.isfinite(value) and value >= 0.0):
+                raise ValueError(f"SACConfig.{name} must be finite and >= 0, got {value}")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError("SACConfig.tau must be in (0, 1]")
         if self.encoder not in ("resnet10", "small"):
@@ -97,9 +98,12 @@ class SACConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def rlpd(cls, **overrides) -> "SACConfig":
-        """RLPD: ensemble 10, min over 2, LayerNorm critics, UTD 20."""
-        base = dict(num_qs=10, num_min_qs=2, critic_layer_norm=True, utd_ratio=20)
+    def rlpd_with_demo_bc(cls, **overrides) -> "SACConfig":
+        """``serl train``'s agent: RLPD's critics (ensemble 10, min over 2, LayerNorm) at UTD 4, which a 2-core
+        CPU keeps up with, plus behaviour cloning on the demo rows; with 20 demos that turns ~0 % success on
+        the sim tasks into most of it within 3k steps."""
+        base = dict(num_qs=10, num_min_qs=2, critic_layer_norm=True, utd_ratio=4, init_temperature=0.01,
+                    discount=0.97, bc_weight=1.0)
         base.update(overrides)
         return cls.from_dict(base)
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from serl.agents.sac import SACAgent, SACConfig
 from serl.data.replay import ReplayBuffer
+from serl.data.transition import make_transition
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +60,8 @@ def train(config: SACConfig, loop: LoopConfig) -> tuple[SACAgent, dict]:
             rng, key = jax.random.split(rng)
             action = np.asarray(agent.sample_actions(_flat(obs), key))
         next_obs, reward, terminated, truncated, _ = env.step(action * env.action_space.high)
-        buffer.insert({
-            "observations": _flat(obs), "actions": action, "rewards": reward, "masks": 1.0 - terminated,
-            "dones": terminated or truncated, "next_observations": _flat(next_obs),
-        })
+        buffer.insert(make_transition(_flat(obs), action, reward, _flat(next_obs),
+                                      terminated=terminated, truncated=truncated))
         obs = next_obs
         if terminated or truncated:
             obs, _ = env.reset()

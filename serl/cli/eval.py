@@ -7,7 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from serl.agents.checkpoint import Checkpointer
+from serl.runtime import enable_compilation_cache
 from serl.runtime.config import EvalConfig, LearnerConfig, from_dict
+from serl.runtime.envs import build_env, observation_example
+from serl.runtime.policy import create_agent
 
 __all__ = ["EvalConfig", "evaluate", "evaluate_policy", "load_run"]
 
@@ -48,11 +52,6 @@ def evaluate_policy(agent, env, episodes: int, seed: int) -> dict:
 
 def evaluate(cfg: EvalConfig) -> dict:
     """Restore the run's agent (latest or ``cfg.step``) and evaluate it; prints one JSON line."""
-    from serl.agents.checkpoint import Checkpointer
-    from serl.runtime import enable_compilation_cache
-    from serl.runtime.envs import build_env, observation_example
-    from serl.runtime.policy import create_agent
-
     enable_compilation_cache()
     run = load_run(cfg.run_dir)
     env = build_env(cfg.env or run.env, seed=cfg.seed)

@@ -15,12 +15,12 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "train": ("serl.cli.train", "TrainConfig", "train", "learner + actor (+ twin server) on this machine, one progress display"),
     "learner": ("serl.cli.train", "LearnerCommand", "learner", "the learner process (replay buffers, SAC updates, checkpoints)"),
     "actor": ("serl.cli.train", "ActorCommand", "actor", "the actor process (env, policy, streams transitions)"),
-    "serve": ("serl.cli.serve", "ServeConfig", "serve", "the robot server (twin or real arm) over HTTP"),
+    "serve": ("serl.cli.serve", "ServeCommand", "serve", "the robot server (twin or real arm) over HTTP"),
     "eval": ("serl.cli.eval", "EvalConfig", "evaluate", "run a checkpoint's deterministic policy for N episodes"),
     "record-demos": ("serl.cli.record_demos", "RecordDemosConfig", "record_demos", "record demos (scripted or teleop) to HDF5"),
     "demos": ("serl.cli.demo_view", "DemoViewConfig", "demo_view", "summarise / plot / render a demo file"),
     "bench": ("serl.cli.bench", "BenchConfig", "bench", "run benchmarks/*.py (--quick for the CI smoke mode)"),
-    "classifier": ("serl.cli.classifier", "", "main", "reward classifiers: label | train | eval"),
+    "classifier": ("reward_classifiers.cli", "", "main", "reward classifiers: label | train | eval"),
 }
 
 

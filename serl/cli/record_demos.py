@@ -22,17 +22,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import gymnasium as gym
 import numpy as np
 import tyro
 
 from robot_servers.clock import PeriodicClock
 from serl.data.episodes import EpisodeRecorder, EpisodeWriter, episode_count
+from serl.devices.keyboard import TerminalKeyboard, TerminalKeyReader
+from serl.envs.franka_env import franka_env_under
+from serl.envs.intervention import InterventionWrapper
+from serl.runtime.env_config import EnvConfig
+from serl.runtime.envs import ObservationWrappers, build_env
 
 SUCCESS_KEYS = ("enter", "start")
 FAIL_KEYS = ("n",)
@@ -104,47 +109,27 @@ class Progress:
         return time.monotonic() - self.started
 
 
-def _parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
-    parsed = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"overrides: expected key=value, got {item!r}")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        parsed[key.strip()] = tuple(value) if isinstance(value, list) else value
-    return parsed
-
-
-def build_env(cfg: RecordDemosConfig):
-    """The task env (twin in-process or over HTTP) with the observation wrappers the demos are stored in."""
-    from serl.envs.tasks import get_task, make_reward, make_sim_env, pixel_variant, with_overrides
-    from serl.envs.wrappers import QuatToEuler, RelativeFrame
-
-    overrides = _parse_overrides(cfg.overrides)
-    if cfg.robot_url is None:
-        env = make_sim_env(cfg.task, pixels=cfg.pixels, seed=cfg.seed, **overrides)
-    else:
-        from serl.envs.franka_env import FrankaEnv
-        from serl.envs.http_client import HttpRobotClient
-
-        task = get_task(cfg.task)
-        task = with_overrides(pixel_variant(task) if cfg.pixels else task, **overrides)
-        client = HttpRobotClient(cfg.robot_url, token=cfg.robot_token) if cfg.robot_token else HttpRobotClient(cfg.robot_url)
-        env = FrankaEnv(client, task, reward_fn=make_reward(task))
-    if cfg.relative_frame:
-        env = RelativeFrame(env)
-    if cfg.euler:
-        env = QuatToEuler(env)
+def recording_env(cfg: RecordDemosConfig) -> InterventionWrapper:
+    """The task env (twin in-process or over HTTP) with the observation wrappers the demos are stored in
+    (not flattened) and the teleop device outermost."""
+    env_cfg = EnvConfig(task=cfg.task, pixels=cfg.pixels, robot_url=cfg.robot_url, robot_token=cfg.robot_token,
+                        overrides=cfg.overrides)
+    options = {"noise": cfg.noise, "seed": cfg.seed} if cfg.teleop == "scripted" else {}
+    stored = ObservationWrappers(relative_frame=cfg.relative_frame, euler=cfg.euler, flat=False)
+    env = build_env(env_cfg, seed=cfg.seed, teleop=cfg.teleop, teleop_options=options, observations=stored)
+    if franka_env_under(env) is None:
+        env.close()
+        raise ValueError(f"task: record-demos records FrankaEnv tasks, got {cfg.task!r}")
+    assert isinstance(env, InterventionWrapper)  # build_env puts the teleop device outermost
     return env
 
 
-def file_config(cfg: RecordDemosConfig, env) -> dict[str, Any]:
-    task = env.unwrapped.task
+def file_config(cfg: RecordDemosConfig, env: gym.Env) -> dict[str, Any]:
+    """The file's ``config`` attribute: how it was recorded and the stored observation and action layout."""
+    base = franka_env_under(env)
+    task = base.task
     state_space = env.observation_space["state"]
-    order = [k for k in env.unwrapped.state_order if k in state_space.spaces]
+    order = [k for k in base.state_order if k in state_space.spaces]
     return {
         "recording": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()
                       if k not in ("robot_token",)},
@@ -164,15 +149,11 @@ class Controls:
     """Recorder keys from the teleop's buttons and, when the teleop is not the terminal keyboard, the terminal."""
 
     def __init__(self, teleop_kind: str, teleop):
-        from serl.devices.keyboard import TerminalKeyboard
-
         self.reader = None
         self._held: set[str] = set()
         self._level_buttons = teleop_kind in ("spacemouse", "gamepad")
         if teleop_kind in ("spacemouse", "gamepad") or (teleop_kind == "keyboard" and not isinstance(teleop, TerminalKeyboard)):
             with contextlib.suppress(Exception):
-                from serl.devices.keyboard import TerminalKeyReader
-
                 if sys.stdin is not None and sys.stdin.isatty():
                     self.reader = TerminalKeyReader()
 
@@ -215,9 +196,9 @@ def _render(progress: Progress, cfg: RecordDemosConfig):
     return table
 
 
-def _status(env) -> dict[str, str]:
+def _status(env: gym.Env) -> dict[str, str]:
     """What a person needs to steer without seeing the twin: gripper and object positions."""
-    base = env.unwrapped
+    base = franka_env_under(env)
     state = base.state
     if state is None:
         return {}
@@ -232,19 +213,14 @@ def _status(env) -> dict[str, str]:
 
 def record_demos(cfg: RecordDemosConfig) -> None:
     """Run the recording loop until ``n`` episodes are kept, the attempts run out, or the user quits."""
-    from serl.devices import make_teleop
-    from serl.envs.intervention import InterventionWrapper
-
-    env = build_env(cfg)
-    options = {"noise": cfg.noise, "seed": cfg.seed} if cfg.teleop == "scripted" else {}
-    teleop = make_teleop(cfg.teleop, env=env, **options)
-    env = InterventionWrapper(env, teleop)
+    env = recording_env(cfg)
+    teleop = env.teleop
     writer = EpisodeWriter(cfg.out, config=file_config(cfg, env))
     already = episode_count(cfg.out)
     recorder = EpisodeRecorder(task=cfg.task, source="scripted" if cfg.teleop == "scripted" else "teleop")
     controls = Controls(cfg.teleop, teleop)
     realtime = cfg.teleop != "scripted" if cfg.realtime is None else cfg.realtime
-    period = 1.0 / env.unwrapped.task.control_hz
+    period = 1.0 / franka_env_under(env).task.control_hz
     max_attempts = cfg.max_episodes or (3 * cfg.n if cfg.teleop == "scripted" else 0)
     progress = Progress()
     kept_names: list[str] = []

@@ -1,5 +1,42 @@
-"""``serl serve``: the robot server (twin, ROS 2 or libfranka backend) over HTTP; same as ``python -m robot_servers``."""
+"""``serl serve``: the robot server (twin, ROS 2 or libfranka backend) over HTTP, set up for a task.
 
-from robot_servers.server import ServeConfig, serve
+The task (``--task``) gives the server its safety box, its cameras and, on the twin, the robot, scene
+and impedance; ``python -m robot_servers`` is the same server without a task.
+"""
 
-__all__ = ["ServeConfig", "serve"]
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Optional
+
+from robot_servers.serve import ServeConfig, ServedTask, serve as serve_robot
+
+
+SERVE_COMMAND = (sys.executable, "-m", "serl.cli.main", "serve")  # ``serl serve`` as a child process
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeCommand(ServeConfig):
+    task: Optional[str] = None  # registered task name: safety box, cameras, robot and scene
+    task_module: Optional[str] = None  # module or .py file that registers extra tasks
+
+
+def served_task(name: str, task_module: str | None = None) -> ServedTask:
+    """What the robot server needs to know of task ``name``."""
+    from serl.envs.tasks import get_task, twin_options
+    from serl.runtime.envs import import_task_module
+
+    if task_module:
+        import_task_module(task_module)
+    task = get_task(name)
+    return ServedTask(name=task.name, safety_box=task.safety_box, cameras=task.cameras, twin=twin_options(task))
+
+
+def serve(cmd: ServeCommand) -> None:
+    fields = {f.name: getattr(cmd, f.name) for f in dataclasses.fields(ServeConfig)}
+    task = None if cmd.task is None else served_task(cmd.task, cmd.task_module)
+    serve_robot(ServeConfig(**fields), task)
+
+
+__all__ = ["SERVE_COMMAND", "ServeCommand", "serve", "served_task"]

@@ -21,9 +21,14 @@ from typing import Annotated
 import tyro
 
 from serl.agents.sac import SACConfig
+from serl.cli.eval import evaluate
+from serl.cli.record_demos import RecordDemosConfig, record_demos
+from serl.runtime import actor as actor_process
+from serl.runtime import learner as learner_process
 from serl.runtime.config import (
     ActorConfig,
     EnvConfig,
+    EvalConfig,
     LearnerConfig,
     NetConfig,
     RunConfig,
@@ -32,15 +37,11 @@ from serl.runtime.config import (
     to_jsonable,
     write_config,
 )
+from serl.runtime.envs import import_task_module
 from serl.runtime.logging import read_status
 
 LearnerCommand = LearnerConfig
 ActorCommand = ActorConfig
-
-# State-based RLPD on CPU: ensemble 10 / min-of-2 / LayerNorm as in RLPD, a UTD a 2-core machine keeps up with,
-# and a behaviour-cloning term on the demo rows: with 20 demos it turns ~0 % into most of the success within 3k steps.
-TRAIN_AGENT = SACConfig(num_qs=10, num_min_qs=2, critic_layer_norm=True, utd_ratio=4, init_temperature=0.01,
-                        discount=0.97, bc_weight=1.0)
 
 # What --task-defaults adds per sim task: the sparse lift reward alone gives the critic almost no action signal
 # within 10k steps (see docs), so PickCube learns from the potential-shaped reward and a discrete grasp critic, and,
@@ -89,7 +90,7 @@ class TrainConfig:
     run: RunConfig = RunConfig()
     net: NetConfig = NetConfig(port=0, weights_port=0)
     """Ports 0 = pick free ports."""
-    agent: SACConfig = TRAIN_AGENT
+    agent: SACConfig = SACConfig.rlpd_with_demo_bc()
     batch_size: int = 256
     min_online_steps: int = 200
     publish_every: int = 10
@@ -138,39 +139,23 @@ def resolve_run_dir(run: RunConfig, task: str, resume: bool) -> tuple[RunConfig,
 
 def learner(cfg: LearnerConfig) -> int:
     """``serl learner``."""
-    from serl.runtime.learner import main_with_signals
-
     run, run_dir = resolve_run_dir(cfg.run, cfg.env.task, cfg.resume)
-    main_with_signals(dataclasses.replace(cfg, run=run), run_dir)
+    learner_process.main_with_signals(dataclasses.replace(cfg, run=run), run_dir)
     return 0
 
 
 def actor(cfg: ActorConfig) -> int:
     """``serl actor``."""
-    from serl.runtime.actor import main_with_signals
-
     run, run_dir = resolve_run_dir(cfg.run, cfg.env.task, resume=True)
-    main_with_signals(dataclasses.replace(cfg, run=run), run_dir)
+    actor_process.main_with_signals(dataclasses.replace(cfg, run=run), run_dir)
     return 0
 
 
 def _record_demos(cfg: TrainConfig, env: EnvConfig, path: Path) -> Path:
-    from serl.cli.record_demos import RecordDemosConfig, record_demos
-    from serl.runtime.envs import import_task_module
-
     if env.task_module:
         import_task_module(env.task_module)
-
-    fields = {f.name for f in dataclasses.fields(RecordDemosConfig)}
-    options = {"task": cfg.task, "n": cfg.num_demos, "teleop": "scripted", "out": path, "seed": cfg.run.seed,
-               "noise": cfg.demo_noise}
-    if "pixels" in fields:
-        options["pixels"] = cfg.pixels
-    if "overrides" in fields:
-        options["overrides"] = env.overrides
-    if "display" in fields:
-        options["display"] = False
-    record_demos(RecordDemosConfig(**{k: v for k, v in options.items() if k in fields}))
+    record_demos(RecordDemosConfig(task=cfg.task, n=cfg.num_demos, teleop="scripted", out=path, seed=cfg.run.seed,
+                                   noise=cfg.demo_noise, pixels=cfg.pixels, overrides=env.overrides, display=False))
     return path
 
 
@@ -349,8 +334,6 @@ def train(cfg: TrainConfig) -> int:
             return 1
         print(f"[train] done; checkpoints in {run_dir / 'checkpoints'}, TensorBoard logs in {run_dir / 'tb'}", flush=True)
         if cfg.eval_episodes:
-            from serl.cli.eval import EvalConfig, evaluate
-
             evaluate(EvalConfig(run_dir=run_dir, episodes=cfg.eval_episodes))
         return 0
     finally:
@@ -361,8 +344,11 @@ def train(cfg: TrainConfig) -> int:
 
 def _robot_server_args(cfg: TrainConfig, port: int) -> list[str]:
     # a lockstep twin: the actor's env advances simulated time, so training runs faster than real time
-    return [sys.executable, "-m", "robot_servers", "--backend", "twin", "--task", cfg.task, "--port", str(port),
-            "--lockstep", "--log-level", "warning"]
+    from serl.cli.serve import SERVE_COMMAND
+
+    args = [*SERVE_COMMAND, "--backend", "twin", "--task", cfg.task, "--port", str(port), "--lockstep",
+            "--log-level", "warning"]
+    return args + (["--task-module", cfg.task_module] if cfg.task_module else [])
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:

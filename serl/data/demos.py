@@ -11,6 +11,7 @@ import numpy as np
 
 from serl.data.episodes import Episode, read_episodes
 from serl.data.replay import ReplayBuffer
+from serl.data.transition import Transition, make_transition
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,12 @@ def flatten_observation(observation: Mapping, state_keys: Sequence[str]) -> dict
     return flat
 
 
-def episode_transitions(episode: Episode, state_keys: Sequence[str], grasp_penalty: float = 0.0) -> Iterator[dict]:
-    """Transitions of one episode in the buffer's insert format; the last one is marked done.
+def episode_transitions(episode: Episode, state_keys: Sequence[str],
+                        grasp_penalty: float = 0.0) -> Iterator[Transition]:
+    """Transitions of one episode in the buffer's insert format.
 
+    The file's last step ends the episode: when the recording stopped it without a terminal state
+    (a person ended it), it counts as truncated, so the critic still bootstraps from it.
     ``grasp_penalty`` > 0 adds ``grasp_penalty`` = -cost on the steps that changed the gripper (files
     without the ``gripper_changed`` field get none).
     """
@@ -40,18 +44,12 @@ def episode_transitions(episode: Episode, state_keys: Sequence[str], grasp_penal
     steps = len(episode)
     changed = episode.gripper_changed if grasp_penalty > 0 else None
     for t in range(steps):
-        terminated = bool(episode.terminated[t])
-        transition = {
-            "observations": {k: v[t] for k, v in obs.items()},
-            "actions": np.asarray(episode.actions[t], np.float32),
-            "rewards": float(episode.rewards[t]),
-            "masks": 0.0 if terminated else 1.0,
-            "dones": terminated or bool(episode.truncated[t]) or t == steps - 1,
-            "next_observations": {k: v[t + 1] for k, v in obs.items()},
-        }
-        if changed is not None:
-            transition["grasp_penalty"] = -grasp_penalty * float(changed[t])
-        yield transition
+        yield make_transition(
+            {k: v[t] for k, v in obs.items()}, episode.actions[t], episode.rewards[t],
+            {k: v[t + 1] for k, v in obs.items()},
+            terminated=bool(episode.terminated[t]), truncated=bool(episode.truncated[t]) or t == steps - 1,
+            grasp_penalty=None if changed is None else -grasp_penalty * float(changed[t]),
+        )
 
 
 def load_episode_file(buffer: ReplayBuffer, path: str | os.PathLike, state_keys: Sequence[str], *,
@@ -75,8 +73,12 @@ def _squeeze_stack(value):
     return value[0] if value.ndim >= 2 and value.shape[0] == 1 else value
 
 
+def _pickled_observation(observation: Mapping, squeeze_frame_stack: bool) -> dict:
+    return {k: _squeeze_stack(v) if squeeze_frame_stack else np.asarray(v) for k, v in observation.items()}
+
+
 def load_serl_pickle(path: str | os.PathLike, buffer: ReplayBuffer | None = None, *,
-                     squeeze_frame_stack: bool = True) -> list[dict]:
+                     squeeze_frame_stack: bool = True) -> list[Transition]:
     """Read a SERL demo file (a pickled list of transition dicts) from local disk.
 
     Unpickling can run arbitrary code: only use files you trust. Observation entries with a leading
@@ -91,20 +93,15 @@ def load_serl_pickle(path: str | os.PathLike, buffer: ReplayBuffer | None = None
     out = []
     for i, t in enumerate(data):
         try:
-            conv = {
-                "observations": {k: _squeeze_stack(v) if squeeze_frame_stack else np.asarray(v)
-                                 for k, v in t["observations"].items()},
-                "next_observations": {k: _squeeze_stack(v) if squeeze_frame_stack else np.asarray(v)
-                                      for k, v in t["next_observations"].items()},
-                "actions": np.asarray(t["actions"], np.float32),
-                "rewards": float(t["rewards"]),
-                "masks": float(t["masks"]),
-                "dones": bool(t["dones"]),
-            }
+            conv = make_transition(
+                _pickled_observation(t["observations"], squeeze_frame_stack), t["actions"], float(t["rewards"]),
+                _pickled_observation(t["next_observations"], squeeze_frame_stack),
+                # SERL stores masks = 1 - terminated and dones = terminated or truncated
+                terminated=float(t["masks"]) == 0.0, truncated=bool(t["dones"]),
+                grasp_penalty=float(t["grasp_penalty"]) if "grasp_penalty" in t else None,
+            )
         except KeyError as err:
             raise ValueError(f"{path}: transition {i} lacks {err}") from None
-        if "grasp_penalty" in t:
-            conv["grasp_penalty"] = float(t["grasp_penalty"])
         out.append(conv)
         if buffer is not None:
             buffer.insert(conv)

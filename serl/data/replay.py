@@ -16,7 +16,8 @@ from typing import Mapping
 
 import numpy as np
 
-TRANSITION_KEYS = ("observations", "actions", "rewards", "masks", "dones", "next_observations")
+from serl.data.transition import TRANSITION_KEYS
+
 SCALAR_KEYS = ("rewards", "masks", "dones")
 
 

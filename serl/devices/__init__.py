@@ -4,6 +4,7 @@ device is opened; ``make_teleop`` picks one by name and says clearly what is mis
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from serl.devices.base import (
@@ -32,6 +33,7 @@ __all__ = [
 
 def make_teleop(kind: str, env: Any = None, config: TeleopConfig | None = None, **options) -> Teleop:
     """Open a teleop device by name: "keyboard", "spacemouse", "gamepad", or "scripted" (needs ``env``)."""
+    # a device's module loads only when that device is opened (the scripted expert's brings the env stack)
     extra = {} if config is None else {"config": config}
     if kind == "keyboard":
         from serl.devices.keyboard import make_keyboard
@@ -57,7 +59,7 @@ def make_teleop(kind: str, env: Any = None, config: TeleopConfig | None = None, 
 def discover() -> dict[str, str]:
     """What each device kind would use here, or why it is unavailable (for ``--help``-style reports)."""
     report: dict[str, str] = {}
-    try:
+    try:  # as in make_teleop, each device's module loads only here
         from serl.devices.spacemouse import describe_missing, list_spacemice, _import_hid
 
         entries = _import_hid().enumerate()
@@ -77,8 +79,6 @@ def discover() -> dict[str, str]:
     except DeviceNotFoundError as err:
         report["gamepad"] = str(err)
     from serl.devices.keyboard import has_display
-
-    import sys
 
     report["keyboard"] = ("pynput (display found)" if has_display() else
                           "terminal" if sys.stdin is not None and sys.stdin.isatty() else "no terminal on stdin (/dev/tty is tried)")

@@ -81,8 +81,7 @@ class TeleopConfig:
             raise ValueError(f"TeleopConfig.axis_map: expected a permutation of 0..5, got {self.axis_map}")
         if len(self.axis_signs) != 6 or any(s not in (-1, 1) for s in self.axis_signs):
             raise ValueError(f"TeleopConfig.axis_signs: expected six values of +1 or -1, got {self.axis_signs}")
-        for name in ("translation_scale", "rotation_scale"):
-            value = getattr(self, name)
+        for name, value in (("translation_scale", self.translation_scale), ("rotation_scale", self.rotation_scale)):
             if not (np.isfinite(value) and value >= 0):
                 raise ValueError(f"TeleopConfig.{name}: expected a finite value >= 0, got {value}")
 

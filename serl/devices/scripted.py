@@ -14,13 +14,22 @@ demos are not all identical. Used by ``serl record-demos --teleop scripted`` and
 from __future__ import annotations
 
 import dataclasses
+
 import gymnasium as gym
 import numpy as np
 
-from robot_servers.control.pose import euler_to_quat, orientation_error, quat_conjugate, quat_multiply, quat_to_euler
+from robot_servers.control.pose import (
+    DOWN_QUAT,
+    euler_to_quat,
+    orientation_error,
+    quat_conjugate,
+    quat_multiply,
+    quat_to_euler,
+)
+from robot_servers.twin.models import HOLE_DEPTH  # geometry only; does not import mujoco
 from serl.devices.base import Teleop, TeleopCommand
-
-DOWN = np.array([1.0, 0.0, 0.0, 0.0])
+from serl.envs.franka_env import franka_env_under
+from serl.envs.rewards import peg_tip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,11 +48,11 @@ def _wrap(angle: float, period: float) -> float:
 
 
 def _gripper_yaw(quat: np.ndarray) -> float:
-    return float(quat_to_euler(quat_multiply(quat, quat_conjugate(DOWN)))[2])
+    return float(quat_to_euler(quat_multiply(quat, quat_conjugate(DOWN_QUAT)))[2])
 
 
 def _yaw_quat(yaw: float) -> np.ndarray:
-    return quat_multiply(euler_to_quat([0.0, 0.0, yaw]), DOWN)
+    return quat_multiply(euler_to_quat([0.0, 0.0, yaw]), DOWN_QUAT)
 
 
 class ScriptedExpert(Teleop):
@@ -51,10 +60,11 @@ class ScriptedExpert(Teleop):
 
     def __init__(self, env: gym.Env, config: ExpertConfig = ExpertConfig()):
         self.env = env
-        self.base = env.unwrapped
-        task = getattr(self.base, "task", None)
-        if task is None or not hasattr(self.base, "client"):
-            raise ValueError("ScriptedExpert needs a FrankaEnv (with .task and .client) under the wrappers")
+        base = franka_env_under(env)
+        if base is None:
+            raise ValueError("ScriptedExpert needs a FrankaEnv under the wrappers")
+        self.base = base
+        task = base.task
         if task.scene not in ("pick_cube", "peg_insertion"):
             raise ValueError(f"ScriptedExpert: no script for scene {task.scene!r} (task {task.name})")
         self.task = task
@@ -105,8 +115,6 @@ class ScriptedExpert(Teleop):
                 return above, orientation, "open"
             lift = np.array([tcp[0], tcp[1], self.initial_cube_z + cfg.lift_height])
             return lift, orientation, "close"
-
-        from serl.envs.tasks import HOLE_DEPTH, peg_tip
 
         hole, peg = scene["hole"], scene["peg"]
         tip = peg_tip(peg)

@@ -1,7 +1,7 @@
 """``FrankaEnv``: one gymnasium env for the twin and the real arm, on a ``RobotClient``.
 
-One step sends a single target (scaled 6-D end-effector delta applied to the measured pose,
-clipped to the task's safety box, plus an optional gripper width), keeps the control period,
+One step sends a single target (scaled 6-D end-effector delta applied to the measured pose, plus
+an optional gripper width; the robot's guard clips it to the task's safety box), keeps the control period,
 then reads state, images and (when the reward needs it) the twin's scene — all through one
 ``RobotClient.step`` call, which is one round trip over HTTP. Lockstep clients are advanced by
 exactly one period; real-time clients are paced with a drift-free ``PeriodicClock``:
@@ -11,17 +11,19 @@ the env sleeps itself in-process, while a remote client is told the time left to
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
 
-from robot_servers.backends.base import MAX_GRIPPER_WIDTH, RobotState
+from robot_servers.backends.base import RobotState
+from robot_servers.limits import MAX_GRIPPER_WIDTH
 from robot_servers.cameras.base import CropResize
 from robot_servers.clock import PeriodicClock
-from robot_servers.control.pose import apply_delta, rotate
+from robot_servers.control.pose import apply_delta
+from serl.envs.reset_hooks import build_hooks
+from serl.envs.rewards import GroundTruthReward, make_reward
 from serl.envs.robot_client import RobotClient
 from serl.envs.task_config import TaskConfig
 
@@ -41,56 +43,14 @@ class RobotClientError(RuntimeError):
     """The robot client failed mid-episode (dropped connection, server gone). ``reset()`` reconnects."""
 
 
-class GroundTruthReward(Protocol):
-    """Reward from the twin's ground truth: ``reset`` at episode start, then called every step."""
-
-    def reset(self, scene: Mapping[str, np.ndarray], state: RobotState) -> None: ...
-
-    def __call__(self, scene: Mapping[str, np.ndarray], state: RobotState) -> tuple[float, bool]:
-        """(reward, success)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ActionLayout:
-    """Where things sit in a task's action: xyz at [0:3], then rpy at [3:6] when the task rotates,
-    then the gripper last when it has one."""
-
-    rotation: bool = True
-    gripper: bool = True
-
-    @classmethod
-    def of(cls, task: TaskConfig) -> "ActionLayout":
-        return cls(rotation=task.rotation_actions, gripper=task.gripper_mode != "none")
-
-    @property
-    def size(self) -> int:
-        return 3 + 3 * self.rotation + self.gripper
-
-    @property
-    def gripper_index(self) -> int | None:
-        return self.size - 1 if self.gripper else None
-
-    def from_twist(self, twist: np.ndarray) -> np.ndarray:
-        """The motion entries of an action (no gripper) from a 6-D twist."""
-        return np.asarray(twist[: 6 if self.rotation else 3], dtype=np.float64)
-
-    def rotate(self, quat: np.ndarray, action: np.ndarray) -> np.ndarray:
-        """The action with its translation (and rotation) vectors rotated by ``quat``; the gripper unchanged."""
-        out = np.asarray(action, dtype=np.float64).copy()
-        out[:3] = rotate(quat, out[:3])
-        if self.rotation:
-            out[3:6] = rotate(quat, out[3:6])
-        return out
-
-
 class FrankaEnv(gym.Env):
     """Gymnasium env on a ``RobotClient`` driven by a ``TaskConfig``.
 
     Observation: ``{"state": {name: float32 array}, "images": {camera: (H, W, 3) uint8}}``
     (``images`` only when the task has cameras). Action: ``[dx, dy, dz, rx, ry, rz, gripper]``
-    in [-1, 1] (no gripper entry when ``gripper_mode == "none"``). ``reward_fn="task"`` takes the
-    task's ground-truth reward where it has one (sim scenes, registered rewards); otherwise the
-    reward is 0 until a classifier or keyboard wrapper supplies it.
+    in [-1, 1] (no gripper entry when ``gripper_mode == "none"``). ``reward_fn="task"`` takes
+    ``make_reward(task)``: the ground-truth reward of a ``reward="ground_truth"`` task; with a classifier
+    or keyboard reward it is 0 until that wrapper supplies it.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -106,8 +66,6 @@ class FrankaEnv(gym.Env):
         sleep: Callable[[float], None] = time.sleep,
         render_mode: str | None = None,
     ):
-        from serl.envs.reset_hooks import build_hooks
-
         unknown = [key for key in task.state_keys if key not in STATE_SIZES]
         if unknown:
             raise ValueError(f"TaskConfig.state_keys: unknown entries {unknown}; known: {sorted(STATE_SIZES)}")
@@ -120,9 +78,7 @@ class FrankaEnv(gym.Env):
         if isinstance(reward_fn, str):
             if reward_fn != "task":
                 raise ValueError(f"reward_fn: expected a reward object, None or 'task', got {reward_fn!r}")
-            from serl.envs.tasks import default_reward
-
-            reward_fn = default_reward(task)
+            reward_fn = make_reward(task)
         self.reward_fn = reward_fn
         self._wants_scene = bool(task.scene_objects) or reward_fn is not None
         self.hooks = list(build_hooks(task) if hooks is None else hooks)
@@ -138,7 +94,7 @@ class FrankaEnv(gym.Env):
         self._steps = 0
         self._pacing = PeriodicClock(self.period, clock)
 
-        self.action_layout = ActionLayout.of(task)
+        self.action_layout = task.action_layout
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.action_layout.size,), dtype=np.float32)
         self._held_orientation: np.ndarray | None = None
         state_space = {key: _unbounded(STATE_SIZES[key]) for key in task.state_keys}
@@ -194,21 +150,20 @@ class FrankaEnv(gym.Env):
                              self.task.action_frame)
         if not layout.rotation:
             target[3:7] = self._held_orientation
-        clipped = self.task.safety_box.clip(target)
         gripper = None
         if layout.gripper:
             gripper = self._gripper_from_action(action[layout.gripper_index] * gripper_scale)
         with self._client_call("step"):
             if self.client.lockstep:
-                state, frames = self.client.step(clipped, gripper, advance=self.period, images=bool(self.task.cameras),
+                state, frames = self.client.step(target, gripper, advance=self.period, images=bool(self.task.cameras),
                                                  scene=self._wants_scene)
                 period_error = 0.0
             elif self.client.waits_remotely:  # one round trip: the robot side waits out the time to our tick
-                state, frames = self.client.step(clipped, gripper, wait=self._pacing.time_to_tick(),
+                state, frames = self.client.step(target, gripper, wait=self._pacing.time_to_tick(),
                                                  images=bool(self.task.cameras), scene=self._wants_scene)
                 period_error = self._pacing.tick()
             else:
-                self.client.set_target(clipped, gripper)
+                self.client.set_target(target, gripper)
                 period_error = self._keep_period()
                 state, frames = self._read()
             self._obs = self._observe(state, frames)
@@ -222,8 +177,9 @@ class FrankaEnv(gym.Env):
             "succeed": bool(succeed),
             "intervened": False,
             "gripper_changed": gripper is not None,
-            "safety_clipped": not _same_pose(clipped, target),
-            "target_pose": clipped,
+            # The robot's guard clips targets to the safety box; what it tracks now is the target it took.
+            "safety_clipped": not _same_pose(self._state.target_pose, target),
+            "target_pose": self._state.target_pose,
             "control_period_error": period_error,
             "overruns": self._pacing.overruns,
             "robot_errors": list(self._state.errors),
@@ -354,6 +310,12 @@ class FrankaEnv(gym.Env):
         except Exception:
             self._broken = True
             raise
+
+
+def franka_env_under(env: gym.Env) -> FrankaEnv | None:
+    """The ``FrankaEnv`` under ``env``'s wrappers, or None when ``env`` wraps another env."""
+    base = env.unwrapped
+    return base if isinstance(base, FrankaEnv) else None
 
 
 def _unbounded(size: int) -> gym.spaces.Box:

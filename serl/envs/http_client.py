@@ -16,12 +16,16 @@ import json as _json
 import select
 import urllib.parse
 
-import msgpack
 import numpy as np
 
 from robot_servers.backends.base import ImpedanceParams, RobotState
-from robot_servers.server import SESSION_HEADER, decode_images
+from robot_servers.guard import CommandRejected, GuardError, NotSupported, RobotFault, SafetyStopActive
+from robot_servers.http.middleware import SESSION_HEADER
+from robot_servers.wire import decode_images, unpackb
 from serl.envs.robot_client import RobotClient
+
+# The guard's refusals, as the server names them in a 409 body, raised here as the same exceptions.
+_CONFLICTS: dict[str, type[GuardError]] = {"SafetyStopActive": SafetyStopActive, "RobotFault": RobotFault}
 
 
 class _Response:
@@ -54,7 +58,7 @@ class RobotConnectionError(ConnectionError):
 
 
 class RobotServerError(RuntimeError):
-    """The server refused a command for a reason other than bad input (e.g. an active safety stop)."""
+    """The server answered with an error the guard did not raise (e.g. a failing camera)."""
 
 
 class HttpRobotClient(RobotClient):
@@ -135,16 +139,19 @@ class HttpRobotClient(RobotClient):
             message = "; ".join(_describe(item) for item in message)
         where = f"{method} {path} -> {response.status_code}"
         if response.status_code == 422:
-            raise ValueError(f"{message} ({where})")
+            field = _first_field(body)
+            raise CommandRejected(field, f"{message} ({where})")
         if response.status_code in (401, 403):
             raise PermissionError(f"{message} ({where})")
         if response.status_code == 404:
-            raise NotImplementedError(f"the robot server has no {path} ({where}); is it a lockstep twin?")
+            raise NotSupported(f"the robot server has no {path} ({where}): {message}")
+        if response.status_code == 409 and isinstance(body, dict) and body.get("error") in _CONFLICTS:
+            raise _CONFLICTS[body["error"]](f"{message} ({where})")
         raise RobotServerError(f"{message} ({where})")
 
     @staticmethod
     def _unpack(response: _Response) -> dict[str, Any]:
-        return msgpack.unpackb(response.content, raw=False)
+        return unpackb(response.content, "robot server response")
 
     def reconnect(self) -> None:
         """Start afresh with whichever server answers now (the env calls it on the reset after an error)."""
@@ -169,7 +176,11 @@ class HttpRobotClient(RobotClient):
         self._request("POST", "/gripper", {"width": _floats([width], "width")[0]})
 
     def set_impedance(self, params: ImpedanceParams) -> None:
-        self._request("POST", "/impedance", params.validate().to_dict())
+        try:
+            params = params.validate()
+        except ValueError as exc:
+            raise CommandRejected.from_error(exc) from None
+        self._request("POST", "/impedance", params.to_dict())
 
     def joint_reset(self, q=None, duration: float = 3.0) -> None:
         body = {"duration": float(duration), "q": None if q is None else _floats(q, "q")}
@@ -218,7 +229,7 @@ class HttpRobotClient(RobotClient):
     def reset_robot(self, q=None) -> None:
         try:
             self._request("POST", "/sim/reset_robot", {"q": None if q is None else _floats(q, "q")})
-        except NotImplementedError:
+        except NotSupported:
             return super().reset_robot(q)  # a real arm: the env falls back to a joint reset
 
     def reset_scene(self, seed: int | None = None) -> None:
@@ -234,6 +245,16 @@ class HttpRobotClient(RobotClient):
         self.close()
 
 
+def _first_field(body: Any) -> str:
+    """The field a 422 names first (pydantic-style ``detail`` list), or "body"."""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        loc = [str(part) for part in detail[0].get("loc", ()) if part not in ("body", "query")]
+        if loc:
+            return loc[0]
+    return "body"
+
+
 def _describe(error: Any) -> str:
     """One pydantic-style error as "field: message"."""
     if not isinstance(error, dict):
@@ -246,7 +267,7 @@ def _floats(values, field: str) -> list[float]:
     """Plain floats for JSON (which has no NaN/inf: those are refused here, naming the field)."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1:
-        raise ValueError(f"{field}: expected a flat sequence of numbers, got shape {arr.shape}")
+        raise CommandRejected(field, f"{field}: expected a flat sequence of numbers, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{field}: values must be finite, got {arr.tolist()}")
+        raise CommandRejected(field, f"{field}: values must be finite, got {arr.tolist()}")
     return arr.tolist()

@@ -21,15 +21,14 @@ another frame: below a ``RelativeFrame`` wrapper (actions in the reset pose's fr
 
 from __future__ import annotations
 
-from typing import Any
-
 import gymnasium as gym
 import numpy as np
 
 from robot_servers.control.pose import quat_conjugate
 from serl.devices.base import Teleop, TeleopCommand
-from serl.envs.franka_env import ActionLayout
-from serl.envs.wrappers import action_layout
+from serl.envs.franka_env import franka_env_under
+from serl.envs.task_config import ActionLayout
+from serl.envs.wrappers import RelativeFrame, action_layout
 
 
 def base_to_action_frame(env: gym.Env, twist: np.ndarray) -> np.ndarray:
@@ -37,21 +36,21 @@ def base_to_action_frame(env: gym.Env, twist: np.ndarray) -> np.ndarray:
     out = np.asarray(twist, dtype=np.float64).copy()
     if out.shape[0] < 6:
         return out
-    full = ActionLayout(rotation=True, gripper=False)
-    base = env.unwrapped
-    task = getattr(base, "task", None)
-    if task is not None and getattr(task, "action_frame", "base") == "ee" and getattr(base, "state", None) is not None:
-        return full.rotate(quat_conjugate(np.asarray(base.state.tcp_pose[3:7], dtype=np.float64)), out)
-    layer: Any = env
-    while layer is not None:
-        if type(layer).__name__ == "RelativeFrame" and getattr(layer, "reset_pose", None) is not None:
-            if getattr(layer, "_rotate_actions", True):
-                out = full.rotate(quat_conjugate(np.asarray(layer.reset_pose[3:7], dtype=np.float64)), out)
-        layer = getattr(layer, "env", None)
+    base = franka_env_under(env)
+    if base is not None and base.task.action_frame == "ee" and base.state is not None:
+        tcp_quat = np.asarray(base.state.tcp_pose[3:7], dtype=np.float64)
+        return ActionLayout(rotation=True, gripper=False).rotate(quat_conjugate(tcp_quat), out)
+    layer = env
+    while isinstance(layer, gym.Wrapper):
+        if isinstance(layer, RelativeFrame):
+            out = layer.twist_from_base(out)
+        layer = layer.env
     return out
 
 
 class InterventionWrapper(gym.Wrapper):
+    """Non-idle teleop input replaces the policy's action for that step (see the module docstring)."""
+
     def __init__(
         self,
         env: gym.Env,

@@ -12,6 +12,8 @@ from typing import Protocol
 
 import gymnasium as gym
 
+from serl.devices.keyboard import TerminalKeyReader
+
 
 class KeySource(Protocol):
     def drain(self) -> list: ...  # KeyEvent(key, timestamp) objects, oldest first
@@ -20,6 +22,8 @@ class KeySource(Protocol):
 
 
 class KeyboardReward(gym.Wrapper):
+    """A key press during a step decides its reward and ends the episode (see the module docstring)."""
+
     def __init__(
         self,
         env: gym.Env,
@@ -32,8 +36,6 @@ class KeyboardReward(gym.Wrapper):
     ):
         super().__init__(env)
         if keys is None:
-            from serl.devices.keyboard import TerminalKeyReader
-
             keys = TerminalKeyReader()
         self.keys = keys
         self.success_key = success_key

@@ -13,7 +13,7 @@ from typing import Callable, Protocol, TextIO
 
 import numpy as np
 
-from robot_servers.backends.base import MAX_GRIPPER_WIDTH
+from robot_servers.limits import MAX_GRIPPER_WIDTH
 from robot_servers.control.pose import (
     normalize_quat,
     quat_conjugate,
@@ -77,7 +77,6 @@ class GoToResetPose:
     def __call__(self, env, episode_index: int, rng: np.random.Generator) -> None:
         task = env.task
         goal = randomized_reset_pose(task, rng) if self.randomize else np.asarray(task.reset_pose, float)
-        goal = task.safety_box.clip(goal)
         env.client.set_impedance(task.precision)
         if self.gripper is not None:
             env.command_gripper(self.gripper)

@@ -13,6 +13,7 @@ import numpy as np
 
 from robot_servers.backends.base import Backend, ImpedanceParams, RobotState
 from robot_servers.cameras.base import Camera
+from robot_servers.guard import GuardConfig, RobotGuard
 
 
 class RobotClient(abc.ABC):
@@ -95,30 +96,37 @@ class RobotClient(abc.ABC):
 
 
 class LocalRobot(RobotClient):
-    """A Backend (and its cameras) in the env's own process: fast sim training and tests."""
+    """A Backend (and its cameras) in the env's own process, behind the same ``RobotGuard`` as the server.
 
-    def __init__(self, backend: Backend, cameras: Mapping[str, Camera] | None = None):
+    Sim training and tests run exactly the checks the real arm gets: validation, the safety box,
+    the measured-pose stop, and (real-time backends) the watchdog. Refusals raise the guard's errors.
+    """
+
+    def __init__(self, backend: Backend, cameras: Mapping[str, Camera] | None = None,
+                 guard: GuardConfig = GuardConfig()):
         self.backend = backend
         self.cameras = dict(cameras or {})
-        self.lockstep = bool(getattr(backend, "lockstep", False))
+        self.guard = RobotGuard(backend, guard)
+        self.lockstep = backend.lockstep
+        self.guard.start()
 
     def state(self) -> RobotState:
-        return self.backend.state()
+        return self.guard.state()
 
     def set_target(self, pose, gripper=None) -> None:
-        self.backend.set_target(pose, gripper)
+        self.guard.set_target(pose, gripper)
 
     def set_gripper(self, width) -> None:
-        self.backend.set_gripper(width)
+        self.guard.set_gripper(width)
 
     def set_impedance(self, params) -> None:
-        self.backend.set_impedance(params)
+        self.guard.set_impedance(params)
 
     def joint_reset(self, q=None, duration=3.0) -> None:
-        self.backend.joint_reset(q, duration)
+        self.guard.joint_reset(q, duration)
 
     def recover(self) -> None:
-        self.backend.recover()
+        self.guard.recover()
 
     def images(self) -> dict[str, tuple[np.ndarray, float]]:
         return {name: camera.read() for name, camera in self.cameras.items()}
@@ -126,24 +134,19 @@ class LocalRobot(RobotClient):
     def advance(self, seconds: float) -> None:
         if not self.lockstep:
             return super().advance(seconds)
-        self.backend.advance(seconds)
+        self.guard.advance(seconds)
 
     def scene(self) -> dict[str, np.ndarray]:
-        if not hasattr(self.backend, "scene"):
-            return super().scene()
-        return self.backend.scene
+        return self.guard.scene()
 
     def reset_scene(self, seed=None) -> None:
-        if not hasattr(self.backend, "reset_scene"):
-            return super().reset_scene(seed)
-        self.backend.reset_scene(seed)
+        self.guard.reset_scene(seed)
 
     def reset_robot(self, q=None) -> None:
-        if not hasattr(self.backend, "reset_robot"):
-            return super().reset_robot(q)
-        self.backend.reset_robot(q)
+        self.guard.reset_robot(q)
 
     def close(self) -> None:
+        self.guard.stop()
         for camera in self.cameras.values():
             camera.close()
         self.backend.close()

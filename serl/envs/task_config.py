@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import numpy as np
+
 from robot_servers.backends.base import ImpedanceParams
+from robot_servers.control.pose import rotate
 from robot_servers.control.safety import SafetyBox
 
 Pose7 = tuple[float, float, float, float, float, float, float]
@@ -32,6 +35,35 @@ class ResetHookSpec:
 
     name: str
     options: tuple[tuple[str, object], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionLayout:
+    """Where things sit in a task's action: xyz at [0:3], then rpy at [3:6] when the task rotates,
+    then the gripper last when it has one."""
+
+    rotation: bool = True
+    gripper: bool = True
+
+    @property
+    def size(self) -> int:
+        return 3 + 3 * self.rotation + self.gripper
+
+    @property
+    def gripper_index(self) -> int | None:
+        return self.size - 1 if self.gripper else None
+
+    def from_twist(self, twist: np.ndarray) -> np.ndarray:
+        """The motion entries of an action (no gripper) from a 6-D twist."""
+        return np.asarray(twist[: 6 if self.rotation else 3], dtype=np.float64)
+
+    def rotate(self, quat: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """The action with its translation (and rotation) vectors rotated by ``quat``; the gripper unchanged."""
+        out = np.asarray(action, dtype=np.float64).copy()
+        out[:3] = rotate(quat, out[:3])
+        if self.rotation:
+            out[3:6] = rotate(quat, out[3:6])
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +107,11 @@ class TaskConfig:
             raise ValueError(f"TaskConfig.shaping_discount: expected a value in (0, 1], got {self.shaping_discount}")
         if self.object_state not in ("pose", "position"):
             raise ValueError(f"TaskConfig.object_state: expected 'pose' or 'position', got {self.object_state!r}")
+
+    @property
+    def action_layout(self) -> ActionLayout:
+        """The layout of this task's actions (see ``rotation_actions``, ``gripper_mode``)."""
+        return ActionLayout(rotation=self.rotation_actions, gripper=self.gripper_mode != "none")
 
     @property
     def object_state_size(self) -> int:

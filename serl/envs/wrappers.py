@@ -17,7 +17,8 @@ import numpy as np
 from gymnasium.wrappers import FrameStackObservation, TimeLimit
 
 from robot_servers.control.pose import quat_conjugate, quat_to_euler, relative_pose, rotate
-from serl.envs.franka_env import ActionLayout
+from serl.envs.franka_env import franka_env_under
+from serl.envs.task_config import ActionLayout
 
 __all__ = [
     "RelativeFrame",
@@ -53,8 +54,8 @@ def _state_space(env: gym.Env) -> gym.spaces.Dict:
 
 def action_layout(env: gym.Env) -> ActionLayout:
     """The FrankaEnv's action layout under ``env`` (xyz, rpy, gripper for anything else)."""
-    layout = getattr(env.unwrapped, "action_layout", None)
-    return layout if isinstance(layout, ActionLayout) else ActionLayout()
+    base = franka_env_under(env)
+    return base.action_layout if base is not None else ActionLayout()
 
 
 class RelativeFrame(gym.Wrapper):
@@ -73,7 +74,9 @@ class RelativeFrame(gym.Wrapper):
         self._state_space = _state_space(env)
         if "tcp_pose" not in self._state_space.spaces:
             raise ValueError("RelativeFrame needs 'tcp_pose' in the state")
-        self._rotate_actions = getattr(env.unwrapped.task, "action_frame", "base") == "base"
+        base = franka_env_under(env)
+        # an ee-frame task's actions are relative already and pass through unchanged
+        self.rotates_actions = base is None or base.task.action_frame == "base"
         self._layout = action_layout(env)
         self.reset_pose: np.ndarray | None = None
 
@@ -90,13 +93,19 @@ class RelativeFrame(gym.Wrapper):
                 info[key] = self._action_from_base(np.asarray(info[key], dtype=np.float64))
         return self._to_relative(obs), reward, terminated, truncated, info
 
+    def twist_from_base(self, twist: np.ndarray) -> np.ndarray:
+        """A base-frame 6-D twist in this wrapper's action frame (unchanged before the first reset)."""
+        if not self.rotates_actions or self.reset_pose is None:
+            return np.asarray(twist, dtype=np.float64)
+        return ActionLayout(rotation=True, gripper=False).rotate(quat_conjugate(self.reset_pose[3:]), twist)
+
     def _action_to_base(self, action: np.ndarray) -> np.ndarray:
-        if not self._rotate_actions:
+        if not self.rotates_actions:
             return action
         return self._layout.rotate(self.reset_pose[3:], action)
 
     def _action_from_base(self, action: np.ndarray) -> np.ndarray:
-        if not self._rotate_actions:
+        if not self.rotates_actions:
             return action
         return self._layout.rotate(quat_conjugate(self.reset_pose[3:]), action)
 
@@ -151,7 +160,8 @@ class FlattenState(gym.ObservationWrapper):
         super().__init__(env)
         state_space = _state_space(env)
         if keys is None:
-            order = getattr(env.unwrapped, "state_order", ())
+            base = franka_env_under(env)
+            order = base.state_order if base is not None else ()
             keys = [key for key in order if key in state_space.spaces] or list(state_space)
             keys += [key for key in state_space if key not in keys]
         missing = [key for key in keys if key not in state_space.spaces]

@@ -17,8 +17,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from serl.data.transition import Transition, make_transition
+from serl.envs.franka_env import franka_env_under
 from serl.runtime import enable_compilation_cache
-from serl.runtime.config import ActorConfig, config_hash, write_config
+from serl.runtime.config import ActorConfig, run_config_hash, write_config
 from serl.runtime.envs import build_env, observation_example, space_signature
 from serl.runtime.logging import MetricsLogger, summary_line, write_status
 from serl.runtime.policy import create_agent, decode_weights
@@ -59,29 +61,20 @@ class EpisodeStats:
         return out
 
 
-def make_transition(obs, action, reward, next_obs, terminated, truncated, info) -> dict:
-    """The transition dict the learner's buffers take (the human's action when intervened)."""
+def transition_from_step(obs, action, reward, next_obs, terminated, truncated, info) -> Transition:
+    """The transition of one env step (the human's action when intervened), as the learner takes it."""
     executed = info.get("executed_action")
-    transition = {
-        "observations": obs,
-        "actions": np.asarray(action if executed is None else executed, dtype=np.float32),
-        "rewards": np.float32(np.squeeze(reward)),
-        "masks": np.float32(1.0 - float(terminated)),
-        "dones": bool(terminated or truncated),
-        "next_observations": next_obs,
-        "intervened": bool(info.get("intervened", False)),
-    }
-    if "grasp_penalty" in info:
-        transition["grasp_penalty"] = np.float32(info["grasp_penalty"])
-    return transition
+    return make_transition(
+        obs, action if executed is None else executed, reward, next_obs, terminated=terminated, truncated=truncated,
+        intervened=bool(info.get("intervened", False)), grasp_penalty=info.get("grasp_penalty"),
+    )
 
 
 def connect(cfg: ActorConfig, hash_: str, actor_id: str):
     """An ActorClient to the learner (non-blocking sends, reconnects on its own)."""
-    from serl.transport.actor import ActorClient
-    from serl.transport.actor import ActorConfig as TransportConfig
+    from serl.transport.actor_client import ActorClient, ActorClientConfig
 
-    return ActorClient(TransportConfig(
+    return ActorClient(ActorClientConfig(
         actor_id=actor_id, config_hash=hash_, host=cfg.net.host,
         request_port=cfg.net.port, weights_port=cfg.net.weights_port,
     ))
@@ -95,7 +88,7 @@ def run_actor(cfg: ActorConfig, run_dir: Path, stop: threading.Event | None = No
     write_config(run_dir, cfg, "actor_config.json", extra={"spaces": space_signature(env)})
     agent = create_agent(cfg.run.seed, observation_example(env), int(np.prod(env.action_space.shape)), cfg.agent)
     actor_id = f"{socket.gethostname()}-{os.getpid()}"
-    client = connect(cfg, config_hash(cfg.env, cfg.agent), actor_id)
+    client = connect(cfg, run_config_hash(cfg.env, cfg.agent), actor_id)
     logger = MetricsLogger(cfg.run.logger, run_dir / "tb" / "actor", run_name=cfg.run.name)
     status_path = run_dir / "status" / "actor.json"
     episodes_path = run_dir / "episodes.jsonl"  # one line per episode: the learning curve
@@ -135,7 +128,7 @@ def run_actor(cfg: ActorConfig, run_dir: Path, stop: threading.Event | None = No
                 obs, _ = env.reset()
                 stats = EpisodeStats()
                 continue
-            client.send(make_transition(obs, action, reward, next_obs, terminated, truncated, info))
+            client.send(transition_from_step(obs, action, reward, next_obs, terminated, truncated, info))
             stats.add(reward, info, time.perf_counter() - started)
             steps += 1
             obs = next_obs
@@ -176,11 +169,11 @@ def run_actor(cfg: ActorConfig, run_dir: Path, stop: threading.Event | None = No
 
 def _recover(env) -> None:
     """Clear the robot's error state (safety stop, reflex) before the next reset, when the client can."""
-    client = getattr(env.unwrapped, "client", None)
-    if client is None:
+    base = franka_env_under(env)
+    if base is None:
         return
     try:
-        client.recover()
+        base.client.recover()
     except (RuntimeError, ConnectionError, OSError) as err:
         print(f"[actor] recover failed: {err}", flush=True)
 

@@ -10,62 +10,15 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import math
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Literal, Mapping
 
 from serl.agents.sac import SACConfig
+from serl.runtime.env_config import EnvConfig
 from serl.runtime.logging import LoggerKind
-
-# RLPD-style state-SAC defaults (critic ensemble 10, min over 2, LayerNorm) come from SACConfig itself.
-
-
-@dataclasses.dataclass(frozen=True)
-class EnvConfig:
-    """Which env the actor runs (and whose spaces the learner builds its agent for)."""
-
-    task: str = "PandaPickCube"
-    """Task name from serl.envs.tasks (e.g. PandaPickCube, PandaPegInsertion)."""
-    pixels: bool = False
-    """Use the task's camera observations."""
-    robot_url: str | None = None
-    """Robot server URL (HttpRobotClient); None runs the twin in-process (LocalRobot)."""
-    robot_token: str | None = None
-    """Bearer token for the robot server."""
-    overrides: tuple[str, ...] = ()
-    """Task config overrides as key=value (value parsed as JSON when possible), e.g. max_episode_steps=50."""
-    task_module: str | None = None
-    """Module name or .py file imported first, to register your own tasks (serl.envs.tasks.register_task)."""
-    reward_classifier: Path | None = None
-    """Checkpoint directory from `serl classifier train`: the reward comes from that success classifier."""
-    classifier_k: int = 1
-    """Consecutive steps above the classifier's threshold that count as success (reward 1, episode end)."""
-    grasp_penalty: float = 0.0
-    """Cost of a step that changes the gripper (open<->close), paid by the grasp critic only (HIL-SERL: 0.02)."""
-
-    def __post_init__(self):
-        if not (math.isfinite(self.grasp_penalty) and self.grasp_penalty >= 0):
-            raise ValueError(f"grasp_penalty: expected a finite value >= 0, got {self.grasp_penalty}")
-
-    def override_dict(self) -> dict:
-        """``overrides`` as a dict; ValueError naming a malformed entry."""
-        parsed = {}
-        for item in self.overrides:
-            key, sep, raw = item.partition("=")
-            if not sep or not key.strip():
-                raise ValueError(f"env.overrides: expected key=value, got {item!r}")
-            try:
-                value = json.loads(raw)
-            except ValueError:
-                value = raw
-            parsed[key.strip()] = tuple(value) if isinstance(value, list) else value
-        return parsed
-
-    def identity(self) -> dict:
-        """What actor and learner must agree on (hashed into the transport handshake)."""
-        return {"task": self.task, "pixels": self.pixels, "overrides": sorted(self.overrides),
-                "task_module": self.task_module, "grasp_penalty": self.grasp_penalty}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +84,9 @@ class LearnerConfig:
 
     def __post_init__(self):
         _check_grasp_penalty(self.env, self.agent)
-        _positive(self, "batch_size", "publish_every", "checkpoint_every", "log_every", "buffer_capacity")
+        _require_positive(batch_size=self.batch_size, publish_every=self.publish_every,
+                          checkpoint_every=self.checkpoint_every, log_every=self.log_every,
+                          buffer_capacity=self.buffer_capacity)
         if not 0.0 <= self.demo_ratio < 1.0:
             raise ValueError(f"demo_ratio: expected in [0, 1), got {self.demo_ratio}")
         if self.min_online_steps < 1:
@@ -163,7 +118,7 @@ class ActorConfig:
 
     def __post_init__(self):
         _check_grasp_penalty(self.env, self.agent)
-        _positive(self, "log_every")
+        _require_positive(log_every=self.log_every)
         if self.max_lag < 0 or self.random_steps < 0 or self.max_env_steps < 0:
             raise ValueError("max_lag, random_steps, max_env_steps: must be >= 0")
 
@@ -182,7 +137,7 @@ class EvalConfig:
     """Env to evaluate in; None = the run's own."""
 
     def __post_init__(self):
-        _positive(self, "episodes")
+        _require_positive(episodes=self.episodes)
 
 
 def _check_grasp_penalty(env: EnvConfig, agent: SACConfig) -> None:
@@ -191,10 +146,10 @@ def _check_grasp_penalty(env: EnvConfig, agent: SACConfig) -> None:
                          "(or put a gripper cost into the reward with the task's own reward)")
 
 
-def _positive(cfg, *names: str) -> None:
-    for name in names:
-        if getattr(cfg, name) <= 0:
-            raise ValueError(f"{name}: must be positive, got {getattr(cfg, name)}")
+def _require_positive(**values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{name}: must be positive, got {value}")
 
 
 def default_run_name() -> str:
@@ -226,7 +181,7 @@ def write_config(directory: Path, cfg, filename: str = "config.json", extra: Map
     return path
 
 
-def config_hash(env: EnvConfig, agent: SACConfig) -> str:
+def run_config_hash(env: EnvConfig, agent: SACConfig) -> str:
     """Hash of what actor and learner must share: the env identity and the agent config."""
     blob = json.dumps({"env": env.identity(), "agent": to_jsonable(agent)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -234,8 +189,6 @@ def config_hash(env: EnvConfig, agent: SACConfig) -> str:
 
 def from_dict(cls, data: Mapping):
     """Rebuild a (nested) config dataclass from its JSON form; unknown keys are an error."""
-    import typing
-
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - fields - {"kind"}
@@ -248,9 +201,6 @@ def from_dict(cls, data: Mapping):
 
 
 def _coerce(hint, value):
-    import types
-    import typing
-
     if value is None:
         return None
     origin = typing.get_origin(hint)

@@ -1,53 +1,68 @@
-"""Build the env the actor runs (twin in-process or a robot server) with the flat observation layout."""
+"""``build_env``: the env of an ``EnvConfig``, with its wrappers.
+
+``serl train``, ``serl learner``, ``serl actor``, ``serl eval`` and ``serl record-demos`` all build their env here.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Mapping
 
 import gymnasium as gym
 import numpy as np
 
-from serl.runtime.config import EnvConfig
+from serl.devices import make_teleop
+from serl.envs.franka_env import FrankaEnv
+from serl.envs.intervention import InterventionWrapper
+from serl.envs.rewards import make_reward
+from serl.envs.tasks import get_task, make_sim_env, with_overrides
+from serl.envs.wrappers import FlattenState, GripperPenalty, QuatToEuler, RelativeFrame, default_wrappers
+from serl.runtime.env_config import EnvConfig
 
 
-def build_env(cfg: EnvConfig, seed: int | None = None, teleop: str = "none") -> gym.Env:
-    """The task env with observations flattened to ``{"state": (d,), <camera>: HxWx3}``.
+@dataclasses.dataclass(frozen=True)
+class ObservationWrappers:
+    """Which observation wrappers ``build_env`` puts over a ``FrankaEnv`` task."""
+
+    relative_frame: bool = True
+    """``RelativeFrame``: poses and actions in the frame of the pose at reset."""
+    euler: bool = True
+    """``QuatToEuler``: robot poses as xyz + euler."""
+    flat: bool = True
+    """``FlattenState``: the flat dict the agent and the replay buffers take; False keeps the nested
+    ``{"state": {...}, "images": {...}}`` observation the demo files store."""
+
+
+def build_env(cfg: EnvConfig, seed: int | None = None, teleop: str = "none", *,
+              teleop_options: Mapping[str, Any] | None = None,
+              observations: ObservationWrappers = ObservationWrappers()) -> gym.Env:
+    """The task env with its observation wrappers, reward wrappers and, with a teleop device, interventions.
 
     ``robot_url`` None runs the MuJoCo twin in-process (LocalRobot); otherwise the env talks to a
-    robot server over HTTP. A teleop device adds the intervention wrapper.
+    robot server over HTTP. ``gym:<id>`` tasks are gymnasium envs with flat observations. A teleop
+    device (``make_teleop(teleop, env=..., **teleop_options)``) adds the ``InterventionWrapper`` outermost.
     """
-    overrides = cfg.override_dict()
     if cfg.task_module:
         import_task_module(cfg.task_module)
-    if cfg.task.startswith("gym:"):
-        env = _make_gym_env(cfg.task[len("gym:"):], seed, overrides)
-    elif cfg.robot_url is None:
-        from serl.envs.tasks import make_sim_env
-
-        env = make_sim_env(cfg.task, pixels=cfg.pixels, seed=seed, **overrides)
-    else:
-        env = _make_remote_env(cfg, overrides)
-    env = flatten(env)
+    env = _task_env(cfg, seed)
+    env = _with_observation_wrappers(env, observations)
     if cfg.grasp_penalty > 0:
-        from serl.envs.wrappers import GripperPenalty
-
         env = GripperPenalty(env, cfg.grasp_penalty, mode="info")
     if cfg.reward_classifier is not None:
-        from reward_classifiers.runtime import ClassifierReward
+        from reward_classifiers.runtime import ClassifierReward  # the classifier's model code loads JAX and flax
 
         env = ClassifierReward(env, cfg.reward_classifier, k=cfg.classifier_k)
     if teleop != "none":
-        env = _with_intervention(env, teleop)
+        env = InterventionWrapper(env, make_teleop(teleop, env=env, **dict(teleop_options or {})))
     return env
 
 
 def import_task_module(name: str) -> None:
     """Import a module (dotted name) or a .py file that registers extra tasks."""
-    import importlib
-    import importlib.util
-    import sys
-    from pathlib import Path
-
     if name.endswith(".py"):
         path = Path(name).resolve()
         if not path.exists():
@@ -61,6 +76,20 @@ def import_task_module(name: str) -> None:
         spec.loader.exec_module(module)
     else:
         importlib.import_module(name)
+
+
+def _task_env(cfg: EnvConfig, seed: int | None) -> gym.Env:
+    """The env as the task defines it: a ``FrankaEnv`` (nested observations) or a ``gym:`` env (flat)."""
+    overrides = cfg.override_dict()
+    if cfg.task.startswith("gym:"):
+        return _make_gym_env(cfg.task[len("gym:"):], seed, overrides)
+    if cfg.robot_url is None:
+        return make_sim_env(cfg.task, pixels=cfg.pixels, seed=seed, **overrides)
+    from serl.envs.http_client import HttpRobotClient  # pulls in FastAPI via the server modules; remote envs only
+
+    task = with_overrides(get_task(cfg.task, pixels=cfg.pixels), **overrides)
+    client = HttpRobotClient(cfg.robot_url, token=cfg.robot_token) if cfg.robot_token else HttpRobotClient(cfg.robot_url)
+    return FrankaEnv(client, task, reward_fn=make_reward(task))
 
 
 def _make_gym_env(env_id: str, seed: int | None, overrides: dict) -> gym.Env:
@@ -79,44 +108,27 @@ def _make_gym_env(env_id: str, seed: int | None, overrides: dict) -> gym.Env:
     return env
 
 
-def _make_remote_env(cfg: EnvConfig, overrides: dict) -> gym.Env:
-    import dataclasses
-
-    from serl.envs.franka_env import FrankaEnv
-    from serl.envs.http_client import HttpRobotClient
-    from serl.envs.tasks import get_task
-
-    task = get_task(cfg.task, pixels=cfg.pixels) if _accepts(get_task, "pixels") else get_task(cfg.task)
-    if overrides:
-        task = dataclasses.replace(task, **overrides)
-    client = HttpRobotClient(cfg.robot_url, token=cfg.robot_token) if cfg.robot_token else HttpRobotClient(cfg.robot_url)
-    return FrankaEnv(client, task)
-
-
-def _accepts(fn, name: str) -> bool:
-    import inspect
-
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def flatten(env: gym.Env) -> gym.Env:
-    """The env helper's default learning wrappers, unless the env already yields flat observations."""
+def _with_observation_wrappers(env: gym.Env, observations: ObservationWrappers) -> gym.Env:
     space = env.observation_space
     if isinstance(space, gym.spaces.Dict) and isinstance(space.spaces.get("state"), gym.spaces.Box):
-        return env
-    from serl.envs.wrappers import default_wrappers
+        return env  # a gym: env yields the flat layout already
+    if observations.flat:
+        return default_wrappers(env, relative=observations.relative_frame, euler=observations.euler)
+    if observations.relative_frame:
+        env = RelativeFrame(env)
+    if observations.euler:
+        env = QuatToEuler(env)
+    return env
 
-    return default_wrappers(env)
 
-
-def _with_intervention(env: gym.Env, teleop: str) -> gym.Env:
-    from serl.devices import make_teleop
-    from serl.envs.intervention import InterventionWrapper
-
-    return InterventionWrapper(env, make_teleop(teleop, env=env))
+def flat_state_keys(env: gym.Env) -> list[str]:
+    """Names of the flat state's entries in order (``FlattenState.state_layout``); [] for a gym: env."""
+    layer = env
+    while isinstance(layer, gym.Wrapper):
+        if isinstance(layer, FlattenState):
+            return list(layer.state_layout)
+        layer = layer.env
+    return []
 
 
 def observation_example(env: gym.Env) -> dict[str, np.ndarray]:

@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from serl.runtime import actor as actor_process
+from serl.runtime import learner as learner_process
 from serl.runtime.config import ActorConfig, LearnerConfig, from_dict
 
 
@@ -20,13 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     kind, config_path, run_dir = argv
     data = json.loads(Path(config_path).read_text())
     if kind == "learner":
-        from serl.runtime.learner import main_with_signals
-
-        main_with_signals(from_dict(LearnerConfig, data), Path(run_dir))
+        learner_process.main_with_signals(from_dict(LearnerConfig, data), Path(run_dir))
     else:
-        from serl.runtime.actor import main_with_signals
-
-        main_with_signals(from_dict(ActorConfig, data), Path(run_dir))
+        actor_process.main_with_signals(from_dict(ActorConfig, data), Path(run_dir))
     return 0
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from serl.data.replay import MixedSampler, ReplayBuffer, concat_batches
 from serl.agents.checkpoint import Checkpointer
+from serl.data.demos import load_episode_file
+from serl.data.replay import MixedSampler, ReplayBuffer, concat_batches
 from serl.runtime import enable_compilation_cache
-from serl.runtime.config import LearnerConfig, config_hash, write_config
-from serl.runtime.envs import build_env, observation_example, space_signature
+from serl.runtime.config import LearnerConfig, run_config_hash, write_config
+from serl.runtime.envs import build_env, flat_state_keys, observation_example, space_signature
 from serl.runtime.logging import MetricsLogger, summary_line, write_status
 from serl.runtime.policy import create_agent, encode_weights
 
@@ -40,11 +41,7 @@ def env_spec(cfg: LearnerConfig) -> tuple[dict, int, dict]:
     """Observation example, action size and space signature of the task (from a twin env built once)."""
     env = build_env(dataclasses.replace(cfg.env, robot_url=None), seed=cfg.run.seed)
     try:
-        spaces = space_signature(env)
-        try:
-            spaces["state_keys"] = list(env.get_wrapper_attr("state_layout"))
-        except AttributeError:
-            spaces["state_keys"] = []
+        spaces = {**space_signature(env), "state_keys": flat_state_keys(env)}
         return observation_example(env), int(np.prod(env.action_space.shape)), spaces
     finally:
         env.close()
@@ -52,8 +49,6 @@ def env_spec(cfg: LearnerConfig) -> tuple[dict, int, dict]:
 
 def load_demos(path: Path, buffer: ReplayBuffer, state_keys: list[str], grasp_penalty: float = 0.0) -> int:
     """Insert every transition of an HDF5 demo file into ``buffer`` (state flattened in the env's order)."""
-    from serl.data.demos import load_episode_file
-
     if not Path(path).exists():
         raise FileNotFoundError(f"demos: {path} not found")
     return load_episode_file(buffer, path, state_keys, grasp_penalty=grasp_penalty)
@@ -63,14 +58,13 @@ class Learner:
     """Buffers, agent, transport and counters of one learner run; ``step()`` does one slice of work."""
 
     def __init__(self, cfg: LearnerConfig, run_dir: Path):
-        from serl.transport.learner import LearnerConfig as TransportConfig
-        from serl.transport.learner import LearnerServer
+        from serl.transport.learner_server import LearnerServer, LearnerServerConfig
 
         self.cfg = cfg
         self.run_dir = run_dir
         self.checkpoint_dir = run_dir / "checkpoints"
         obs_example, self.action_dim, spaces = env_spec(cfg)
-        write_config(run_dir, cfg, extra={"spaces": spaces, "config_hash": config_hash(cfg.env, cfg.agent)})
+        write_config(run_dir, cfg, extra={"spaces": spaces, "config_hash": run_config_hash(cfg.env, cfg.agent)})
         self.agent = create_agent(cfg.run.seed, obs_example, self.action_dim, cfg.agent)
         self.online = ReplayBuffer(obs_example, self.action_dim, cfg.buffer_capacity, seed=cfg.run.seed)
         self.demo = ReplayBuffer(obs_example, self.action_dim, cfg.buffer_capacity, seed=cfg.run.seed + 1)
@@ -88,9 +82,9 @@ class Learner:
             count = load_demos(cfg.demos, self.demo, spaces["state_keys"], cfg.env.grasp_penalty)
             print(f"[learner] loaded {count} demo transitions from {cfg.demos}", flush=True)
         self.sampler = MixedSampler(self.online, self.demo, cfg.demo_ratio)
-        self.server = LearnerServer(TransportConfig(
+        self.server = LearnerServer(LearnerServerConfig(
             host=cfg.net.host, request_port=cfg.net.port, weights_port=cfg.net.weights_port,
-            config_hash=config_hash(cfg.env, cfg.agent),
+            config_hash=run_config_hash(cfg.env, cfg.agent),
         ))
         if transport_state is not None:
             self.server.load_state_dict(transport_state)

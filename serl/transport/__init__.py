@@ -2,7 +2,7 @@
 
 Learner side::
 
-    server = LearnerServer(LearnerConfig(request_port=5588, weights_port=5589, config_hash=h)).start()
+    server = LearnerServer(LearnerServerConfig(request_port=5588, weights_port=5589, config_hash=h)).start()
     server.load_state_dict(saved)            # dedup table from the last checkpoint, if resuming
     for batch in server.drain(timeout=0.1):  # ReceivedBatch(actor_id, session, seq, transitions)
         buffer.insert_many(batch.transitions)
@@ -11,7 +11,7 @@ Learner side::
 
 Actor side::
 
-    client = ActorClient(ActorConfig(actor_id="robot-1", config_hash=h, host="10.0.0.2"))
+    client = ActorClient(ActorClientConfig(actor_id="robot-1", config_hash=h, host="10.0.0.2"))
     client.send({"observations": obs, "actions": a, "rewards": r, ...})   # never blocks
     if (w := client.latest_weights()) is not None: version, params = w    # never blocks
     client.close(flush_timeout=5.0)
@@ -32,20 +32,27 @@ learner restores ``state_dict()``); a mismatched config hash or schema version i
 that names the difference (``HandshakeRejected``); malformed input raises ``ProtocolError``.
 """
 
-from serl.transport.actor import ActorClient, ActorConfig, HandshakeRejected, TransportError
-from serl.transport.learner import LearnerConfig, LearnerServer, ReceivedBatch
+from serl.transport.actor_client import ActorClient, ActorClientConfig, HandshakeRejected, TransportError
+from serl.transport.learner_server import LearnerServer, LearnerServerConfig, ReceivedBatch
+from serl.transport.link import ConnectionState, Link
+from serl.transport.outbox import TransitionOutbox
 from serl.transport.schema import SCHEMA_VERSION, ProtocolError, SchemaMismatch, config_hash
+from serl.transport.sessions import SessionTable
 
 __all__ = [
     "SCHEMA_VERSION",
     "ActorClient",
-    "ActorConfig",
+    "ActorClientConfig",
+    "ConnectionState",
     "HandshakeRejected",
-    "LearnerConfig",
     "LearnerServer",
+    "Link",
+    "LearnerServerConfig",
     "ProtocolError",
     "ReceivedBatch",
     "SchemaMismatch",
+    "SessionTable",
+    "TransitionOutbox",
     "TransportError",
     "config_hash",
 ]

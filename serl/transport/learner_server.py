@@ -13,16 +13,17 @@ from typing import Any
 
 import zmq
 
+from robot_servers.wire import check_encodable
 from serl.transport.schema import (
     SCHEMA_VERSION,
     ProtocolError,
     SchemaMismatch,
-    check_encodable,
     decode_message,
     decode_transition,
     encode_message,
     short_hash,
 )
+from serl.transport.sessions import ActorSession, BatchVerdict, SessionTable
 
 log = logging.getLogger("serl.transport")
 
@@ -30,7 +31,7 @@ _REQUESTS = frozenset({"hello", "batch", "ping", "get_weights"})
 
 
 @dataclasses.dataclass(frozen=True)
-class LearnerConfig:
+class LearnerServerConfig:
     """Where the learner listens and how much it holds; port 0 picks a free port."""
 
     host: str = "127.0.0.1"
@@ -46,13 +47,13 @@ class LearnerConfig:
     def __post_init__(self):
         for name in ("request_port", "weights_port"):
             if not 0 <= getattr(self, name) <= 65535:
-                raise ValueError(f"LearnerConfig.{name} must be in 0..65535, got {getattr(self, name)}")
+                raise ValueError(f"LearnerServerConfig.{name} must be in 0..65535, got {getattr(self, name)}")
         for name in ("max_frame_bytes", "max_queued_bytes", "max_sessions_per_actor"):
             if getattr(self, name) < 1:
-                raise ValueError(f"LearnerConfig.{name} must be positive, got {getattr(self, name)}")
+                raise ValueError(f"LearnerServerConfig.{name} must be positive, got {getattr(self, name)}")
         for name in ("actor_timeout_s", "poll_interval_s"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"LearnerConfig.{name} must be > 0, got {getattr(self, name)}")
+                raise ValueError(f"LearnerServerConfig.{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,16 +66,6 @@ class ReceivedBatch:
     transitions: list[dict]
 
 
-@dataclasses.dataclass
-class _Session:
-    acked: int = -1  # highest contiguous batch seq received
-    delivered: int = -1  # highest seq handed to the consumer; what state_dict() persists
-    queued: int = 0
-    handshaken: bool = False
-    last_seen: float = 0.0
-    tick: int = 0  # activity order, for pruning old sessions
-
-
 class LearnerServer:
     """Receives transition batches from many actors and broadcasts weights.
 
@@ -84,7 +75,7 @@ class LearnerServer:
     replay buffer, taken in the thread that inserts into that buffer, so that a restart deduplicates resends.
     """
 
-    def __init__(self, config: LearnerConfig, on_batch: Callable[[ReceivedBatch], None] | None = None):
+    def __init__(self, config: LearnerServerConfig, on_batch: Callable[[ReceivedBatch], None] | None = None):
         self.config = config
         self.learner_id = uuid.uuid4().hex
         self._callback = on_batch
@@ -104,14 +95,17 @@ class LearnerServer:
             raise
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
-        self._sessions: dict[tuple[str, str], _Session] = {}
+        self._sessions = SessionTable(config.max_sessions_per_actor)
         self._queue: collections.deque[tuple[ReceivedBatch, int]] = collections.deque()
         self._queued_bytes = 0
-        self._tick = 0
         self._pub_lock = threading.Lock()
         self._weights: tuple[int, bytes] | None = None
         self._stats = collections.Counter()
         self._last_warning: dict[str, float] = {}
+        self._request_handlers = {
+            "hello": self._on_hello, "batch": self._on_batch, "ping": self._on_ping,
+            "get_weights": self._on_get_weights,
+        }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -154,10 +148,7 @@ class LearnerServer:
             while self._queue and (max_batches is None or len(out) < max_batches):
                 batch, nbytes = self._queue.popleft()
                 self._queued_bytes -= nbytes
-                session = self._sessions.get((batch.actor_id, batch.session))
-                if session is not None:
-                    session.queued -= 1
-                    session.delivered = max(session.delivered, batch.seq)
+                self._sessions.drained((batch.actor_id, batch.session), batch.seq)
                 out.append(batch)
         return out
 
@@ -183,46 +174,17 @@ class LearnerServer:
     def state_dict(self) -> dict:
         """The dedup table (per actor session, the last batch seq handed to the consumer), JSON-able."""
         with self._lock:
-            ordered = sorted(self._sessions.items(), key=lambda kv: kv[1].tick)
-            return {
-                "format": 1,
-                "sessions": [[actor_id, session, s.delivered] for (actor_id, session), s in ordered],
-            }
+            return self._sessions.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the dedup table from ``state_dict()`` output (call before actors reconnect)."""
-        if not isinstance(state, dict) or state.get("format") != 1 or not isinstance(state.get("sessions"), list):
-            raise ValueError("transport state must be a dict with format 1 and a 'sessions' list")
-        restored: dict[tuple[str, str], _Session] = {}
-        for i, entry in enumerate(state["sessions"]):
-            if (
-                not isinstance(entry, (list, tuple))
-                or len(entry) != 3
-                or not all(isinstance(x, str) for x in entry[:2])
-                or isinstance(entry[2], bool)
-                or not isinstance(entry[2], int)
-            ):
-                raise ValueError(f"transport state sessions[{i}] must be [actor_id, session, seq], got {entry!r}")
-            restored[(entry[0], entry[1])] = _Session(acked=entry[2], delivered=entry[2], tick=i)
         with self._lock:
-            self._sessions = restored
-            self._tick = len(restored)
+            self._sessions.load_state_dict(state)
 
     def actors(self) -> dict[str, dict]:
         """Per actor id: newest session, its acked seq, seconds since last heard, and whether it is alive."""
-        now = time.monotonic()
-        out: dict[str, dict] = {}
         with self._lock:
-            for (actor_id, session), s in sorted(self._sessions.items(), key=lambda kv: kv[1].tick):
-                if s.handshaken:
-                    age = now - s.last_seen
-                    out[actor_id] = {
-                        "session": session,
-                        "acked": s.acked,
-                        "seconds_since_seen": age,
-                        "alive": age < self.config.actor_timeout_s,
-                    }
-        return out
+            return self._sessions.alive(time.monotonic(), self.config.actor_timeout_s)
 
     def stats(self) -> dict:
         """Counters: batches/transitions accepted, duplicates, bad messages, rejections, queue size."""
@@ -287,24 +249,12 @@ class LearnerServer:
         if len(frames) != expected_frames:
             self._bad(identity, msg["rid"], f"{msg_type} has {len(frames) - 1} frames, expected {expected_frames - 1}")
             return
-        handler = {
-            "hello": self._on_hello, "batch": self._on_batch, "ping": self._on_ping, "get_weights": self._on_get_weights,
-        }[msg_type]
-        handler(identity, msg, frames)
+        self._request_handlers[msg_type](identity, msg, frames)
 
     def _bad(self, identity: bytes, rid: int, reason: str) -> None:
         self._stats["bad_messages"] += 1
         self._warn("bad", f"learner transport: dropped a bad message: {reason}")
         self._reply(identity, "error", rid=rid, code="protocol", reason=reason)
-
-    def _touch(self, key: tuple[str, str]) -> _Session:
-        session = self._sessions.get(key)
-        if session is None:
-            session = self._sessions[key] = _Session()
-        self._tick += 1
-        session.tick = self._tick
-        session.last_seen = time.monotonic()
-        return session
 
     def _on_hello(self, identity: bytes, msg: dict, frames) -> None:
         if msg["config_hash"] != self.config.config_hash:
@@ -318,53 +268,41 @@ class LearnerServer:
             return
         key = (msg["actor_id"], msg["session"])
         with self._lock:
-            session = self._touch(key)
-            session.handshaken = True
-            if msg["first_seq"] - 1 > session.acked:
-                log.warning(
-                    "learner transport: actor %r session %s no longer holds batches %d..%d (beyond its retention);"
-                    " they are lost",
-                    key[0], key[1][:8], session.acked + 1, msg["first_seq"] - 1,
-                )
-                self._stats["batches_lost_beyond_retention"] += msg["first_seq"] - 1 - session.acked
-                session.acked = msg["first_seq"] - 1
-                if session.queued == 0:
-                    session.delivered = session.acked
-            self._prune(key[0])
+            session, lost = self._sessions.handshake(key, msg["first_seq"], time.monotonic())
             acked = session.acked
+        if lost:
+            log.warning(
+                "learner transport: actor %r session %s no longer holds batches %d..%d (beyond its retention);"
+                " they are lost",
+                key[0], key[1][:8], msg["first_seq"] - lost, msg["first_seq"] - 1,
+            )
+            self._stats["batches_lost_beyond_retention"] += lost
         self._stats["handshakes"] += 1
         self._reply(
             identity, "welcome", rid=msg["rid"], session=key[1], acked=acked,
             learner_id=self.learner_id, weights_version=self.weights_version,
         )
 
-    def _prune(self, actor_id: str) -> None:
-        mine = sorted((s.tick, key) for key, s in self._sessions.items() if key[0] == actor_id)
-        for _, key in mine[: max(0, len(mine) - self.config.max_sessions_per_actor)]:
-            if self._sessions[key].queued == 0:
-                del self._sessions[key]
-
-    def _session_or_refuse(self, identity: bytes, msg: dict) -> _Session | None:
+    def _session_or_refuse(self, identity: bytes, msg: dict) -> ActorSession | None:
         """The message's handshaken session, marked as seen; None (and an error reply) without a hello."""
-        key = (msg["actor_id"], msg["session"])
-        session = self._sessions.get(key)
-        if session is None or not session.handshaken:
+        session = self._sessions.handshaken((msg["actor_id"], msg["session"]), time.monotonic())
+        if session is None:
             self._reply(identity, "error", rid=msg["rid"], code="handshake_required", reason="send hello first")
-            return None
-        return self._touch(key)
+        return session
 
     def _on_batch(self, identity: bytes, msg: dict, frames) -> None:
+        seq = msg["seq"]
         with self._lock:
             session = self._session_or_refuse(identity, msg)
             if session is None:
                 return
             acked = session.acked
+            verdict = session.verdict(seq)
             queue_full = self._callback is None and self._queued_bytes >= self.config.max_queued_bytes
-        seq = msg["seq"]
-        if seq <= acked:
+        if verdict is BatchVerdict.DUPLICATE:
             status = "duplicate"
             self._stats["duplicate_batches"] += 1
-        elif seq != acked + 1:
+        elif verdict is BatchVerdict.OUT_OF_ORDER:
             status = "out_of_order"
             self._stats["out_of_order_batches"] += 1
         elif queue_full:
@@ -381,7 +319,7 @@ class LearnerServer:
             acked = session.acked
         self._reply(identity, "ack", rid=msg["rid"], session=msg["session"], seq=seq, acked=acked, status=status)
 
-    def _deliver(self, session: _Session, batch: ReceivedBatch, nbytes: int) -> str:
+    def _deliver(self, session: ActorSession, batch: ReceivedBatch, nbytes: int) -> str:
         if self._callback is not None:
             try:
                 self._callback(batch)
@@ -390,11 +328,10 @@ class LearnerServer:
                 self._stats["callback_errors"] += 1
                 return "busy"
             with self._lock:
-                session.acked = session.delivered = batch.seq
+                self._sessions.delivered(session, batch.seq)
         else:
             with self._ready:
-                session.acked = batch.seq
-                session.queued += 1
+                self._sessions.queued(session, batch.seq)
                 self._queue.append((batch, nbytes))
                 self._queued_bytes += nbytes
                 self._ready.notify()

@@ -1,0 +1,332 @@
+"""``RobotGuard``: the one gate every robot command passes, whoever sends it.
+
+The HTTP server and the in-process ``LocalRobot`` both drive their backend through a guard, so a
+twin rehearsal runs exactly the checks the real arm gets:
+
+- command validation against ``robot_servers.limits`` (finite, right shape, unit quaternion, ranges);
+- the task's safety box on targets (clip or reject) and on the measured pose (leaving it holds the
+  arm and latches a safety stop until ``recover``);
+- the watchdog: no command for ``watchdog_timeout`` holds the current pose (real-time backends).
+
+A refused command raises a ``GuardError`` subclass and reaches no backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from robot_servers.backends.base import Backend, ImpedanceParams, RobotState, SimulatedBackend
+from robot_servers.control.safety import SafetyBox
+from robot_servers.limits import (
+    JOINT_RESET_DURATION,
+    MAX_ADVANCE_S,
+    validate_gripper,
+    validate_joints,
+    validate_pose,
+    validate_seconds,
+)
+
+log = logging.getLogger("robot_servers.guard")
+
+ARM_SPEED = 0.05  # m/s: the measured-pose check arms once the arm is inside the box and slower than this
+
+
+class GuardError(Exception):
+    """A command the guard refused; nothing moved."""
+
+
+class CommandRejected(GuardError, ValueError):
+    """Bad input (NaN, wrong shape, out of range, outside the box in reject mode). ``field`` names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+    @classmethod
+    def from_error(cls, exc: ValueError) -> "CommandRejected":
+        """From a limits check's ValueError, whose message starts with the field ("pose: ...")."""
+        message = str(exc)
+        head, sep, _ = message.partition(":")
+        field = head if sep and head.replace("_", "").replace(".", "").isalnum() else "body"
+        return cls(field, message)
+
+
+class SafetyStopActive(GuardError, RuntimeError):
+    """The measured pose left the safety box; commands are refused until ``recover``."""
+
+
+class RobotFault(GuardError, RuntimeError):
+    """The backend is in a fault state (stale driver, reflex, unstable sim) and refused the command."""
+
+
+class NotSupported(GuardError, NotImplementedError):
+    """The backend cannot do this (e.g. advance simulated time on a real arm)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GuardConfig:
+    """What the guard enforces. ``safety_box`` None: no box (the server warns about it)."""
+
+    safety_box: SafetyBox | None = None
+    on_violation: Literal["clip", "reject"] = "clip"  # what to do with a target outside the box
+    measured_tolerance: float = 0.01  # m the measured position may exceed the box before a stop
+    # rad the measured orientation may exceed it: a target clipped to a tight orientation bound is
+    # overshot by about 0.015 rad while the impedance law settles, which must not stop the arm
+    measured_rotation_tolerance: float = 0.05
+    watchdog_timeout: float | None = 0.5  # s without a command → hold; None disables
+    monitor_hz: float = 100.0  # rate of the watchdog / measured-pose checks
+
+    def __post_init__(self):
+        if self.on_violation not in ("clip", "reject"):
+            raise ValueError(f"GuardConfig.on_violation must be 'clip' or 'reject', got {self.on_violation!r}")
+        if self.watchdog_timeout is not None and not self.watchdog_timeout > 0:
+            raise ValueError("GuardConfig.watchdog_timeout must be positive or None")
+        if not (self.measured_tolerance >= 0 and self.measured_rotation_tolerance >= 0):
+            raise ValueError("GuardConfig.measured_tolerance and measured_rotation_tolerance must be >= 0")
+        if not self.monitor_hz > 0:
+            raise ValueError("GuardConfig.monitor_hz must be positive")
+
+
+def _checked(check: Callable, *args) -> Any:
+    """Run a ``robot_servers.limits`` check; its ValueError becomes ``CommandRejected`` naming the field."""
+    try:
+        return check(*args)
+    except ValueError as exc:
+        raise CommandRejected.from_error(exc) from None
+
+
+class RobotGuard:
+    """Validation, safety box, measured-pose stop and watchdog around one backend.
+
+    All commands run under one lock, so the watchdog never interleaves a hold with a command and the
+    measured-pose check sees a consistent target. Lockstep backends get no watchdog thread (it would
+    break run-to-run determinism); ``advance`` checks the measured pose as the thread would.
+    """
+
+    def __init__(self, backend: Backend, config: GuardConfig = GuardConfig()):
+        self.backend = backend
+        self.config = config
+        self.lockstep = backend.lockstep
+        self.simulated = isinstance(backend, SimulatedBackend)
+        self.lock = threading.RLock()
+        self.session = uuid.uuid4().hex[:12]
+        self.started = time.monotonic()
+        self.last_command = time.monotonic()
+        self.watchdog_tripped = False
+        self.watchdog_trips = 0
+        self.safety_stop: str | None = None
+        self.safety_stops = 0
+        # The measured-pose check arms once the arm is inside the box and nearly at rest (it may start
+        # outside, e.g. at home above a low box, and swing on its way in) and disarms on recover, joint
+        # reset and teleport, which may leave the box.
+        self.armed = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- commands
+    def set_target(self, pose, gripper: float | None = None) -> tuple[np.ndarray, bool]:
+        """New impedance equilibrium; returns the target actually sent and whether the box clipped it."""
+        pose = _checked(validate_pose, pose, "pose")
+        width = None if gripper is None else _checked(validate_gripper, gripper, "gripper")
+        with self.lock:
+            self._require_no_stop()
+            target, clipped = self._boxed(pose)
+            self._call(self.backend.set_target, target, width)
+            return target, clipped
+
+    def set_gripper(self, width: float) -> float:
+        width = _checked(validate_gripper, width, "width")
+        with self.lock:
+            self._call(self.backend.set_gripper, width)
+        return width
+
+    def set_impedance(self, params: ImpedanceParams) -> ImpedanceParams:
+        params = _checked(params.validate)
+        with self.lock:
+            self._call(self.backend.set_impedance, params)
+        return params
+
+    def joint_reset(self, q=None, duration: float = 3.0) -> None:
+        """Blocking joint move (home when ``q`` is None); may leave the box, so the pose check re-arms after."""
+        q = None if q is None else _checked(validate_joints, q, "q")
+        duration = _checked(validate_seconds, duration, "duration", *JOINT_RESET_DURATION)
+        with self.lock:
+            self._require_no_stop()
+            self.armed = False
+            self._call(self.backend.joint_reset, q, duration)
+
+    def recover(self) -> None:
+        """Clear backend errors and the safety stop; the arm holds its pose."""
+        with self.lock:
+            self._call(self.backend.recover)
+            if self.safety_stop is not None:
+                log.warning("safety stop cleared by recover (was: %s)", self.safety_stop)
+            self.safety_stop = None
+            self.armed = False  # re-armed once the measured pose is back inside
+
+    # -- simulated backends only
+    def advance(self, seconds: float) -> None:
+        """Lockstep: advance in slices of 1/monitor_hz, checking the measured pose after each
+        (as the monitor thread does in real time); slices add up to the same number of ticks."""
+        backend = self._simulated("advance simulated time")
+        if not self.lockstep:
+            raise CommandRejected("advance", "only lockstep (simulated) backends can advance time; send 'wait'")
+        seconds = _checked(validate_seconds, seconds, "seconds", 0.0, MAX_ADVANCE_S)
+        with self.lock:
+            if self.config.safety_box is None:
+                self._call(backend.advance, seconds)
+            else:
+                ticks = int(round(seconds / backend.dt))
+                per_slice = max(1, int(round(1.0 / (self.config.monitor_hz * backend.dt))))
+                while ticks > 0:
+                    n = min(per_slice, ticks)
+                    self._call(backend.advance, n * backend.dt)
+                    ticks -= n
+                    self._check_measured(backend.state())
+            self._commanded()
+            self._check_measured(backend.state())
+
+    def reset_robot(self, q=None) -> None:
+        """Sim only: put the arm at rest at ``q`` (home when None) instantly."""
+        backend = self._simulated("teleport the arm; use joint_reset")
+        q = None if q is None else _checked(validate_joints, q, "q")
+        with self.lock:
+            self._require_no_stop()
+            self.armed = False
+            self._call(backend.reset_robot, q)
+
+    def reset_scene(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        """Sim only: random object poses; returns the new scene."""
+        backend = self._simulated("reset the scene")
+        if seed is not None and not (isinstance(seed, (int, np.integer)) and 0 <= seed <= 2**32 - 1):
+            raise CommandRejected("seed", f"seed: expected an integer in [0, 2**32 - 1], got {seed!r}")
+        with self.lock:
+            self._call(backend.reset_scene, seed)
+            return backend.scene
+
+    def scene(self) -> dict[str, np.ndarray]:
+        return self._simulated("report a ground-truth scene").scene
+
+    # -- observing
+    def state(self) -> RobotState:
+        """The measured state, checked against the box; an active safety stop shows as an error and mode 'hold'."""
+        state = self.backend.state()
+        self._check_measured(state)
+        if self.safety_stop is not None:
+            state.errors = list(state.errors) + [f"safety_stop: {self.safety_stop}"]
+            state.controller_mode = "hold"
+        return state
+
+    def health(self) -> dict[str, Any]:
+        try:
+            errors = list(self.backend.state().errors)
+        except Exception as exc:  # health must answer even when the backend cannot
+            errors = [f"backend state unavailable: {exc!r}"]
+        if self.safety_stop is not None:
+            errors.append(f"safety_stop: {self.safety_stop}")
+        box = self.config.safety_box
+        return {
+            "ok": not errors,
+            "backend": self.backend.name,
+            "lockstep": self.lockstep,
+            "session": self.session,
+            "uptime_s": time.monotonic() - self.started,
+            "errors": errors,
+            "watchdog": {"timeout_s": self.config.watchdog_timeout, "active": self._watchdog_active(),
+                         "holding": self.watchdog_tripped, "trips": self.watchdog_trips,
+                         "since_last_command_s": time.monotonic() - self.last_command},
+            "safety": {"box": None if box is None else dataclasses.asdict(box),
+                       "on_violation": self.config.on_violation, "stopped": self.safety_stop is not None,
+                       "reason": self.safety_stop, "stops": self.safety_stops, "armed": self.armed},
+        }
+
+    # -- the monitor thread (real-time backends)
+    def start(self) -> None:
+        if self.lockstep or self._thread is not None:
+            return
+        self._stop.clear()
+        self.last_command = time.monotonic()
+        self._thread = threading.Thread(target=self._monitor, name="robot-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+
+    def _watchdog_active(self) -> bool:
+        return not self.lockstep and self.config.watchdog_timeout is not None
+
+    def _monitor(self) -> None:
+        period = 1.0 / self.config.monitor_hz
+        timeout = self.config.watchdog_timeout
+        while not self._stop.wait(period):
+            try:
+                if timeout is not None and not self.watchdog_tripped and time.monotonic() - self.last_command > timeout:
+                    with self.lock:
+                        if time.monotonic() - self.last_command > timeout:
+                            self.backend.hold()
+                            self.watchdog_tripped = True
+                            self.watchdog_trips += 1
+                            log.warning("watchdog: no command for %.2f s, holding the current pose", timeout)
+                self._check_measured(self.backend.state())
+            except Exception:  # keep watching: a transient backend error must not end the watchdog
+                log.exception("robot monitor iteration failed")
+
+    # -- internals
+    def _boxed(self, pose: np.ndarray) -> tuple[np.ndarray, bool]:
+        box = self.config.safety_box
+        violation = None if box is None else box.violation(pose)
+        if violation is None:
+            return pose, False
+        if self.config.on_violation == "reject":
+            raise CommandRejected("pose", f"pose: target outside the safety box: {violation}")
+        return box.clip(pose), True
+
+    def _check_measured(self, state: RobotState) -> None:
+        box = self.config.safety_box
+        if box is None:
+            return
+        with self.lock:
+            violation = box.violation(state.tcp_pose, self.config.measured_tolerance,
+                                      self.config.measured_rotation_tolerance)
+            if not self.armed:
+                self.armed = violation is None and float(np.linalg.norm(state.tcp_vel[:3])) < ARM_SPEED
+                return
+            if violation is not None and self.safety_stop is None:
+                self.backend.hold()
+                self.safety_stop = f"measured pose left the safety box: {violation}"
+                self.safety_stops += 1
+                log.error("SAFETY STOP: %s; holding until recover", self.safety_stop)
+
+    def _require_no_stop(self) -> None:
+        if self.safety_stop is not None:
+            raise SafetyStopActive(f"safety stop active ({self.safety_stop}); the arm holds its pose: recover to continue")
+
+    def _simulated(self, what: str) -> SimulatedBackend:
+        if not self.simulated:
+            raise NotSupported(f"the {self.backend.name} backend cannot {what}")
+        return self.backend
+
+    def _commanded(self) -> None:
+        self.last_command = time.monotonic()
+        self.watchdog_tripped = False
+
+    def _call(self, method, *args):
+        """Call the backend; its own refusals become guard errors. Every accepted command feeds the watchdog."""
+        try:
+            result = method(*args)
+        except ValueError as exc:  # the backend's own validation (e.g. joint limits): nothing moved
+            raise CommandRejected.from_error(exc) from None
+        except RuntimeError as exc:  # a real arm in a fault state refuses until recover
+            raise RobotFault(str(exc)) from None
+        self._commanded()
+        return result

@@ -1,0 +1,179 @@
+"""Running the robot server: ``python -m robot_servers`` / ``serl serve`` and ``ServerThread`` for in-process use.
+
+The robot side knows no tasks: the learning side resolves a task into a ``ServedTask`` (its safety
+box, cameras and twin options) and hands it in; without one the server runs with no safety box and
+says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any, Literal, Mapping, Optional
+
+from fastapi import FastAPI
+
+from robot_servers.backends import make_backend
+from robot_servers.backends.base import Backend
+from robot_servers.cameras.base import Camera
+from robot_servers.control.safety import SafetyBox
+from robot_servers.http.app import ServerConfig, create_app
+from robot_servers.overrides import parse_overrides
+
+log = logging.getLogger("robot_servers.serve")
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """One backend, its cameras, one HTTP port."""
+
+    backend: str = "twin"  # twin | ros2 | libfranka
+    host: str = "127.0.0.1"  # 0.0.0.0 exposes the robot to the network: use a token
+    port: int = 5000
+    token: Optional[str] = None  # bearer token; defaults to $SERL_ROBOT_TOKEN when set
+    on_violation: Literal["clip", "reject"] = "clip"
+    measured_tolerance: float = 0.01  # m the measured position may leave the box before a safety stop
+    measured_rotation_tolerance: float = 0.05  # rad the measured orientation may leave it
+    watchdog_timeout: Optional[float] = 0.5
+    lockstep: bool = False  # twin only: simulated time advances only on /sim/advance
+    camera: tuple[str, ...] = ()  # real cameras, e.g. realsense:wrist=SERIAL or opencv:front=/dev/video0
+    camera_fps: float = 30.0  # capture rate of the cameras the backend renders (the twin); devices run at their own rate
+    option: tuple[str, ...] = ()  # extra backend options as KEY=VALUE (VALUE parsed as JSON when it parses)
+    log_level: str = "info"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedTask:
+    """What a task asks of the robot server, resolved by the learning side."""
+
+    name: str
+    safety_box: SafetyBox | None = None
+    cameras: tuple = ()  # the task's camera specs (name, size, crop, serial)
+    twin: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # TwinConfig options: robot, scene, ...
+
+
+def backend_options(config: ServeConfig, task: ServedTask | None = None) -> dict[str, Any]:
+    """Keyword options for ``make_backend``: what the task implies, then ``--option``s."""
+    options: dict[str, Any] = {}
+    if config.backend == "twin":
+        options["lockstep"] = config.lockstep
+        if task is not None:
+            options.update(task.twin)
+    elif config.lockstep:
+        raise ValueError(f"--lockstep needs the twin backend, not {config.backend!r}")
+    elif config.backend in ("ros2", "libfranka") and task is not None and task.cameras and not config.camera:
+        # the backend opens the task's cameras itself (or --option cameras=[...]) with the task's crops and sizes
+        options["task_cameras"] = tuple(task.cameras)
+    options.update(parse_overrides(config.option, "--option"))
+    return options
+
+
+def build_server(config: ServeConfig, task: ServedTask | None = None) -> tuple[FastAPI, Backend, dict[str, Camera]]:
+    """Backend, cameras (threaded unless lockstep) and the app, as ``serve`` runs them."""
+    from robot_servers.cameras.threaded import threaded_cameras
+
+    backend = make_backend(config.backend, **backend_options(config, task))
+    task_cameras = () if task is None else tuple(task.cameras)
+    backend_cameras = not config.camera
+    cameras: dict[str, Camera] = backend.cameras() if backend_cameras else {}
+    if config.camera:
+        from robot_servers.cameras.specs import open_cameras  # lazy: pyrealsense2 / cv2 only when asked
+
+        try:
+            cameras = open_cameras(config.camera, task_cameras)
+        except Exception:
+            backend.close()
+            raise
+    missing = [camera.name for camera in task_cameras if camera.name not in cameras]
+    if missing:
+        for camera in cameras.values():
+            camera.close()
+        backend.close()
+        raise ValueError(f"task {task.name!r} needs camera(s) {missing}: pass --camera KIND:NAME=DEVICE "
+                         "or set CameraSpec.serial in the task")
+    if not backend.lockstep:
+        # Lockstep frames are rendered on request so that they belong to the simulated instant.
+        # Cameras the backend renders share its render context, hence one thread.
+        cameras = threaded_cameras(cameras, max_fps=config.camera_fps, shared_thread=backend_cameras)
+    server_config = ServerConfig(
+        safety_box=None if task is None else task.safety_box,
+        on_violation=config.on_violation,
+        measured_tolerance=config.measured_tolerance,
+        measured_rotation_tolerance=config.measured_rotation_tolerance,
+        watchdog_timeout=config.watchdog_timeout,
+        token=config.token or os.environ.get("SERL_ROBOT_TOKEN") or None,
+    )
+    return create_app(backend, cameras, server_config), backend, cameras
+
+
+def serve(config: ServeConfig, task: ServedTask | None = None) -> None:
+    """Run the robot server until interrupted; closes cameras and backend on the way out."""
+    import uvicorn
+
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = config.token or os.environ.get("SERL_ROBOT_TOKEN")
+    if config.host not in LOOPBACK and not token:
+        log.warning("\n%s\nbinding %s WITHOUT a token: anyone on the network can move the robot. "
+                    "Pass --token (or set SERL_ROBOT_TOKEN).\n%s", "!" * 72, config.host, "!" * 72)
+    if task is None or task.safety_box is None:
+        log.warning("no task safety box: commands are not limited by any box (serl serve --task NAME sets one)")
+    # The physics/control and camera threads share the GIL with the request handlers; a shorter
+    # switch interval (default 5 ms) bounds how long a request waits for it.
+    sys.setswitchinterval(0.001)
+    app, backend, cameras = build_server(config, task)
+    try:
+        uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, access_log=False)
+    finally:
+        for camera in cameras.values():
+            camera.close()
+        backend.close()
+
+
+class ServerThread:
+    """Run an app with uvicorn on its own thread (tests, benchmarks, in-process use).
+
+    Binds before returning, so ``url`` is valid at once; ``port=0`` picks a free port.
+    """
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 timeout_keep_alive: float = 30.0):
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.host, self.port = self.sock.getsockname()[:2]
+        self.url = f"http://{self.host}:{self.port}"
+        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
+                                timeout_keep_alive=timeout_keep_alive)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name=f"uvicorn-{self.port}", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> "ServerThread":
+        if not self.thread.is_alive():
+            self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"robot server on {self.url} did not start")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10.0)
+        self.sock.close()
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
