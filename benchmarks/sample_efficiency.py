@@ -7,7 +7,7 @@ prints one JSON object: per task the env steps at which the mean curve first rea
 the last 2,000 env steps, the deterministic policy's success on ``--eval-episodes`` episodes from each final
 checkpoint (``serl eval``), and wall time.
 
-Targets (issue 6): PandaPickCube state ≥ 90 % within 10k env steps; pixels within 30k; PandaPegInsertion
+Targets: PandaPickCube state ≥ 90 % within 10k env steps; pixels within 30k; PandaPegInsertion
 pixels within 40k. ``--quick`` is a smoke run (one seed, 2 demos, a few hundred steps) for CI.
 """
 

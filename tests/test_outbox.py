@@ -27,6 +27,16 @@ def send_all(outbox: TransitionOutbox) -> list[int]:
     return seqs(batches)
 
 
+def sent_one_per_batch(count: int) -> TransitionOutbox:
+    """An outbox with ``count`` one-item batches formed and as many sent as its window allows."""
+    outbox = make_outbox(batch_size=1)
+    for i in range(count):
+        outbox.add(item(i), now=0.0)
+    outbox.form_batches(now=0.0)
+    send_all(outbox)
+    return outbox
+
+
 def test_a_batch_is_due_at_batch_size_items():
     outbox = make_outbox()
     for i in range(2):
@@ -84,11 +94,7 @@ def test_in_flight_batches_are_bounded_and_numbered_in_order():
 
 
 def test_an_ack_covers_a_prefix_and_frees_the_window():
-    outbox = make_outbox(batch_size=1)
-    for i in range(4):
-        outbox.add(item(i), now=0.0)
-    outbox.form_batches(now=0.0)
-    send_all(outbox)
+    outbox = sent_one_per_batch(4)
     assert outbox.apply_ack(0)
     assert outbox.acked_seq == 0 and outbox.stats()["acked"] == 1
     outbox.form_batches(now=0.0)
@@ -103,11 +109,7 @@ def test_an_ack_covers_a_prefix_and_frees_the_window():
 
 
 def test_a_duplicate_or_older_ack_changes_nothing():
-    outbox = make_outbox(batch_size=1)
-    for i in range(3):
-        outbox.add(item(i), now=0.0)
-    outbox.form_batches(now=0.0)
-    send_all(outbox)
+    outbox = sent_one_per_batch(3)
     assert outbox.apply_ack(1)
     before = outbox.stats()
     assert not outbox.apply_ack(1)

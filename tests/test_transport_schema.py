@@ -1,7 +1,6 @@
 """Wire schema: arrays round-trip exactly, bad input is refused with a clear error, never a crash."""
 
 import dataclasses
-import struct
 
 import msgpack
 import numpy as np
@@ -9,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from robot_servers.wire import ARRAY_EXT, packb
+from robot_servers.wire import packb
 from serl.transport.schema import (
     SCHEMA_VERSION,
     ProtocolError,
@@ -20,12 +19,7 @@ from serl.transport.schema import (
     encode_message,
 )
 
-DTYPES = ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64"]
-
-
-def _ext(dtype: str, shape: tuple, data: bytes) -> msgpack.ExtType:
-    header = struct.pack(f"<B{len(dtype)}sB{len(shape)}Q", len(dtype), dtype.encode(), len(shape), *shape)
-    return msgpack.ExtType(ARRAY_EXT, header + data)
+from test_wire import DTYPES, _ext  # noqa: E402  (the wire's own test builds raw array frames)
 
 
 def _raw_transition(value) -> bytes:

@@ -8,7 +8,6 @@ import pytest
 from robot_servers.backends.base import ImpedanceParams, RobotState
 from robot_servers.backends.twin import TwinBackend, TwinConfig
 from robot_servers.control.pose import euler_to_quat, quat_multiply, quat_to_euler
-from robot_servers.control.safety import SafetyBox
 from robot_servers.twin import models
 
 DOWN = np.array([1.0, 0.0, 0.0, 0.0])

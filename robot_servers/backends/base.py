@@ -98,10 +98,11 @@ class Backend(abc.ABC):
 
     name: str = "backend"
     lockstep: bool = False  # True: time moves only in ``SimulatedBackend.advance``
+    _cameras: dict[str, Any] = {}  # the cameras it opened itself; replaced, never changed in place
 
     def cameras(self) -> dict[str, Any]:
-        """Cameras the backend opened itself (name -> ``Camera``); none by default."""
-        return {}
+        """Cameras the backend opened itself (name -> ``Camera``; the robot server serves them)."""
+        return dict(self._cameras)
 
     @abc.abstractmethod
     def state(self) -> RobotState: ...

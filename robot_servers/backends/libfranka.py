@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from robot_servers.backends.base import Backend, ImpedanceParams, RobotState
-from robot_servers.cameras.specs import camera_errors
+from robot_servers.cameras.specs import camera_errors, open_task_cameras
 from robot_servers.franka import HOME_Q
 from robot_servers.limits import validate_gripper, validate_pose
 
@@ -168,10 +168,7 @@ class LibfrankaBackend(Backend):
         self._last_robot_time: tuple[float, float] | None = None  # (robot time, wall time it last changed)
         self._cameras: dict = {}
         self._connect()
-        if config.cameras or config.task_cameras:
-            from robot_servers.cameras.specs import open_task_cameras
-
-            self._cameras = open_task_cameras(config.cameras, config.task_cameras)
+        self._cameras = open_task_cameras(config.cameras, config.task_cameras)
         self._start_tracker()
         self._stop_monitor = threading.Event()
         self._monitor = threading.Thread(target=self._monitor_loop, name="franky-monitor", daemon=True)
@@ -420,10 +417,6 @@ class LibfrankaBackend(Backend):
             pose = self._robot.current_pose.end_effector_pose
             self._tracker.set_target(pose)
             self._target = np.concatenate([pose.translation, pose.quaternion])
-
-    def cameras(self) -> dict:
-        """The cameras opened from ``config.cameras`` (the robot server serves them)."""
-        return dict(self._cameras)
 
     def close(self) -> None:
         if self._closed:

@@ -25,7 +25,7 @@ import numpy as np
 from robot_servers.backends.base import Backend, ImpedanceParams, RobotState
 from robot_servers.franka import HOME_Q
 from robot_servers.limits import MAX_GRIPPER_WIDTH, validate_gripper, validate_pose
-from robot_servers.cameras.specs import camera_errors
+from robot_servers.cameras.specs import camera_errors, open_task_cameras
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +163,7 @@ class Ros2Backend(Backend):
                 self._target = self._pose.value.copy()
             if config.set_impedance_on_start is not None:
                 self.set_impedance(config.set_impedance_on_start)
-            if config.cameras or config.task_cameras:
-                from robot_servers.cameras.specs import open_task_cameras
-
-                self._cameras = open_task_cameras(config.cameras, config.task_cameras)
+            self._cameras = open_task_cameras(config.cameras, config.task_cameras)
         except BaseException:
             self.close()
             raise
@@ -404,10 +401,6 @@ class Ros2Backend(Backend):
                 return
             self._target = self._pose.value.copy()
             self._publish_target(self._target)
-
-    def cameras(self) -> dict:
-        """The cameras opened from ``config.cameras`` (the robot server serves them)."""
-        return dict(self._cameras)
 
     def close(self) -> None:
         if self._closed:

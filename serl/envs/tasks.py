@@ -64,7 +64,6 @@ def with_overrides(task: TaskConfig, **overrides) -> TaskConfig:
     return dataclasses.replace(task, **overrides)
 
 
-SIM_IMPEDANCE = ImpedanceParams()
 SIM_PRECISION = ImpedanceParams(translational_clip=(0.02, 0.02, 0.02), rotational_clip=(0.1, 0.1, 0.1))
 
 PANDA_PICK_CUBE = TaskConfig(
@@ -78,14 +77,7 @@ PANDA_PICK_CUBE = TaskConfig(
         center_quat=DOWN_QUAT,
     ),
     reset_xy_range=0.02,
-    action_scale=(0.02, 0.1, 1.0),
-    action_frame="base",
-    gripper_mode="binary",
-    max_episode_steps=100,
-    control_hz=10.0,
-    compliance=SIM_IMPEDANCE,
-    precision=SIM_PRECISION,
-    reward="ground_truth",
+    precision=SIM_PRECISION,  # defaults otherwise: base-frame actions at 2 cm / 0.1 rad, binary gripper, 100 steps at 10 Hz
     reset_hooks=(
         ResetHookSpec("reset_robot"),
         ResetHookSpec("go_to_reset_pose", (("gripper", MAX_GRIPPER_WIDTH), ("duration", 1.5), ("settle", 0.8))),
@@ -107,13 +99,8 @@ PANDA_PEG_INSERTION = TaskConfig(
     ),
     reset_xy_range=0.01,
     action_scale=(0.01, 0.05, 1.0),
-    action_frame="base",
     gripper_mode="none",
-    max_episode_steps=100,
-    control_hz=10.0,
-    compliance=SIM_IMPEDANCE,
     precision=SIM_PRECISION,
-    reward="ground_truth",
     reset_hooks=(
         ResetHookSpec("reset_robot"),
         ResetHookSpec("scene_reset"),  # the twin puts the peg in the closed hand and moves the hole

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
+from typing import Callable, TypeVar
+
+Result = TypeVar("Result")
 
 
 def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path | None:
@@ -25,3 +30,12 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+
+
+def run_until_signalled(run: Callable[[threading.Event], Result]) -> Result:
+    """``run(stop)`` with the compilation cache on; SIGINT/SIGTERM set ``stop`` so the process ends cleanly."""
+    enable_compilation_cache()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return run(stop)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import threading
 import time
@@ -19,7 +18,7 @@ import numpy as np
 
 from serl.data.transition import Transition, make_transition
 from serl.envs.franka_env import franka_env_under
-from serl.runtime import enable_compilation_cache
+from serl.runtime import run_until_signalled
 from serl.runtime.config import ActorConfig, run_config_hash, write_config
 from serl.runtime.envs import build_env, observation_example, space_signature
 from serl.runtime.logging import MetricsLogger, summary_line, write_status
@@ -224,8 +223,4 @@ def _wait_for_learner(client, weights: WeightsSlot, agent, step: int, stop: thre
 
 def main_with_signals(cfg: ActorConfig, run_dir: Path) -> dict:
     """Run the actor; SIGINT/SIGTERM stop it after the current step."""
-    enable_compilation_cache()
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return run_actor(cfg, run_dir, stop)
+    return run_until_signalled(lambda stop: run_actor(cfg, run_dir, stop))

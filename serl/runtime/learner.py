@@ -9,7 +9,6 @@ the backlog empties, with the learner's counters in the payload so actors can pa
 from __future__ import annotations
 
 import dataclasses
-import signal
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 from serl.agents.checkpoint import Checkpointer
 from serl.data.demos import load_episode_file
 from serl.data.replay import MixedSampler, ReplayBuffer, concat_batches
-from serl.runtime import enable_compilation_cache
+from serl.runtime import run_until_signalled
 from serl.runtime.config import LearnerConfig, run_config_hash, write_config
 from serl.runtime.envs import build_env, flat_state_keys, observation_example, space_signature
 from serl.runtime.logging import MetricsLogger, summary_line, write_status
@@ -239,8 +238,4 @@ def run_learner(cfg: LearnerConfig, run_dir: Path, stop: threading.Event | None 
 
 def main_with_signals(cfg: LearnerConfig, run_dir: Path) -> Counters:
     """Run the learner; SIGINT/SIGTERM finish the current update, checkpoint and exit."""
-    enable_compilation_cache()
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return run_learner(cfg, run_dir, stop)
+    return run_until_signalled(lambda stop: run_learner(cfg, run_dir, stop))
