@@ -1,14 +1,14 @@
 """The actor's connection state machine without sockets: handshake, timeouts, heartbeats, backoff, go-back."""
 
-from serl.transport.link import ConnectionState, Link
+from serl.transport.link import ConnectionState, LearnerConnection
 
 
-def make_link(now: float = 0.0) -> Link:
-    return Link(now=now, request_timeout_s=1.0, heartbeat_interval_s=0.5, reconnect_backoff_s=0.1,
+def make_link(now: float = 0.0) -> LearnerConnection:
+    return LearnerConnection(now=now, request_timeout_s=1.0, heartbeat_interval_s=0.5, reconnect_backoff_s=0.1,
                 max_reconnect_backoff_s=0.4)
 
 
-def connect(link: Link, now: float) -> None:
+def connect(link: LearnerConnection, now: float) -> None:
     assert link.hello_due(now)
     link.next_rid()
     link.on_send(now, delivered=True)

@@ -24,7 +24,7 @@ HAND_QUAT = "0.9238795 0 0 -0.3826834"  # −45° about the flange z axis (wxyz)
 
 
 @dataclasses.dataclass(frozen=True)
-class Link:
+class ArmLink:
     """One moving link: frame offset from its parent (pos, MuJoCo wxyz quat), inertial and joint."""
 
     pos: str
@@ -86,15 +86,15 @@ _FR3_RANGES = ((-2.7437, 2.7437), (-1.7837, 1.7837), (-2.9007, 2.9007), (-3.0421
 _TORQUE_LIMITS = (87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0)
 
 
-def _links(inertia, ranges, armature, damping) -> tuple[Link, ...]:
+def _links(inertia, ranges, armature, damping) -> tuple[ArmLink, ...]:
     return tuple(
-        Link(pos, quat, mass, com, inert, rng, tau, arm, damp)
+        ArmLink(pos, quat, mass, com, inert, rng, tau, arm, damp)
         for (pos, quat), (mass, com, inert), rng, tau, arm, damp in zip(
             _CHAIN, inertia, ranges, _TORQUE_LIMITS, armature, damping)
     )
 
 
-ROBOTS: dict[str, tuple[Link, ...]] = {
+ROBOTS: dict[str, tuple[ArmLink, ...]] = {
     # Panda: Menagerie's armature 0.1 and damping 1 (reflected rotor inertia, viscous friction).
     "panda": _links(_PANDA_INERTIA, _PANDA_RANGES, (0.1,) * 7, (1.0,) * 7),
     # FR3: franky-sim's armature and damping (its Coulomb friction is left out: see module doc).
@@ -117,7 +117,7 @@ HOLE_DEPTH = 0.04
 TABLE_TOP = 0.0  # the robot stands on the table surface
 
 
-def _link_xml(name: str, link: Link, inner: str, capsule_class: str) -> str:
+def _link_xml(name: str, link: ArmLink, inner: str, capsule_class: str) -> str:
     capsules = "\n".join(
         f'<geom class="{capsule_class}" type="capsule" fromto="{ft}" size="{r}"/>' for ft, r in LINK_CAPSULES[name]
     )

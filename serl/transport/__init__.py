@@ -34,7 +34,7 @@ that names the difference (``HandshakeRejected``); malformed input raises ``Prot
 
 from serl.transport.actor_client import ActorClient, ActorClientConfig, HandshakeRejected, TransportError
 from serl.transport.learner_server import LearnerServer, LearnerServerConfig, ReceivedBatch
-from serl.transport.link import ConnectionState, Link
+from serl.transport.link import ConnectionState, LearnerConnection
 from serl.transport.outbox import TransitionOutbox
 from serl.transport.schema import SCHEMA_VERSION, ProtocolError, SchemaMismatch, config_hash
 from serl.transport.sessions import SessionTable
@@ -46,7 +46,7 @@ __all__ = [
     "ConnectionState",
     "HandshakeRejected",
     "LearnerServer",
-    "Link",
+    "LearnerConnection",
     "LearnerServerConfig",
     "ProtocolError",
     "ReceivedBatch",

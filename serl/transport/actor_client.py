@@ -14,7 +14,7 @@ from typing import Any
 import zmq
 
 from robot_servers.wire import packb
-from serl.transport.link import ConnectionState, Link
+from serl.transport.link import ConnectionState, LearnerConnection
 from serl.transport.outbox import TransitionOutbox
 from serl.transport.schema import ProtocolError, SchemaMismatch, decode_message, encode_message
 
@@ -100,7 +100,7 @@ class ActorClient:
             "welcome": self._on_welcome, "reject": self._on_reject, "ack": self._on_ack,
             "pong": self._on_pong, "error": self._on_error, "weights": self._on_weights,
         }
-        self._link = Link(  # touched by the transport thread only, like the sockets below
+        self._link = LearnerConnection(  # touched by the transport thread only, like the sockets below
             now=time.monotonic(), request_timeout_s=config.request_timeout_s,
             heartbeat_interval_s=config.heartbeat_interval_s, reconnect_backoff_s=config.reconnect_backoff_s,
             max_reconnect_backoff_s=config.max_reconnect_backoff_s,

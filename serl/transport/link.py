@@ -15,7 +15,7 @@ class ConnectionState(enum.Enum):
     CONNECTED = "connected"
 
 
-class Link:
+class LearnerConnection:
     """When to say hello, ping, give up on the learner and retry; callers pass the time in (not thread-safe).
 
     A reply is *due* from the first request sent without an answer since; if none arrives within
