@@ -95,6 +95,7 @@ class TwinBackend(SimulatedBackend):
     """The twin arm, hand and scene. Thread-safe: one lock guards MjData."""
 
     name = "twin"
+    _closed = True  # until construction finishes: closing a half-built twin has nothing to release
 
     def __init__(self, config: TwinConfig | None = None, **overrides):
         config = dataclasses.replace(config or TwinConfig(), **overrides) if overrides else (config or TwinConfig())
@@ -454,7 +455,7 @@ class TwinBackend(SimulatedBackend):
                 release_gl_context()  # any thread may render (or close) next: robot server, camera threads
 
     def close(self) -> None:
-        if getattr(self, "_closed", True):
+        if self._closed:
             return
         self._closed = True
         if self._thread is not None:
