@@ -22,7 +22,8 @@ from launch_ros.substitutions import FindPackageShare
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER_ARGUMENTS = ("python", "task", "host", "port", "token", "namespace", "cameras", "stale_after",
-                    "controller_node", "target_pose_topic", "current_pose_topic", "joint_states_topic", "wrench_topic")
+                    "controller_node", "target_pose_topic", "current_pose_topic", "joint_states_topic", "wrench_topic",
+                    "current_twist_topic")
 
 
 def generate_launch_description():
@@ -67,7 +68,10 @@ def generate_launch_description():
         DeclareLaunchArgument("target_pose_topic", default_value="target_pose", description="controller target"),
         DeclareLaunchArgument("current_pose_topic", default_value="current_pose", description="pose_broadcaster"),
         DeclareLaunchArgument("joint_states_topic", default_value="joint_states", description="joint states"),
-        DeclareLaunchArgument("wrench_topic", default_value="external_wrench", description="external wrench ('' none)"),
+        DeclareLaunchArgument("current_twist_topic", default_value="current_twist",
+                              description="crisp's twist_broadcaster (the demos do not start it: pose differences then)"),
+        DeclareLaunchArgument("wrench_topic", default_value="franka_robot_state_broadcaster/external_wrench_in_base_frame",
+                              description="franka_ros2's external wrench ('' none)"),
         arm,
         activate,
         server,

@@ -5,7 +5,8 @@
 Runs ``python -m examples.serve`` (``python -m robot_servers`` plus the example tasks) from the repository root.
 
 Run it on the robot PC next to franka_ros2 + crisp_controllers (see fr3_crisp.launch.py, which
-includes this file), or on any machine in the same ROS_DOMAIN_ID. Every topic name is an argument.
+includes this file), or on any machine in the same ROS_DOMAIN_ID. Every topic name is an argument;
+the defaults are ``Ros2Config``'s (FR3 + franka_ros2 + crisp_controllers_demos).
 """
 
 import os
@@ -30,10 +31,12 @@ ARGUMENTS = {
     "current_pose_topic": ("current_pose", "PoseStamped from crisp's pose_broadcaster"),
     "current_twist_topic": ("current_twist", "TwistStamped from crisp's twist_broadcaster ('' if none)"),
     "joint_states_topic": ("joint_states", "JointState from the joint_state_broadcaster"),
-    "wrench_topic": ("external_wrench", "WrenchStamped external wrench estimate ('' if none)"),
+    "wrench_topic": ("franka_robot_state_broadcaster/external_wrench_in_base_frame",
+                     "franka_ros2's best-effort WrenchStamped (Franka's sign, turned into the project's) ('' if none)"),
     "gripper_command_topic": ("gripper/gripper_position_controller/commands", "Float64MultiArray gripper command"),
     "gripper_state_topic": ("gripper/joint_states", "JointState gripper state"),
-    "gripper_normalized": ("true", "gripper topics carry width/0.08 (crisp_py's Franka hand adapter)"),
+    "gripper_normalized": ("true", "gripper topics carry width/0.08 (the Franka-hand adapter of crisp_controllers_demos)"),
+    "gripper_binary": ("true", "the gripper only opens or grasps (Franka hand); false for a continuous gripper"),
     "frame_id": ("base", "frame of target and measured poses"),
     "stale_after": ("0.1", "seconds without state before the server holds and reports an error"),
     "cameras": ("", "camera specs separated by ';', e.g. realsense:wrist_1=SERIAL;realsense:wrist_2=SERIAL"),
@@ -53,6 +56,7 @@ def server_command(values: dict) -> list:
         command += ["--task", values["task"]]
     options = [f"{name}={values[name]}" for name in STRING_OPTIONS]
     options.append(f"gripper_normalized={values['gripper_normalized'].lower()}")
+    options.append(f"gripper_binary={values['gripper_binary'].lower()}")
     options.append(f"stale_after={values['stale_after']}")
     specs = [s for s in values["cameras"].split(";") if s]
     if specs:

@@ -3,8 +3,9 @@ parameters (robot_servers.ros2.twin_node), plus the robot server with the ROS 2 
 
     ros2 launch launch/twin_rehearsal.launch.py python:=$HOME/serl/.venv/bin/python
 
-Everything the real setup exercises (DDS, topic names, crisp parameters, stale-state detection,
-the HTTP API) runs here; only the arm is simulated. Without a ROS install, start the same two
+Everything the real setup exercises (DDS, topic names and QoS, crisp's parameters and stiffness caps,
+franka_ros2's wrench topic, the Franka-hand adapter, stale-state detection, the HTTP API) runs here
+with the server's real-arm defaults; only the arm is simulated. Without a ROS install, start the same two
 processes by hand: ``python -m robot_servers.ros2.twin_node`` and
 ``python -m robot_servers --backend ros2``.
 """
@@ -28,8 +29,7 @@ def generate_launch_description():
     server = TimerAction(period=3.0, actions=[IncludeLaunchDescription(
         PythonLaunchDescriptionSource(os.path.join(HERE, "robot_server.launch.py")),
         launch_arguments={"python": python, "port": LaunchConfiguration("port"),
-                          "task": LaunchConfiguration("task"), "gripper_command_topic": "gripper/command",
-                          "gripper_normalized": "false"}.items())])
+                          "task": LaunchConfiguration("task")}.items())])  # the real arm's defaults, unchanged
     return LaunchDescription([
         DeclareLaunchArgument("python", default_value="python3", description="interpreter with serl-suite[ros2,sim]"),
         DeclareLaunchArgument("robot", default_value="fr3", description="fr3 | panda"),

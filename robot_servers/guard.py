@@ -29,6 +29,7 @@ from robot_servers.limits import (
     MAX_ADVANCE_S,
     validate_gripper,
     validate_joints,
+    validate_load,
     validate_pose,
     validate_seconds,
 )
@@ -162,6 +163,24 @@ class RobotGuard:
             self.armed = False
             self._call(self.backend.joint_reset, q, duration)
 
+    def clear_backend_errors(self) -> None:
+        """Clear the arm's own errors (reflexes, a stale driver) but never a latched safety stop."""
+        with self.lock:
+            self._require_no_stop()
+            if self.backend.state().errors:
+                self._call(self.backend.recover)
+
+    def set_load(self, mass: float, center, inertia) -> None:
+        """Payload model on backends that take one (``NotSupported`` elsewhere); nothing changes on refusal."""
+        mass, center, inertia = _checked(validate_load, mass, center, inertia)
+        with self.lock:
+            try:
+                self.backend.set_load(mass, center, inertia)
+            except NotImplementedError as exc:
+                raise NotSupported(str(exc)) from None
+            except ValueError as exc:
+                raise CommandRejected.from_error(exc) from None
+
     def recover(self) -> None:
         """Clear backend errors and the safety stop; the arm holds its pose."""
         with self.lock:
@@ -225,8 +244,10 @@ class RobotGuard:
         return state
 
     def health(self) -> dict[str, Any]:
+        warnings: list[str] = []
         try:
-            errors = list(self.backend.state().errors)
+            state = self.backend.state()
+            errors, warnings = list(state.errors), list(state.warnings)
         except Exception as exc:  # health must answer even when the backend cannot
             errors = [f"backend state unavailable: {exc!r}"]
         if self.safety_stop is not None:
@@ -239,6 +260,7 @@ class RobotGuard:
             "session": self.session,
             "uptime_s": time.monotonic() - self.started,
             "errors": errors,
+            "warnings": warnings,  # degraded but usable, e.g. a velocity estimated from pose differences
             "watchdog": {"timeout_s": self.config.watchdog_timeout, "active": self._watchdog_active(),
                          "holding": self.watchdog_tripped, "trips": self.watchdog_trips,
                          "since_last_command_s": time.monotonic() - self.last_command},
@@ -276,8 +298,13 @@ class RobotGuard:
                             self.backend.hold()
                             self.watchdog_tripped = True
                             self.watchdog_trips += 1
-                            log.warning("watchdog: no command for %.2f s, holding the current pose", timeout)
-                self._check_measured(self.backend.state())
+                            # an idle server trips after every command burst: only the first trip is news
+                            first = self.watchdog_trips == 1
+                            log.log(logging.WARNING if first else logging.DEBUG,
+                                    "watchdog: no command for %.2f s, holding the current pose (trip %d%s)", timeout,
+                                    self.watchdog_trips, "; later trips are logged at debug level" if first else "")
+                with self.lock:  # a state read before a joint reset ends must not re-arm the check afterwards
+                    self._check_measured(self.backend.state())
             except Exception:  # keep watching: a transient backend error must not end the watchdog
                 log.exception("robot monitor iteration failed")
 

@@ -16,6 +16,7 @@ QUAT_NORM_TOLERANCE = 0.1  # |‖q‖ − 1| up to this is normalised, beyond it
 JOINT_RANGE = (-2 * np.pi, 2 * np.pi)  # rad; a backend narrows this to its arm's joint limits
 JOINT_RESET_DURATION = (0.0, 30.0)  # s, a blocking joint move (exclusive of 0)
 MAX_ADVANCE_S = 10.0  # s of simulated time per request
+MAX_LOAD_KG = 3.0  # Franka's rated payload
 
 # Run-time impedance changes (SERL's dynamic_reconfigure ranges): field -> (low, high, unit, size).
 # Size 3 is one value per axis; 1 is a scalar.
@@ -85,17 +86,40 @@ def validate_seconds(value, field: str, low: float, high: float, low_inclusive: 
     return seconds
 
 
+def validate_scalar(value, field: str, low: float, high: float, unit: str = "") -> float:
+    """A finite number in [low, high]."""
+    unit = f" {unit}" if unit else ""
+    if isinstance(value, bool):
+        raise ValueError(f"{field}: expected a number in [{low}, {high}]{unit}, got {value!r}")
+    try:
+        scalar = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{field}: expected a number in [{low}, {high}]{unit}, got {value!r}") from None
+    if not np.isfinite(scalar) or not low <= scalar <= high:
+        raise ValueError(f"{field}: must be finite and in [{low}, {high}]{unit}, got {scalar}")
+    return scalar
+
+
+def validate_load(mass, center, inertia) -> tuple[float, np.ndarray, np.ndarray]:
+    """A payload: mass (kg), centre of mass (3, m from the flange), inertia (3×3 kg·m²), all finite."""
+    mass = validate_scalar(mass, "mass", 0.0, MAX_LOAD_KG, "kg")
+    arrays = []
+    for field, value, shape in (("center", center, (3,)), ("inertia", inertia, (3, 3))):
+        try:
+            arr = np.asarray(value, dtype=np.float64).reshape(shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"{field}: expected {int(np.prod(shape))} numbers, got {value!r}") from None
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{field}: values must be finite, got {arr.tolist()}")
+        arrays.append(arr)
+    return mass, arrays[0], arrays[1]
+
+
 def validate_impedance_field(name: str, value) -> np.ndarray | float:
     """One impedance field checked against ``IMPEDANCE_LIMITS`` (an array of 3, or a float)."""
     low, high, unit, size = IMPEDANCE_LIMITS[name]
     if size == 1:
-        try:
-            scalar = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: expected a number in [{low}, {high}] {unit}, got {value!r}") from None
-        if not np.isfinite(scalar) or not low <= scalar <= high:
-            raise ValueError(f"{name}: must be finite and in [{low}, {high}] {unit}, got {scalar}")
-        return scalar
+        return validate_scalar(value, name, low, high, unit)
     arr = np.asarray(value, dtype=np.float64)
     if arr.shape != (size,):
         raise ValueError(f"{name}: expected {size} values, got shape {arr.shape}")

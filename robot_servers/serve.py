@@ -47,6 +47,10 @@ class ServeConfig:
     camera_fps: float = 30.0  # capture rate of the cameras the backend renders (the twin); devices run at their own rate
     option: tuple[str, ...] = ()  # extra backend options as KEY=VALUE (VALUE parsed as JSON when it parses)
     log_level: str = "info"
+    check: bool = False  # connect, print the backend's pre-flight report (ros2: controller, rates, QoS, limits) and exit
+    serl_api: bool = False  # also serve SERL's / HIL-SERL's Flask robot-server API under /serl/
+    serl_api_flavor: Literal["serl", "hil-serl"] = "hil-serl"  # gripper_pos: metres (serl) or 1 = open (hil-serl)
+    serl_api_without_token: bool = False  # with a token set: open /serl/ anyway (SERL's clients send none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +83,8 @@ def build_server(config: ServeConfig, task: ServedTask | None = None) -> tuple[F
     """Backend, cameras (threaded unless lockstep) and the app, as ``serve`` runs them."""
     from robot_servers.cameras.threaded import threaded_cameras
 
+    token = config.token or os.environ.get("SERL_ROBOT_TOKEN") or None
+    extensions = _extensions(config, token)  # refuses a bad combination before anything opens
     backend = make_backend(config.backend, **backend_options(config, task))
     task_cameras = () if task is None else tuple(task.cameras)
     backend_cameras = not config.camera
@@ -108,14 +114,48 @@ def build_server(config: ServeConfig, task: ServedTask | None = None) -> tuple[F
         measured_tolerance=config.measured_tolerance,
         measured_rotation_tolerance=config.measured_rotation_tolerance,
         watchdog_timeout=config.watchdog_timeout,
-        token=config.token or os.environ.get("SERL_ROBOT_TOKEN") or None,
+        token=token,
     )
-    return create_app(backend, cameras, server_config), backend, cameras
+    try:
+        return create_app(backend, cameras, server_config, extensions), backend, cameras
+    except ValueError:
+        for camera in cameras.values():
+            camera.close()
+        backend.close()
+        raise
+
+
+def _extensions(config: ServeConfig, token: str | None) -> tuple:
+    """Route sets beyond our own API that ``config`` asks for."""
+    if not config.serl_api:
+        return ()
+    if config.lockstep:
+        raise ValueError("--serl-api needs a real-time backend: SERL's clients keep time by sleeping (drop --lockstep)")
+    from robot_servers.http.serl_api import SerlApiConfig, serl_api
+
+    return (serl_api(SerlApiConfig(flavor=config.serl_api_flavor, allow_without_token=config.serl_api_without_token),
+                     token),)
+
+
+def preflight_check(config: ServeConfig, task: ServedTask | None = None) -> int:
+    """``--check``: connect, print what the backend can tell before the first motion; 0 when nothing is wrong."""
+    import json
+
+    backend = make_backend(config.backend, **backend_options(config, task))
+    try:
+        report = backend.preflight() if hasattr(backend, "preflight") else {"backend": config.backend, "problems": []}
+    finally:
+        backend.close()
+    print(json.dumps(report, indent=2, default=str))
+    return 1 if report["problems"] else 0
 
 
 def serve(config: ServeConfig, task: ServedTask | None = None) -> None:
     """Run the robot server until interrupted; closes cameras and backend on the way out."""
     import uvicorn
+
+    if config.check:
+        sys.exit(preflight_check(config, task))
 
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = config.token or os.environ.get("SERL_ROBOT_TOKEN")

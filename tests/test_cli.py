@@ -103,3 +103,64 @@ def test_config_hash_changes_with_what_actor_and_learner_must_share():
 def test_eval_refuses_a_directory_without_a_run(tmp_path):
     result = serl("eval", "--run-dir", str(tmp_path))
     assert result.returncode != 0 and "config.json" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "PandaPickCub"], "unknown task 'PandaPickCub' (did you mean PandaPickCube?); registered: "),
+    (["train", "gym:NoSuchEnv-v0"], "unknown gymnasium env 'gym:NoSuchEnv-v0'"),
+    (["train", "PandaPickCube", "--overrides", "max_episode_stepz=5"], "unknown TaskConfig fields"),
+    (["train", "PandaPickCube", "--resume"], "--resume: no run of PandaPickCube to continue"),
+])
+def test_a_wrong_task_or_config_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-m", "serl.cli.main", *args], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"serl train: {message}") and result.stderr.count("\n") == 1, result.stderr
+    if "unknown task" in message:
+        assert "registered: PandaPegInsertion, PandaPickCube" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+    debug = subprocess.run([sys.executable, "-m", "serl.cli.main", *args, "--debug"], capture_output=True,
+                           text=True, timeout=60, cwd=tmp_path)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_the_stop_report_believes_the_files_on_disk_only(tmp_path):
+    from serl.cli.train import checkpoint_report
+    from serl.runtime.logging import write_status
+
+    status = tmp_path / "status" / "learner.json"
+    write_status(status, {"updates": 0, "phase": "compiling the update"})
+    assert checkpoint_report(tmp_path, -9) == ("no checkpoint written: the learner was killed (exit -9) before saving: "
+                                              "it was compiling its first update, so no update finished yet; "
+                                              "none is on disk")
+    write_status(status, {"done": True, "checkpoint_step": 40, "checkpoint_note": "checkpoint written at env step 40"})
+    assert checkpoint_report(tmp_path, 0) == ("no checkpoint written: the learner reported env step 40, but its files "
+                                             "are missing; none is on disk")
+    (tmp_path / "checkpoints" / "agent" / "40").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "buffers").mkdir()
+    for name in ("online", "demo"):
+        (tmp_path / "checkpoints" / "buffers" / f"{name}_40.npz").write_bytes(b"")
+    assert checkpoint_report(tmp_path, 0) == "checkpoint written at env step 40"
+
+
+def test_plain_progress_says_each_phase_once_then_the_readme_figures(tmp_path, capsys):
+    from serl.runtime.logging import TrainProgress, write_status
+
+    progress = TrainProgress(tmp_path, 1000, live=False, pixels=True)
+    write_status(tmp_path / "status" / "actor.json", {"env_steps": 0, "phase": "compiling the policy"})
+    write_status(tmp_path / "status" / "learner.json", {"updates": 0, "backend": "cpu"})
+    for _ in range(3):
+        progress.update()
+    assert capsys.readouterr().out.count("actor: compiling the policy…") == 1
+    write_status(tmp_path / "status" / "actor.json", {"env_steps": 200, "episodes": 2, "weights_version": 3})
+    write_status(tmp_path / "status" / "learner.json", {"updates": 100, "updates_per_s": 0.04, "backend": "cpu",
+                                                        "online_size": 200, "demo_size": 501, "critic_loss": 0.25,
+                                                        "temperature": 0.01})
+    for _ in range(3):
+        progress.update()
+    progress.close()
+    out = capsys.readouterr().out
+    assert out.count("pixels on the CPU: 0.04 updates/s") == 1 and "800 env steps left take about 5.6 h" in out
+    assert out.count("env_steps=200/1000") == 1
+    for figure in ("online_buffer=200", "demo_buffer=501", "critic_loss=0.25", "temperature=0.01", "updates/s=0.04"):
+        assert figure in out

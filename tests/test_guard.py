@@ -2,6 +2,7 @@
 and over HTTP (``HttpRobotClient`` and raw requests), and the arm does not move."""
 
 import os
+import time
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -184,3 +185,27 @@ def test_training_on_the_twin_runs_the_task_guard():
         assert env.task.safety_box.contains(info["target_pose"], tolerance=1e-9)
     finally:
         env.close()
+
+
+def test_joint_resets_from_inside_the_box_to_home_outside_it_never_stop_the_arm():
+    """Real time, monitor thread running: home lies above this box, so every joint reset leaves it."""
+    from robot_servers.franka import HOME_Q
+
+    backend = TwinBackend(TwinConfig(scene="empty", lockstep=False, cameras=()))
+    low_box = SafetyBox(position_low=(0.3, -0.2, 0.05), position_high=(0.7, 0.2, 0.35), center_quat=tuple(DOWN))
+    robot = LocalRobot(backend, guard=GuardConfig(safety_box=low_box, watchdog_timeout=None))
+    guard = robot.guard
+    try:
+        for _ in range(4):
+            robot.set_target([0.5, 0.0, 0.25, *DOWN])
+            deadline = time.monotonic() + 20.0
+            while not guard.armed and time.monotonic() < deadline:
+                robot.set_target([0.5, 0.0, 0.25, *DOWN])
+                time.sleep(0.02)
+            assert guard.armed, guard.health()
+            robot.joint_reset(np.asarray(HOME_Q), duration=0.5)
+            assert not low_box.contains(robot.state().tcp_pose, tolerance=0.01)  # home is outside the box
+            time.sleep(0.1)  # the monitor runs at 100 Hz: give it several looks at the home pose
+            assert guard.safety_stop is None, guard.safety_stop
+    finally:
+        robot.close()

@@ -70,6 +70,7 @@ def test_demo_view_summary_plot_and_video(pick_demos, tmp_path, capsys):
     demo_view(DemoViewConfig(file=pick_demos, episode=1, plot=tmp_path / "p.png", video=tmp_path / "v.gif"))
     out = capsys.readouterr().out
     assert "8 episodes" in out and "episode_000007" in out and "action min" in out
+    assert "scripted-expert steps" in out and "human" not in out  # scripted demos act through teleop
     assert (tmp_path / "p.png").stat().st_size > 1000
     import imageio.v3 as iio
 
@@ -79,7 +80,10 @@ def test_demo_view_summary_plot_and_video(pick_demos, tmp_path, capsys):
     summary = summarize(list(read_episodes(pick_demos)))
     assert summary["episodes"] == 8 and len(summary["action_min"]) == 7
     with pytest.raises(ValueError, match="episode"):
-        demo_view(DemoViewConfig(file=pick_demos, episode=99, no_plot_file=True, no_video=True))
+        demo_view(DemoViewConfig(file=pick_demos, episode=99, plot_file=False, video_file=False))
+    help_text = subprocess.run([sys.executable, "-m", "serl.cli.main", "demos", "view", "--help"],
+                               capture_output=True, text=True, timeout=60).stdout
+    assert "--no-plot-file" in help_text and "--no-video-file" in help_text and "--no-no-" not in help_text
 
 
 def test_record_demos_config_validation():

@@ -66,18 +66,31 @@ def healthy(backend):
         backend.recover()
 
 
-def test_crisp_parameter_mapping_round_trips():
+ROS2_GAINS = ImpedanceParams(rotational_stiffness=(60.0, 60.0, 60.0))  # within crisp's rotational bound (100)
+
+
+def test_crisp_parameter_mapping_sends_explicit_damping_and_nullspace_weights():
     params = ImpedanceParams(translational_stiffness=(1000, 1500, 2000), rotational_stiffness=(50, 60, 70),
-                             translational_clip=(0.01, 0.02, 0.03), rotational_clip=(0.1, 0.2, 0.3))
+                             translational_clip=(0.01, 0.02, 0.03), rotational_clip=(0.1, 0.2, 0.3),
+                             nullspace_stiffness=0.5, joint1_nullspace_stiffness=50.0)
     values = crisp.impedance_to_parameters(params)
     assert values["task.k_pos_y"] == 1500 and values["task.k_rot_z"] == 70
     assert values["task.error_clip.z"] == 0.03 and values["task.error_clip.rx"] == 0.1
-    assert values["task.d_pos_x"] == -1.0  # critical damping, crisp's convention
-    back = crisp.parameters_to_impedance(values)
-    assert np.allclose(back.translational_stiffness, params.translational_stiffness)
-    assert np.allclose(back.rotational_clip, params.rotational_clip) and back.translational_damping is None
-    with pytest.raises(ValueError, match="translational_stiffness"):
+    assert values["task.d_pos_x"] == pytest.approx(2 * np.sqrt(1000))  # explicit: crisp never derives it from a clamped k
+    assert values["nullspace.stiffness"] == 50.0 and values["nullspace.damping"] > 0
+    assert values["nullspace.weights.fr3_joint1.value"] == 1.0 and values["nullspace.weights.fr3_joint7.value"] == 0.01
+    applied = crisp.parameters_to_impedance({**crisp.defaults(), **values, crisp.CAP_TRANSLATIONAL: 5000.0,
+                                             crisp.CAP_ROTATIONAL: 100.0})
+    assert np.allclose(applied.translational_stiffness, params.translational_stiffness)
+    assert np.allclose(applied.rotational_clip, params.rotational_clip)
+    assert applied.joint1_nullspace_stiffness == pytest.approx(50.0) and applied.nullspace_stiffness == pytest.approx(0.5)
+    capped = crisp.parameters_to_impedance({**crisp.defaults(), "task.k_pos_x": 2000.0})  # crisp's 900 N/m cap
+    assert capped.translational_stiffness[0] == 900.0
+    assert capped.translational_damping[0] == pytest.approx(2 * np.sqrt(2000))  # crisp: from the unclamped k
+    with pytest.raises(ValueError, match="5000"):
         crisp.impedance_to_parameters(ImpedanceParams(translational_stiffness=(5500, 0, 0)))
+    assert crisp.check_value("variable_max_stiffness.rotational", 150.0)
+    assert crisp.check_value("nullspace.projector_type", "other") and not crisp.check_value("task.k_pos_x", 900.0)
 
 
 def test_config_validation_and_missing_rclpy_message(monkeypatch):
@@ -87,6 +100,8 @@ def test_config_validation_and_missing_rclpy_message(monkeypatch):
         Ros2Config(stale_after=0)
     with pytest.raises(ValueError, match="target_pose_topic"):
         Ros2Config(target_pose_topic="")
+    with pytest.raises(ValueError, match="12"):
+        Ros2Config(joint_reset_max_torque=40.0)  # joints 5-7 are rated 12 Nm; crisp's max_tau is one for all
     monkeypatch.setitem(sys.modules, "rclpy", None)
     with pytest.raises(ImportError, match=r"serl-suite\[ros2\]"):
         Ros2Backend(Ros2Config(domain_id=DOMAIN))
@@ -107,6 +122,10 @@ def test_target_pose_moves_the_twin(healthy):
     target = start.copy()
     target[:3] += [0.05, -0.03, 0.02]
     backend.set_target(target)
+    direction = (target[:3] - start[:3]) / np.linalg.norm(target[:3] - start[:3])
+    # crisp's twist (end-effector frame) comes back in the base frame: it points along the motion
+    assert wait_for(lambda: backend.state().tcp_vel[:3] @ direction > 0.02, 5.0)
+    assert backend.state().velocity_source == "twist"
     assert wait_for(lambda: np.linalg.norm(backend.state().tcp_pose[:3] - target[:3]) < 0.005, 5.0)
     backend.set_target(start)
     assert wait_for(lambda: np.linalg.norm(backend.state().tcp_pose[:3] - start[:3]) < 0.005, 5.0)
@@ -114,15 +133,41 @@ def test_target_pose_moves_the_twin(healthy):
 
 def test_impedance_goes_through_crisp_parameters(healthy):
     backend = healthy
-    backend.set_impedance(ImpedanceParams(translational_stiffness=(1200, 1300, 1400), translational_clip=(0.02, 0.02, 0.02)))
-    values = backend._get_parameters(["task.k_pos_x", "task.k_pos_z", "task.error_clip.y"])
-    assert values == {"task.k_pos_x": 1200.0, "task.k_pos_z": 1400.0, "task.error_clip.y": 0.02}
+    backend.set_impedance(ImpedanceParams(translational_stiffness=(600, 700, 800), rotational_stiffness=(40, 40, 40),
+                                          translational_clip=(0.02, 0.02, 0.02)))
+    values = backend._get_parameters(["task.k_pos_x", "task.k_pos_z", "task.error_clip.y", "task.d_pos_z"])
+    assert values == {"task.k_pos_x": 600.0, "task.k_pos_z": 800.0, "task.error_clip.y": 0.02,
+                      "task.d_pos_z": pytest.approx(2 * np.sqrt(800))}
     with pytest.raises(ValueError, match="5000"):
         backend.set_impedance(ImpedanceParams(translational_stiffness=(5500, 100, 100)))
     with pytest.raises(ValueError, match="rejected"):
         backend._set_parameters({"task.k_pos_x": 6000.0})  # the node enforces crisp's bounds itself
-    assert backend._get_parameters(["task.k_pos_x"]) == {"task.k_pos_x": 1200.0}, "a rejected change changes nothing"
-    backend.set_impedance(ImpedanceParams())
+    assert backend._get_parameters(["task.k_pos_x"]) == {"task.k_pos_x": 600.0}, "a rejected change changes nothing"
+    backend.set_impedance(ROS2_GAINS)
+
+
+def test_stiffness_above_the_controllers_cap_raises_it_or_fails_naming_both(healthy, monkeypatch):
+    import dataclasses
+
+    backend = healthy
+    caps = [crisp.CAP_TRANSLATIONAL, crisp.CAP_ROTATIONAL]
+    backend._set_parameters({crisp.CAP_TRANSLATIONAL: 900.0, crisp.CAP_ROTATIONAL: 60.0})  # crisp's defaults
+    stiff = ImpedanceParams(translational_stiffness=(2000.0, 2000.0, 2000.0), rotational_stiffness=(80.0, 80.0, 80.0))
+    monkeypatch.setattr(backend, "config", dataclasses.replace(backend.config, raise_stiffness_cap=False))
+    with pytest.raises(ValueError, match=r"2000 N/m.*900 N/m"):
+        backend.set_impedance(stiff)
+    assert backend._get_parameters(caps) == {crisp.CAP_TRANSLATIONAL: 900.0, crisp.CAP_ROTATIONAL: 60.0}
+    monkeypatch.undo()
+    backend.set_impedance(stiff)  # raises the caps first, within crisp's bounds
+    assert backend._get_parameters(caps) == {crisp.CAP_TRANSLATIONAL: 2000.0, crisp.CAP_ROTATIONAL: 80.0}
+    applied = backend.impedance()  # what the controller applies, read back from it
+    assert np.allclose(applied.translational_stiffness, 2000.0) and np.allclose(applied.rotational_stiffness, 80.0)
+    assert np.allclose(applied.translational_damping, 2 * np.sqrt(2000.0))  # damping from the applied stiffness
+    with pytest.raises(ValueError, match=r"rotational_stiffness 150 Nm/rad.*= 80 Nm/rad.*bound is 100"):
+        backend.set_impedance(ImpedanceParams(rotational_stiffness=(150.0, 150.0, 150.0)))
+    with pytest.raises(ValueError, match="variable_max_stiffness.rotational"):
+        backend._set_parameters({crisp.CAP_ROTATIONAL: 150.0})  # the twin node holds crisp's bound too
+    backend.set_impedance(ROS2_GAINS)
 
 
 def test_bad_commands_raise_and_change_nothing(healthy):
@@ -139,11 +184,15 @@ def test_bad_commands_raise_and_change_nothing(healthy):
     assert np.allclose(backend.state().target_pose, before)
 
 
-def test_gripper_and_joint_reset(healthy):
+def test_franka_hand_adapter_gripper_and_joint_reset_parameters(healthy, monkeypatch):
     backend = healthy
-    backend.set_gripper(0.02)
-    assert wait_for(lambda: abs(backend.state().gripper_width - 0.02) < 0.003, 3.0)
-    backend.set_gripper(0.08)
+    backend.set_gripper(0.02)  # the Franka hand grasps: below 0.04 m it closes fully
+    assert wait_for(lambda: backend.state().gripper_width < 0.003, 3.0)
+    backend.set_gripper(0.06)
+    assert wait_for(lambda: backend.state().gripper_width > 0.077, 3.0)
+    sent: list[dict] = []
+    real_set = backend._parameters.set
+    monkeypatch.setattr(backend._parameters, "set", lambda values: (sent.append(dict(values)), real_set(values))[1])
     away = backend.state().tcp_pose.copy()
     away[:3] += [0.04, 0.04, -0.04]
     backend.set_target(away)
@@ -152,7 +201,16 @@ def test_gripper_and_joint_reset(healthy):
     state = backend.state()
     assert np.abs(state.q - HOME_Q).max() < 0.03
     assert state.controller_mode == "impedance" and state.errors == []
+    reset, restore = sent[0], sent[-1]
+    assert reset["nullspace.projector_type"] == "none" and reset["task.k_pos_x"] == 0.0
+    assert list(reset)[0] == "nullspace.damping", "damping is positive before anything else changes"
+    assert all(v["nullspace.damping"] > 0 for v in sent if "nullspace.damping" in v)
+    weights = np.array([reset[crisp.weight_name(j)] for j in crisp.FR3_JOINTS])
+    per_joint_torque = reset["nullspace.max_tau"] * np.ones(7)  # crisp: one bound for every joint
+    assert np.all(per_joint_torque <= crisp.FRANKA_TORQUE_RATINGS) and np.all(weights > 0)
+    assert restore["nullspace.projector_type"] == "kinematic" and restore["nullspace.damping"] > 0
     assert backend._get_parameters(["nullspace.projector_type"]) == {"nullspace.projector_type": "kinematic"}
+    assert backend._get_parameters(["nullspace.damping"])["nullspace.damping"] > 0
 
 
 def test_malformed_message_flags_error_and_holds(healthy):
@@ -236,20 +294,25 @@ def test_server_reports_a_frozen_driver_in_health_and_recovers():
 
 
 def test_twin_node_ignores_targets_from_competing_publishers(healthy):
-    """crisp_controllers' rule, reproduced by the twin node: two publishers on target_pose → no target is taken."""
+    """crisp_controllers' rule, reproduced by the twin node: two publishers on target_pose → no target is
+    taken; the backend sees the second publisher too and refuses to command until it goes."""
     from geometry_msgs.msg import PoseStamped
 
+    from robot_servers.ros2.messages import pose_msg
+
     backend = healthy
+    start = backend.state().tcp_pose
+    moved = start.copy()
+    moved[0] += 0.04
     with second_node("second_commander") as node:
-        node.create_publisher(PoseStamped, "target_pose", 10)
-        assert wait_for(lambda: backend._node.count_publishers("target_pose") == 2, 5.0)
-        time.sleep(1.0)  # the twin node discovers the second publisher on its own schedule
-        start = backend.state().tcp_pose
-        moved = start.copy()
-        moved[0] += 0.04
-        assert wait_for(lambda: (backend.set_target(moved), False)[1], 1.0) is False  # keep sending for 1 s
+        publisher = node.create_publisher(PoseStamped, "target_pose", 10)
+        assert wait_for(lambda: any("publishers on target_pose" in e for e in backend.state().errors), 5.0)
+        with pytest.raises(RuntimeError, match="recover"):
+            backend.set_target(moved)
+        assert wait_for(lambda: (publisher.publish(pose_msg(moved, "base", 0.0)), False)[1], 1.0) is False  # 1 s of targets
         assert np.linalg.norm(backend.state().tcp_pose[:3] - start[:3]) < 0.005
-    assert wait_for(lambda: backend._node.count_publishers("target_pose") == 1, 5.0)
+    assert wait_for(lambda: not backend.competing_publishers(), 5.0)
+    backend.recover()
     # resend until the twin node, too, has seen the second publisher go
     assert wait_for(lambda: (backend.set_target(moved),
                              np.linalg.norm(backend.state().tcp_pose[:3] - moved[:3]) < 0.005)[1], 8.0)
@@ -289,6 +352,7 @@ def test_served_ros2_backend_opens_the_task_cameras_with_their_crops_and_sizes(t
 
 
 def test_nullspace_target_reaches_the_twin_posture_through_the_public_api(healthy):
+    healthy.set_impedance(ROS2_GAINS)  # joint 1 at 100 Nm/rad through crisp's nullspace weights
     # Earlier tests leave the arm returning to its start pose: measure the TCP only once it rests.
     assert wait_for(lambda: np.linalg.norm(healthy.state().tcp_vel[:3]) < 0.002, 5.0)
     before = healthy.state()
@@ -301,3 +365,52 @@ def test_nullspace_target_reaches_the_twin_posture_through_the_public_api(health
     finally:
         healthy.set_nullspace_target(before.q)
         wait_for(lambda: abs(healthy.state().q[0] - before.q[0]) < 0.02, 5.0)
+
+
+def test_launch_defaults_are_the_python_defaults():
+    """robot_server.launch.py's default command line builds exactly ``Ros2Config()``."""
+    import dataclasses
+
+    from test_examples_launch import load_server_command
+
+    from robot_servers.overrides import parse_overrides
+
+    ns = load_server_command()
+    values = {name: default for name, (default, _) in ns["ARGUMENTS"].items()}
+    command = ns["server_command"](values)
+    options = parse_overrides(tuple(command[command.index("--option") + 1:]), "--option")
+    options = {k: v for k, v in options.items() if k != "cameras"}
+    defaults = Ros2Config()
+    for name, value in options.items():
+        assert getattr(defaults, name) == value, name
+    assert {f.name for f in dataclasses.fields(Ros2Config)} >= set(options)
+
+
+def test_preflight_reports_controller_rates_qos_limits_and_gripper(healthy):
+    report = healthy.preflight(window=0.5)
+    topics = report["topics"]
+    assert report["controller_state"].startswith("unknown")  # no controller_manager in the rehearsal
+    assert topics["target_pose"]["qos_match"] and topics["target_pose"]["subscribers"]
+    assert topics["wrench"]["publishers"] and topics["wrench"]["publishers"][0][1] == "best_effort"  # franka_ros2's QoS
+    assert all(rate > 0 for rate in report["rates_hz"].values()), report["rates_hz"]
+    assert report["limits"][crisp.CAP_ROTATIONAL] <= crisp.MAX_STIFFNESS_BOUNDS["rotational"]
+    assert report["gripper"]["binary"] and report["velocity_source"] == "twist"
+    # a starved twin node on the shared 2-core CI box may publish slowly; nothing else may be wrong
+    load = ("stale state", "current_pose at", "joint_states at")
+    assert [p for p in report["problems"] if not p.startswith(load)] == [], report["problems"]
+
+
+def test_check_flag_prints_the_report_and_exits_zero():
+    import json
+    import subprocess
+
+    domain = DOMAIN + 52
+    with running_twin_node(domain):
+        result = subprocess.run([sys.executable, "-m", "robot_servers", "--backend", "ros2", "--check",
+                                 "--option", f"domain_id={domain}", "stale_after=0.5"],
+                                capture_output=True, text=True, timeout=60)
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert result.returncode == (1 if report["problems"] else 0), result.stderr
+    load = ("stale state", "current_pose at", "joint_states at")  # a starved twin node on a loaded machine
+    assert [p for p in report["problems"] if not p.startswith(load)] == [], report["problems"]
+    assert report["gripper"]["binary"] is True and report["topics"]["target_pose"]["subscribers"]

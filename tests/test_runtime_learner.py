@@ -80,11 +80,12 @@ def test_learner_routes_interventions_publishes_weights_and_resumes(cfg, tmp_pat
         assert version == learner.counters.weights_version
         actor_agent = create_agent(cfg.run.seed, {"state": np.zeros(3, np.float32)}, 1, cfg.agent)
         actor_agent, meta = decode_weights(actor_agent, blob)
-        assert meta["updates"] == 10 and meta["env_steps"] == 10
+        assert meta["updates"] == 10 and meta["env_steps"] == 10 and meta["episodes"] == 2
         expected = policy_params(learner.agent)["actor"]
         got = policy_params(actor_agent)["actor"]
         assert all(np.allclose(a, b) for a, b in zip(_leaves(expected), _leaves(got)))
-        learner.save()
+        assert learner.save() == (10, f"checkpoint written at env step 10 (10 updates) in {run_dir / 'checkpoints'}")
+        assert all(path.exists() for path in learner.checkpoint_files(10))
     finally:
         client.close()
         learner.close()
@@ -151,3 +152,21 @@ def test_the_actor_env_charges_the_grasp_critic_for_gripper_changes():
     finally:
         env.close()
     np.testing.assert_allclose(penalties, [0.0, -0.02, 0.0, -0.02])
+
+
+def test_save_says_when_it_wrote_nothing_and_why(cfg, tmp_path):
+    learner = Learner(cfg, tmp_path / "run")
+    client = client_for(cfg, run_config_hash(cfg.env, cfg.agent))
+    try:
+        assert learner.save() == (None, "no checkpoint written: no transition was received yet")
+        assert client.wait_connected(10)
+        for i in range(3):
+            client.send(transition(i, intervened=False))
+        assert client.flush(10)
+        receive_until(learner, 3)
+        step, note = learner.save()
+        assert step == 3 and note.endswith("no update finished yet, so the agent is as initialised")
+        assert learner.save() == (3, "checkpoint at env step 3 already on disk (nothing new since)")
+    finally:
+        client.close()
+        learner.close()

@@ -29,11 +29,18 @@ def _libfranka(**options: Any) -> Backend:
     return LibfrankaBackend(**options)
 
 
+def _serl_http(**options: Any) -> Backend:
+    from robot_servers.backends.serl_http import SerlHttpBackend
+
+    return SerlHttpBackend(**options)
+
+
 # name -> (factory, extra that provides its dependencies)
 _REGISTRY: dict[str, tuple[Callable[..., Backend], str]] = {
     "twin": (_twin, "sim"),
     "ros2": (_ros2, "ros2"),
     "libfranka": (_libfranka, "franka"),
+    "serl-http": (_serl_http, ""),  # a SERL / HIL-SERL Flask server: --option url=http://host:5000/
 }
 
 

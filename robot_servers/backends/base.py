@@ -31,6 +31,8 @@ class RobotState:
     controller_mode: str = "impedance"  # "impedance" | "joint" | "hold" | "idle"
     errors: list[str] = dataclasses.field(default_factory=list)  # empty when healthy
     timestamp: float = 0.0  # seconds, backend clock (sim time for the twin)
+    velocity_source: str = ""  # where tcp_vel comes from when a backend can say (ros2: "twist" | "pose_difference")
+    warnings: list[str] = dataclasses.field(default_factory=list)  # degraded but usable (e.g. a fallback in use)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (lists instead of arrays)."""
@@ -51,6 +53,7 @@ class RobotState:
             kwargs[key] = np.asarray(kwargs[key], dtype=np.float64)
         kwargs["gripper_width"] = float(kwargs["gripper_width"])
         kwargs["errors"] = list(kwargs.get("errors", []))
+        kwargs["warnings"] = list(kwargs.get("warnings", []))
         return cls(**kwargs)
 
 
@@ -129,6 +132,18 @@ class Backend(abc.ABC):
     def hold(self) -> None:
         """Make the current measured pose the target (used by watchdogs and safety stops)."""
         self.set_target(self.state().tcp_pose)
+
+    def jacobian(self) -> np.ndarray | None:
+        """(6, 7) TCP Jacobian at the current joints, base frame, linear rows first; None where the backend has none."""
+        return None
+
+    def impedance(self) -> ImpedanceParams | None:
+        """The impedance parameters the controller applies now; None where the backend cannot report them."""
+        return None
+
+    def set_load(self, mass: float, center: np.ndarray, inertia: np.ndarray) -> None:
+        """Payload model (kg, m from the flange, 3×3 kg·m²); backends that take one override this."""
+        raise NotImplementedError(f"the {self.name} backend takes no payload model; configure the load on the arm")
 
     def close(self) -> None:
         """Release resources (threads, sockets). Idempotent."""

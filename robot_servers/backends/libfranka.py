@@ -340,6 +340,9 @@ class LibfrankaBackend(Backend):
             raise RuntimeError("libfranka backend was configured without a gripper")
         self._gripper.command(width)
 
+    def impedance(self) -> ImpedanceParams:
+        return self._impedance
+
     def set_impedance(self, params: ImpedanceParams) -> None:
         params = params.validate()
         with self._lock:

@@ -1,15 +1,16 @@
-"""``Ros2Backend``: a Franka arm behind ROS 2 with crisp_controllers' Cartesian impedance controller.
+"""``Ros2Backend``: a Franka arm behind ROS 2 with crisp_controllers' (>= 2.2) Cartesian impedance
+controller, franka_ros2 and the Franka-hand adapter of crisp_controllers_demos.
 
-Commands go out as crisp takes them: the equilibrium pose as ``PoseStamped`` on ``target_pose``,
-the nullspace posture as ``JointState`` on ``target_joint``; stiffness, damping and error clip are
-the controller's live ROS parameters (``task.k_pos_x`` …, see ``robot_servers.ros2.crisp``).
-State comes from ``current_pose``, ``current_twist``, ``joint_states`` and a wrench topic.
-A state older than ``stale_after`` or a malformed message latches an error and holds the last
-measured pose until ``recover()``. rclpy is imported lazily (extra ``ros2``) and runs in its own
-context and executor thread, so several backends (and a twin node) can share one process.
+Commands go out reliable, as crisp subscribes them (``target_pose``, ``target_joint``); gains are the
+controller's live parameters (``robot_servers.ros2.crisp``). State subscriptions are best-effort, so
+reliable and best-effort publishers both reach them: ``current_pose`` (read with w >= 0),
+``joint_states``, crisp's ``current_twist`` (end-effector frame, rotated into the base frame; pose
+differences when nothing publishes it, said in ``velocity_source`` and ``warnings``) and franka_ros2's
+external wrench (sign turned into this project's: the force the environment exerts on the hand).
 
-Joint reset uses only crisp's interface: task stiffness to zero, nullspace projector ``none`` (the
-nullspace term becomes a joint impedance law), ``target_joint`` = q, then the old parameters back.
+Faults latch an error and hold the measured pose until ``recover()``: stale state, a malformed message,
+another publisher on a command topic, a controller that does not follow. rclpy is imported lazily
+(extra ``ros2``) and runs in its own context and executor thread.
 """
 
 from __future__ import annotations
@@ -18,94 +19,34 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Literal
-
 import numpy as np
 
 from robot_servers.backends.base import Backend, ImpedanceParams, RobotState
-from robot_servers.franka import HOME_Q
+from robot_servers.franka import HOME_Q  # noqa: F401  (re-exported: the ROS 2 tests' home posture)
 from robot_servers.limits import MAX_GRIPPER_WIDTH, validate_gripper, validate_pose
 from robot_servers.cameras.specs import camera_errors, open_task_cameras
+from robot_servers.ros2.config import Ros2Config, import_rclpy  # noqa: F401  (import_rclpy re-exported)
 
 log = logging.getLogger(__name__)
 
-FR3_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))
-
-
-@dataclasses.dataclass(frozen=True)
-class Ros2Config:
-    """Topic names, frames, QoS and timing. Relative names resolve inside ``namespace``."""
-
-    namespace: str = ""
-    node_name: str = "serl_robot_server"
-    domain_id: int | None = None  # None: ROS_DOMAIN_ID from the environment
-    controller_node: str = "cartesian_impedance_controller"  # its parameters are set through its parameter services
-    target_pose_topic: str = "target_pose"
-    target_joint_topic: str = "target_joint"
-    current_pose_topic: str = "current_pose"
-    current_twist_topic: str = "current_twist"  # "" when nothing publishes it: velocity then reads zero
-    joint_states_topic: str = "joint_states"
-    wrench_topic: str = "external_wrench"  # "" when the arm has no wrench estimate
-    gripper_command_topic: str = "gripper/command"  # std_msgs/Float64MultiArray [width m]
-    gripper_state_topic: str = "gripper/joint_states"  # finger positions; width = their sum
-    gripper_normalized: bool = False  # crisp_py's hand adapter: command and state as width / 0.08 in [0, 1]
-    frame_id: str = "base"
-    joint_names: tuple[str, ...] = FR3_JOINTS
-    home_q: tuple[float, ...] = HOME_Q
-    qos_depth: int = 10
-    qos_reliability: Literal["reliable", "best_effort"] = "reliable"
-    stale_after: float = 0.1  # s without current_pose / joint_states → error + hold
-    connect_timeout: float = 10.0  # s to wait for the first state
-    parameter_timeout: float = 3.0  # s for a parameter call to the controller
-    set_impedance_on_start: ImpedanceParams | None = None  # push these gains at start
-    joint_reset_stiffness: float = 40.0  # Nm/rad, nullspace stiffness while resetting
-    joint_reset_max_torque: float = 40.0  # Nm, nullspace.max_tau while resetting
-    joint_reset_tolerance: float = 0.03  # rad
-    cameras: tuple[str, ...] = ()  # camera specs, see robot_servers.cameras.specs (served by the robot server)
-    task_cameras: tuple = ()  # the task's CameraSpecs: crops and sizes by name (devices too when `cameras` is empty)
-
-    def __post_init__(self):
-        if self.domain_id is not None and not 0 <= self.domain_id <= 232:
-            raise ValueError(f"Ros2Config.domain_id: expected 0..232, got {self.domain_id}")
-        if self.stale_after <= 0:
-            raise ValueError("Ros2Config.stale_after must be positive")
-        if len(self.joint_names) != 7 or len(self.home_q) != 7:
-            raise ValueError("Ros2Config.joint_names and home_q: expected 7 entries each")
-        if self.qos_reliability not in ("reliable", "best_effort"):
-            raise ValueError(f"Ros2Config.qos_reliability: expected 'reliable' or 'best_effort', got {self.qos_reliability!r}")
-        for name in ("target_pose_topic", "target_joint_topic", "current_pose_topic", "joint_states_topic"):
-            if not getattr(self, name):
-                raise ValueError(f"Ros2Config.{name} must not be empty")
-
-
-def import_rclpy():
-    """rclpy and its message packages, or ImportError naming the extra."""
-    try:
-        import rclpy  # noqa: F401
-        import rclpy.executors  # noqa: F401
-        import rclpy.parameter_client  # noqa: F401
-        from geometry_msgs.msg import PoseStamped  # noqa: F401
-        from sensor_msgs.msg import JointState  # noqa: F401
-        from std_msgs.msg import Float64MultiArray  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(f"the ROS 2 backend needs rclpy ({exc}): pip install 'serl-suite[ros2]'") from exc
-    return rclpy
 
 
 class _Latest:
     """The newest message of one topic and when it arrived (monotonic seconds)."""
 
-    __slots__ = ("value", "received")
+    __slots__ = ("value", "received", "count")
 
     def __init__(self):
         self.value = None
         self.received = 0.0
+        self.count = 0
 
 
 class Ros2Backend(Backend):
     """Cartesian impedance through crisp_controllers' topics and parameters."""
 
     name = "ros2"
+    _spin_thread: threading.Thread | None = None  # until the node spins: a failed start has none to join
 
     def __init__(self, config: Ros2Config = Ros2Config(), **overrides):
         if overrides:
@@ -113,13 +54,14 @@ class Ros2Backend(Backend):
         self.config = config
         rclpy = import_rclpy()
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.parameter_client import AsyncParameterClient
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from geometry_msgs.msg import PoseStamped, TwistStamped, WrenchStamped
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray
 
         from robot_servers.ros2 import messages
+        from robot_servers.ros2.monitor import FollowingMonitor, PoseDifferenceVelocity
+        from robot_servers.ros2.parameters import ControllerParameters
 
         self._messages = messages
         self._Float64MultiArray = Float64MultiArray
@@ -128,30 +70,34 @@ class Ros2Backend(Backend):
         self._mode = "impedance"
         self._closed = False
         self._pose, self._twist, self._joints, self._wrench, self._gripper = (_Latest() for _ in range(5))
+        self._pose_velocity = PoseDifferenceVelocity()
+        self._following = FollowingMonitor(config.not_following_after)
         self._target: np.ndarray | None = None
-        self._messages_received = 0
+        self._started = time.monotonic()
         self._cameras: dict = {}
 
         self._context = rclpy.Context()
         self._context.init(domain_id=config.domain_id)
         self._node = rclpy.create_node(config.node_name, namespace=config.namespace or None, context=self._context)
-        reliability = ReliabilityPolicy.RELIABLE if config.qos_reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
-        qos = QoSProfile(depth=config.qos_depth, reliability=reliability)
+        policy = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
+        command_qos = QoSProfile(depth=config.qos_depth, reliability=policy[config.command_reliability])
+        state_qos = QoSProfile(depth=config.qos_depth, reliability=policy[config.state_reliability])
         node = self._node
-        self._pose_pub = node.create_publisher(PoseStamped, config.target_pose_topic, qos)
-        self._joint_pub = node.create_publisher(JointState, config.target_joint_topic, qos)
-        self._gripper_pub = node.create_publisher(Float64MultiArray, config.gripper_command_topic, qos) \
+        self._pose_pub = node.create_publisher(PoseStamped, config.target_pose_topic, command_qos)
+        self._joint_pub = node.create_publisher(JointState, config.target_joint_topic, command_qos)
+        self._gripper_pub = node.create_publisher(Float64MultiArray, config.gripper_command_topic, command_qos) \
             if config.gripper_command_topic else None
-        node.create_subscription(PoseStamped, config.current_pose_topic, self._on_pose, qos)
-        node.create_subscription(JointState, config.joint_states_topic, self._on_joints, qos)
+        node.create_subscription(PoseStamped, config.current_pose_topic, self._on_pose, state_qos)
+        node.create_subscription(JointState, config.joint_states_topic, self._on_joints, state_qos)
         if config.current_twist_topic:
-            node.create_subscription(TwistStamped, config.current_twist_topic, self._on_twist, qos)
+            node.create_subscription(TwistStamped, config.current_twist_topic, self._on_twist, state_qos)
         if config.wrench_topic:
-            node.create_subscription(WrenchStamped, config.wrench_topic, self._on_wrench, qos)
+            node.create_subscription(WrenchStamped, config.wrench_topic, self._on_wrench, state_qos)
         if config.gripper_state_topic:
-            node.create_subscription(JointState, config.gripper_state_topic, self._on_gripper, qos)
-        self._parameters = AsyncParameterClient(node, config.controller_node)
+            node.create_subscription(JointState, config.gripper_state_topic, self._on_gripper, state_qos)
+        self._parameters = ControllerParameters(node, config.controller_node, config.parameter_timeout)
         self._watchdog = node.create_timer(min(config.stale_after / 4, 0.02), self._check_stale)
+        self._fault_timer = node.create_timer(0.1, self._check_faults)
 
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(node)
@@ -185,24 +131,37 @@ class Ros2Backend(Backend):
                 log.error("ros2 backend: %s", message)
                 self._errors.append(message)
 
-    def _store(self, slot: _Latest, value, topic: str) -> None:
-        if value is None:
-            self._flag(f"malformed message on {topic} (non-finite or wrong shape); holding")
+    def _fault(self, message: str) -> None:
+        """Latch ``message`` and hold, atomically: no reader sees the error without the hold."""
+        with self._lock:
+            self._flag(message)
             self._hold_locked()
-            return
+
+    def _store(self, slot: _Latest, value, topic: str) -> bool:
+        if value is None:
+            self._fault(f"malformed message on {topic} (non-finite or wrong shape); holding")
+            return False
         with self._lock:
             slot.value = value
             slot.received = time.monotonic()
-            self._messages_received += 1
+            slot.count += 1
+        return True
 
     def _on_pose(self, msg) -> None:
-        self._store(self._pose, self._messages.read_pose(msg), self.config.current_pose_topic)
+        pose = self._messages.read_pose(msg)
+        if self._store(self._pose, pose, self.config.current_pose_topic):
+            stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+            with self._lock:
+                self._pose_velocity.add(stamp if stamp > 0 else self._pose.received, pose)
 
     def _on_twist(self, msg) -> None:
         self._store(self._twist, self._messages.read_twist(msg), self.config.current_twist_topic)
 
     def _on_wrench(self, msg) -> None:
-        self._store(self._wrench, self._messages.read_wrench(msg), self.config.wrench_topic)
+        wrench = self._messages.read_wrench(msg)
+        if wrench is not None and self.config.wrench_convention == "franka":
+            wrench = -wrench  # Franka: force the robot exerts; this project: force exerted on the robot
+        self._store(self._wrench, wrench, self.config.wrench_topic)
 
     def _on_joints(self, msg) -> None:
         self._store(self._joints, self._messages.read_joints(msg, self.config.joint_names), self.config.joint_states_topic)
@@ -222,14 +181,32 @@ class Ros2Backend(Backend):
         }
 
     def _check_stale(self) -> None:
-        if self._pose.value is None:
-            return
-        for topic, age in self._ages().items():
-            if age > self.config.stale_after:
-                if not any(e.startswith("stale state") for e in self._errors):
-                    self._flag(f"stale state: no {topic} for more than {1000 * self.config.stale_after:.0f} ms")
-                    self._hold_locked()
+        with self._lock:
+            if self._pose.value is None:
                 return
+            for topic, age in self._ages().items():
+                if age > self.config.stale_after:
+                    if not any(e.startswith("stale state") for e in self._errors):
+                        self._fault(f"stale state: no {topic} for more than {1000 * self.config.stale_after:.0f} ms")
+                    return
+
+    def competing_publishers(self) -> dict[str, int]:
+        """Command topics with publishers besides this backend (crisp then ignores every target)."""
+        counts = {t: self._node.count_publishers(t) for t in (self.config.target_pose_topic, self.config.target_joint_topic)}
+        return {topic: n for topic, n in counts.items() if n > 1}
+
+    def _check_faults(self) -> None:
+        for topic, n in self.competing_publishers().items():
+            self._fault(f"{n} publishers on {topic}: crisp_controllers ignores its targets while another node "
+                        "publishes there; stop the other publisher")
+        with self._lock:
+            if self._mode != "impedance" or self._errors or self._pose.value is None or self._target is None:
+                self._following.reset()
+                return
+            wrench = self._wrench.value if self.config.wrench_topic else None
+            fault = self._following.check(time.monotonic(), self._pose.value, self._target, wrench)
+            if fault:
+                self._fault(fault)
 
     def _hold_locked(self) -> None:
         with self._lock:
@@ -257,35 +234,38 @@ class Ros2Backend(Backend):
     # -- parameters -----------------------------------------------------------------------
 
     def _set_parameters(self, values: dict[str, object]) -> None:
-        from rclpy.parameter import Parameter
-
-        if not self._parameters.wait_for_services(timeout_sec=self.config.parameter_timeout):
-            raise RuntimeError(f"controller {self.config.controller_node!r} offers no parameter services")
-        future = self._parameters.set_parameters([Parameter(k, value=v) for k, v in values.items()])
-        deadline = time.monotonic() + self.config.parameter_timeout
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.002)
-        if not future.done():
-            future.cancel()
-            raise RuntimeError(f"controller {self.config.controller_node!r}: set_parameters timed out")
-        rejected = [(name, r.reason) for name, r in zip(values, future.result().results) if not r.successful]
-        if rejected:
-            raise ValueError(f"controller rejected parameters: {rejected}")
+        self._parameters.set(values)
 
     def _get_parameters(self, names: list[str]) -> dict[str, object]:
-        from rclpy.parameter import parameter_value_to_python
+        return self._parameters.get(names)
 
-        if not self._parameters.wait_for_services(timeout_sec=self.config.parameter_timeout):
-            raise RuntimeError(f"controller {self.config.controller_node!r} offers no parameter services")
-        future = self._parameters.get_parameters(names)
-        deadline = time.monotonic() + self.config.parameter_timeout
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.002)
-        if not future.done():
-            raise RuntimeError(f"controller {self.config.controller_node!r}: get_parameters timed out")
-        return {n: parameter_value_to_python(v) for n, v in zip(names, future.result().values)}
+    def impedance(self) -> ImpedanceParams:
+        """The gains the controller applies now (its caps and damping rules included), read back from it."""
+        from robot_servers.ros2 import crisp
+
+        values = self._get_parameters(list(crisp.defaults(self.config.joint_names)))
+        return crisp.parameters_to_impedance({k: v for k, v in values.items() if v is not None}, self.config.joint_names)
+
+    def preflight(self, window: float = 1.0) -> dict:
+        """Controller state, topic rates, QoS matches, limits and gripper mode (``--check``)."""
+        from robot_servers.ros2.preflight import preflight
+
+        return preflight(self, window)
 
     # -- Backend --------------------------------------------------------------------------
+
+    def _velocity_locked(self) -> tuple[np.ndarray, str, list[str]]:
+        from robot_servers.ros2.monitor import POSE_DIFFERENCE, TWIST, twist_to_base
+
+        fresh = time.monotonic() - self._twist.received < max(self.config.velocity_fallback_after, self.config.stale_after)
+        if self._twist.value is not None and fresh:
+            return twist_to_base(self._twist.value, self._pose.value), TWIST, []
+        if time.monotonic() - self._started < self.config.velocity_fallback_after and self.config.current_twist_topic:
+            return self._pose_velocity.velocity(), POSE_DIFFERENCE, []  # the twist may still be on its way
+        topic = self.config.current_twist_topic or "current_twist"
+        return self._pose_velocity.velocity(), POSE_DIFFERENCE, [
+            f"tcp_vel from current_pose differences: nothing publishes {topic} "
+            "(start crisp's twist_broadcaster for a measured twist)"]
 
     def state(self) -> RobotState:
         with self._lock:
@@ -293,10 +273,11 @@ class Ros2Backend(Backend):
                 raise RuntimeError("ros2 backend has no state yet")
             self._check_stale()  # a reader never sees a stale state that is not yet latched
             errors = list(self._errors) + camera_errors(self._cameras)
+            velocity, source, warnings = self._velocity_locked()
             q, dq = self._joints.value
             return RobotState(
                 tcp_pose=self._pose.value.copy(),
-                tcp_vel=np.zeros(6) if self._twist.value is None else self._twist.value.copy(),
+                tcp_vel=velocity,
                 wrench=np.zeros(6) if self._wrench.value is None else self._wrench.value.copy(),
                 q=q.copy(),
                 dq=dq.copy(),
@@ -305,6 +286,8 @@ class Ros2Backend(Backend):
                 controller_mode=self._mode,
                 errors=errors,
                 timestamp=self._pose.received,
+                velocity_source=source,
+                warnings=warnings,
             )
 
     def state_age(self) -> float:
@@ -323,17 +306,30 @@ class Ros2Backend(Backend):
         if gripper is not None:
             self.set_gripper(gripper)
 
+    def gripper_command(self, width: float) -> float:
+        """What goes on the gripper command topic for ``width`` (m)."""
+        if self.config.gripper_binary:
+            width = MAX_GRIPPER_WIDTH if width > MAX_GRIPPER_WIDTH / 2 else 0.0  # the hand opens or grasps
+        return width / MAX_GRIPPER_WIDTH if self.config.gripper_normalized else width
+
     def set_gripper(self, width) -> None:
         width = validate_gripper(width, "width")
         if self._gripper_pub is None:
             raise RuntimeError("ros2 backend has no gripper_command_topic configured")
-        command = width / MAX_GRIPPER_WIDTH if self.config.gripper_normalized else width
-        self._gripper_pub.publish(self._Float64MultiArray(data=[command]))
+        self._gripper_pub.publish(self._Float64MultiArray(data=[self.gripper_command(width)]))
 
     def set_impedance(self, params: ImpedanceParams) -> None:
-        from robot_servers.ros2.crisp import impedance_to_parameters
+        """Gains as crisp applies them: ``variable_max_stiffness`` raised first where needed (within
+        crisp's bounds and when ``raise_stiffness_cap``), else ValueError naming both numbers."""
+        from robot_servers.ros2 import crisp
 
-        self._set_parameters(impedance_to_parameters(params))
+        values = crisp.impedance_to_parameters(params, self.config.joint_names)
+        caps = self._get_parameters([crisp.CAP_TRANSLATIONAL, crisp.CAP_ROTATIONAL])
+        if None in caps.values():
+            raise RuntimeError(f"controller {self.config.controller_node!r} has no variable_max_stiffness: "
+                               "crisp_controllers >= 2.2 expected")
+        raised = crisp.raised_caps(params, caps, self.config.raise_stiffness_cap)
+        self._set_parameters({**raised, **values})  # caps first: the stiffness never passes through a clamp
 
     def set_nullspace_target(self, q) -> None:
         """Preferred joint posture for the controller's nullspace term (``target_joint``)."""
@@ -344,24 +340,28 @@ class Ros2Backend(Backend):
         self._joint_pub.publish(self._messages.joint_msg(self.config.joint_names, q, seconds=now))
 
     def joint_reset(self, q=None, duration: float = 3.0) -> None:
+        """Joint impedance toward ``q`` through crisp's nullspace term, then every parameter restored.
+
+        Damping is positive before anything else changes and stays positive while restoring.
+        """
+        from robot_servers.ros2 import crisp
+
         target = np.asarray(self.config.home_q if q is None else q, dtype=np.float64)
         if target.shape != (7,) or not np.all(np.isfinite(target)):
             raise ValueError(f"q: expected 7 finite joint angles, got {np.asarray(q).tolist()}")
         with self._lock:
             if self._errors:
                 raise RuntimeError(f"ros2 backend has errors {self._errors}; call recover() first")
-        names = [n for n in (*(f"task.k_pos_{a}" for a in "xyz"), *(f"task.k_rot_{a}" for a in "xyz"),
-                             "nullspace.stiffness", "nullspace.projector_type", "nullspace.max_tau")]
-        saved = self._get_parameters(names)
+        reset = crisp.joint_reset_parameters(self.config.joint_reset_stiffness, self.config.joint_reset_max_torque,
+                                             self.config.joint_names)
+        saved = self._get_parameters(list(reset))
+        restore = dict(saved)
+        if not (isinstance(saved["nullspace.damping"], float) and saved["nullspace.damping"] > 0):
+            restore["nullspace.damping"] = reset["nullspace.damping"]  # never restore a negative (or unset) damping
         self._mode = "joint"
         try:
             self.set_nullspace_target(target)
-            self._set_parameters({
-                **{n: 0.0 for n in names[:6]},
-                "nullspace.stiffness": self.config.joint_reset_stiffness,
-                "nullspace.projector_type": "none",
-                "nullspace.max_tau": self.config.joint_reset_max_torque,
-            })
+            self._set_parameters({"nullspace.damping": reset["nullspace.damping"], **reset})
             allowed = max(duration, 0.5) * 3
             deadline = time.monotonic() + allowed
             while time.monotonic() < deadline:
@@ -377,9 +377,10 @@ class Ros2Backend(Backend):
             with self._lock:
                 self._target = self._pose.value.copy()
                 self._publish_target(self._target)  # restore stiffness around where the arm is now
-            self._set_parameters(saved)
+            self._set_parameters(restore)
             with self._lock:
                 self._mode = "impedance" if not self._errors else "hold"
+                self._following.reset()
         if self._errors:
             raise RuntimeError(f"joint reset failed: {self._errors}")
 
@@ -389,9 +390,13 @@ class Ros2Backend(Backend):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"ros2 backend: state still stale ({self._ages()}); is the controller running?")
             time.sleep(0.01)
+        competing = self.competing_publishers()
+        if competing:
+            raise RuntimeError(f"other publishers on {sorted(competing)}: crisp ignores targets until they stop")
         with self._lock:
             self._errors.clear()
             self._mode = "impedance"
+            self._following.reset()
             self._target = self._pose.value.copy()
             self._publish_target(self._target)
 
@@ -408,7 +413,7 @@ class Ros2Backend(Backend):
         self._closed = True
         for camera in self._cameras.values():
             camera.close()
-        if hasattr(self, "_spin_thread"):
+        if self._spin_thread is not None:
             self._spin_thread.join(timeout=2.0)
         try:
             self._executor.shutdown(timeout_sec=1.0)

@@ -272,11 +272,8 @@ class TwinBackend(SimulatedBackend):
     # ------------------------------------------------------------------ Backend API
     def state(self) -> RobotState:
         with self._lock:
-            model, data = self.model, self.data
-            mujoco.mj_kinematics(model, data)
-            mujoco.mj_comPos(model, data)
-            mujoco.mj_jacSite(model, data, self._jacp, self._jacr, self._tcp)
-            jac = np.vstack([self._jacp[:, :7], self._jacr[:, :7]])
+            data = self.data
+            jac = self._tcp_jacobian()
             quat = matrix_to_quat_xyzw(data.site_xmat[self._tcp], np.empty(4))
             if quat[3] < 0:
                 quat = -quat
@@ -298,6 +295,21 @@ class TwinBackend(SimulatedBackend):
                 errors=list(self._errors),
                 timestamp=float(data.time),
             )
+
+    def jacobian(self) -> np.ndarray:
+        with self._lock:
+            return self._tcp_jacobian()
+
+    def impedance(self) -> ImpedanceParams:
+        with self._lock:
+            return self.controller.params
+
+    def _tcp_jacobian(self) -> np.ndarray:
+        """The TCP's (6, 7) Jacobian at the current joints (call with the lock held)."""
+        mujoco.mj_kinematics(self.model, self.data)
+        mujoco.mj_comPos(self.model, self.data)
+        mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self._tcp)
+        return np.vstack([self._jacp[:, :7], self._jacr[:, :7]])
 
     def set_target(self, pose, gripper=None) -> None:
         pose = validate_pose(pose, "pose")

@@ -19,6 +19,7 @@ Endpoints (JSON bodies):
     POST /step              {"pose"?, "gripper"?, "advance"? (lockstep) | "wait"? (real time), "images": bool,
                              "scene": bool} → observe                                        [msgpack]
     POST /sim/advance (lockstep twin), GET /sim/scene, POST /sim/reset_scene, POST /sim/reset_robot  (twin)
+    POST /serl/...          SERL's / HIL-SERL's Flask API, when mounted (``robot_servers.http.serl_api``)
 
 Every response carries ``x-robot-session``; a request that sends a stale one gets 409 (server restarted).
 
@@ -37,7 +38,7 @@ import contextlib
 import dataclasses
 import functools
 import time
-from typing import Annotated, Any, Mapping, Optional
+from typing import Annotated, Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 from fastapi import Body, FastAPI, HTTPException, Query, Request
@@ -129,11 +130,13 @@ async def _not_supported(_request: Request, exc: NotSupported) -> JSONResponse:
 
 
 def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
-               config: ServerConfig = ServerConfig()) -> FastAPI:
+               config: ServerConfig = ServerConfig(),
+               extensions: Sequence[Callable[[FastAPI, RobotGuard], None]] = ()) -> FastAPI:
     """FastAPI app serving ``backend`` and ``cameras`` (wrap real cameras in ``ThreadedCamera`` first).
 
     The app starts the guard's monitor thread on startup and stops it on shutdown; the caller owns and
-    closes the backend and cameras.
+    closes the backend and cameras. Each of ``extensions`` adds routes driven by the same guard
+    (e.g. ``robot_servers.http.serl_api``).
     """
     cameras = dict(cameras or {})
     guard = RobotGuard(backend, config)
@@ -282,6 +285,8 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
 
     if guard.simulated:
         _add_sim_routes(app, guard, observe_state, scene)
+    for extend in extensions:
+        extend(app, guard)
     return app
 
 

@@ -1,7 +1,8 @@
 """Conversions between ROS 2 messages and our arrays. Needs rclpy message packages (extra ``ros2``).
 
 Readers return ``None`` for a malformed message (wrong length, NaN/inf, zero quaternion) so a
-subscriber can flag it instead of crashing its executor thread.
+subscriber can flag it instead of crashing its executor thread. Poses read back with w >= 0 (the
+project's quaternion sign; crisp publishes either sign).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def read_pose(msg: PoseStamped) -> np.ndarray | None:
     if not 0.9 < norm < 1.1:
         return None
     pose[3:] /= norm
+    if pose[6] < 0:
+        pose[3:] = -pose[3:]
     return pose
 
 

@@ -26,13 +26,13 @@ class DemoViewConfig:
     episode: int = 0
     """Which episode (index among the complete ones) to plot and render."""
     plot: Path | None = None
-    """PNG path; default FILE with suffix .png. Pass --no-plot-file to skip."""
+    """PNG path; default FILE with suffix .png."""
     video: Path | None = None
     """GIF/MP4 path; default FILE with suffix .gif."""
-    no_plot_file: bool = False
-    """Skip the PNG."""
-    no_video: bool = False
-    """Skip the video."""
+    plot_file: bool = True
+    """Write the PNG (--no-plot-file skips it)."""
+    video_file: bool = True
+    """Write the video (--no-video-file skips it)."""
     fps: int = 10
     """Video frame rate."""
     max_rows: int = 50
@@ -64,13 +64,22 @@ def summarize(episodes: list[Episode]) -> dict[str, Any]:
     }
 
 
+def acted_by(sources: list[str]) -> str:
+    """Who the teleop steps came from, by the episodes' recorded source (the scripted expert acts through teleop)."""
+    if sources == ["scripted"]:
+        return "scripted-expert"
+    if sources == ["teleop"]:
+        return "human"
+    return "teleop (" + ", ".join(source or "unknown source" for source in sources) + ")"
+
+
 def print_summary(path: Path, episodes: list[Episode], summary: dict[str, Any], max_rows: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     table = Table(title=f"{path}: {summary['episodes']} episodes")
-    for column in ("#", "group", "length", "success", "return", "human %", "source"):
+    for column in ("#", "group", "length", "success", "return", "teleop %", "source"):
         table.add_column(column, justify="right" if column not in ("group", "source") else "left")
     for i, episode in enumerate(episodes[:max_rows]):
         table.add_row(
@@ -85,7 +94,8 @@ def print_summary(path: Path, episodes: list[Episode], summary: dict[str, Any], 
         console.print(
             f"steps {summary['steps']} · success {summary['successes']}/{summary['episodes']} "
             f"({100 * summary['success_rate']:.0f} %) · length {summary['length_mean']:.1f} "
-            f"[{summary['length_min']}, {summary['length_max']}] · human steps {100 * summary['intervention_rate']:.0f} %"
+            f"[{summary['length_min']}, {summary['length_max']}] · {acted_by(summary['sources'])} steps "
+            f"{100 * summary['intervention_rate']:.0f} %"
         )
         console.print(f"action min  {np.array(summary['action_min'])}")
         console.print(f"action max  {np.array(summary['action_max'])}")
@@ -204,10 +214,10 @@ def demo_view(cfg: DemoViewConfig) -> None:
         return
     if not 0 <= cfg.episode < len(episodes):
         raise ValueError(f"episode: expected 0..{len(episodes) - 1}, got {cfg.episode}")
-    if not cfg.no_plot_file:
+    if cfg.plot_file:
         plot = save_plot(episodes, cfg.episode, cfg.plot or cfg.file.with_suffix(".png"))
         print(f"plot: {plot}")
-    if not cfg.no_video:
+    if cfg.video_file:
         video = save_video(episodes[cfg.episode], cfg.video or cfg.file.with_suffix(".gif"), cfg.fps)
         print(f"video: {video}")
 

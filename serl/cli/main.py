@@ -26,13 +26,16 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: serl <command> [options]   (serl <command> --help for its options)", "", "commands:"]
+    lines = ["usage: serl <command> [options] [--debug]   (serl <command> --help for its options; --debug shows "
+             "tracebacks)", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, _, _, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -59,7 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             config = tyro.cli(getattr(module, config_name), args=rest, prog=f"serl {name}")
             result = function(config)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
+        if debug:
+            raise
         print(f"serl {name}: {err}", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0

@@ -183,7 +183,7 @@ def _render(progress: Progress, cfg: RecordDemosConfig):
     table.add_row("successes", str(progress.successes))
     table.add_row("failed / discarded", f"{progress.failed} / {progress.discarded}")
     table.add_row("episode", f"#{progress.attempts + 1}  step {progress.step}  return {progress.episode_return:.2f}"
-                  f"  human steps {progress.interventions}")
+                  f"  {'expert' if cfg.teleop == 'scripted' else 'human'} steps {progress.interventions}")
     table.add_row("elapsed", f"{progress.elapsed():.1f} s")
     for key, value in progress.status.items():
         table.add_row(key, value)

@@ -37,8 +37,11 @@ from serl.runtime.config import (
     to_jsonable,
     write_config,
 )
-from serl.runtime.envs import import_task_module
-from serl.runtime.logging import read_status
+from serl.runtime.envs import check_task, import_task_module
+from serl.runtime.logging import TrainProgress, read_status
+
+COMPILE_GRACE_S = 600.0
+"""How long a stopping ``serl train`` waits for a learner that is compiling its first update."""
 
 LearnerCommand = LearnerConfig
 ActorCommand = ActorConfig
@@ -86,7 +89,7 @@ class TrainConfig:
     demo_noise: float = 0.1
     """Std of the scripted expert's action noise in the recorded demos (action units)."""
     env_steps: int = 10_000
-    """Env steps the actor takes."""
+    """Env steps of the whole run (a --resume run takes the steps still left)."""
     run: RunConfig = RunConfig()
     net: NetConfig = NetConfig(port=0, weights_port=0)
     """Ports 0 = pick free ports."""
@@ -128,18 +131,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def resolve_run_dir(run: RunConfig, task: str, resume: bool) -> tuple[RunConfig, Path]:
-    """Fill in the run name (latest run when resuming, else a timestamp) and return the run directory."""
+def resolve_run_dir(run: RunConfig, task: str, resume: bool, must_exist: bool = False) -> tuple[RunConfig, Path]:
+    """Fill in the run name (latest run when resuming, else a timestamp) and return the run directory;
+    ``must_exist``: ValueError when it holds no run yet."""
     name = run.name
+    run_name_given = bool(name)
     if not name:
         name = (latest_run(run.root, task) if resume else None) or default_run_name()
     run = dataclasses.replace(run, name=name)
+    if must_exist and not (run.directory(task) / "config.json").exists():
+        where = run.directory(task) if run_name_given else run.directory(task).parent
+        raise ValueError(f"--resume: no run of {task} to continue in {where}")
     return run, run.directory(task)
 
 
 def learner(cfg: LearnerConfig) -> int:
     """``serl learner``."""
-    run, run_dir = resolve_run_dir(cfg.run, cfg.env.task, cfg.resume)
+    run, run_dir = resolve_run_dir(cfg.run, cfg.env.task, cfg.resume, must_exist=cfg.resume)
     learner_process.main_with_signals(dataclasses.replace(cfg, run=run), run_dir)
     return 0
 
@@ -175,8 +183,9 @@ class Children:
         self.procs[name] = proc
         return proc
 
-    def stop(self, name: str, timeout: float = 60.0) -> int | None:
-        """SIGINT, then SIGTERM, then SIGKILL, each after a grace period; returns the exit code."""
+    def stop(self, name: str, timeout: float = 60.0, hurry=lambda: False) -> int | None:
+        """SIGINT, then SIGTERM, then SIGKILL, each after a grace period (cut short once ``hurry()``);
+        returns the exit code."""
         proc = self.procs.get(name)
         if proc is None:
             return None
@@ -184,10 +193,9 @@ class Children:
             if proc.poll() is not None:
                 break
             proc.send_signal(sig)
-            try:
-                proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
+            deadline = time.monotonic() + wait
+            while proc.poll() is None and time.monotonic() < deadline and not (hurry() and sig != signal.SIGKILL):
+                time.sleep(0.05)
         return proc.poll()
 
     def stop_all(self) -> None:
@@ -199,71 +207,29 @@ def _launch(kind: str, config_path: Path, run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "serl.runtime.launch", kind, str(config_path), str(run_dir)]
 
 
-class Progress:
-    """One display for learner and actor, fed by their status files."""
-
-    def __init__(self, run_dir: Path, total_steps: int, live: bool):
-        self.run_dir = run_dir
-        self.total = total_steps
-        self.live = None
-        self.last_plain = 0.0
-        if live:
-            from rich.live import Live
-
-            self.live = Live(self._render({}, {}), refresh_per_second=2, transient=False)
-            self.live.start()
-
-    def _render(self, learner_status: dict, actor_status: dict):
-        from rich.table import Table
-
-        table = Table(title=f"serl train — {self.run_dir}", show_header=True)
-        for column in ("env steps", "episodes", "success (last 20)", "return", "updates", "updates/s", "weights"):
-            table.add_column(column, justify="right")
-        table.add_row(
-            f"{actor_status.get('env_steps', 0)}/{self.total}",
-            str(actor_status.get("episodes", 0)),
-            f"{actor_status.get('success_rate', 0.0):.0%}",
-            f"{actor_status.get('return', 0.0):.2f}",
-            str(learner_status.get("updates", 0)),
-            f"{learner_status.get('updates_per_s', 0.0):.1f}",
-            str(actor_status.get("weights_version", -1)),
-        )
-        return table
-
-    def update(self) -> None:
-        learner_status = read_status(self.run_dir / "status" / "learner.json")
-        actor_status = read_status(self.run_dir / "status" / "actor.json")
-        if self.live is not None:
-            self.live.update(self._render(learner_status, actor_status))
-        elif time.monotonic() - self.last_plain > 5.0:
-            self.last_plain = time.monotonic()
-            print(
-                f"[train] env_steps={actor_status.get('env_steps', 0)}/{self.total} "
-                f"episodes={actor_status.get('episodes', 0)} success20={actor_status.get('success_rate', 0.0):.2f} "
-                f"return={actor_status.get('return', 0.0):.3f} updates={learner_status.get('updates', 0)} "
-                f"updates/s={learner_status.get('updates_per_s', 0.0):.1f} weights={actor_status.get('weights_version', -1)}",
-                flush=True,
-            )
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.stop()
-
-
 def train(cfg: TrainConfig) -> int:
-    """``serl train``: returns 0 when training ran to the end, 130 when interrupted, 1 when a child failed."""
+    """``serl train``: returns 0 when training ran to the end, 130 when interrupted, 1 when a child failed.
+
+    A wrong task or config raises ValueError before anything is written.
+    """
     cfg = apply_task_defaults(cfg)
-    run, run_dir = resolve_run_dir(cfg.run, cfg.task, cfg.resume)
+    env = EnvConfig(task=cfg.task, pixels=cfg.pixels, overrides=cfg.overrides, task_module=cfg.task_module,
+                    grasp_penalty=cfg.grasp_penalty)
+    check_task(env)
+    if cfg.demos is not None and not cfg.demos.exists():
+        raise ValueError(f"demos: {cfg.demos} not found")
+    run, run_dir = resolve_run_dir(cfg.run, cfg.task, cfg.resume, must_exist=cfg.resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     net = dataclasses.replace(
         cfg.net, port=cfg.net.port or free_port(), weights_port=cfg.net.weights_port or free_port()
     )
-    env = EnvConfig(task=cfg.task, pixels=cfg.pixels, overrides=cfg.overrides, task_module=cfg.task_module,
-                    grasp_penalty=cfg.grasp_penalty)
     write_config(run_dir, dataclasses.replace(cfg, run=run, net=net), "train_config.json")
 
     demos = cfg.demos
-    if demos is None and cfg.num_demos > 0:
+    if demos is None and cfg.num_demos > 0 and cfg.task.startswith("gym:"):
+        print("[train] gym: tasks have no scripted expert; training without demos (--demos FILE to give some)",
+              flush=True)
+    elif demos is None and cfg.num_demos > 0:
         demos = run_dir / "demos.h5"
         if not demos.exists():
             print(f"[train] recording {cfg.num_demos} scripted demos → {demos}", flush=True)
@@ -272,17 +238,18 @@ def train(cfg: TrainConfig) -> int:
             try:
                 _record_demos(cfg, env, partial)
             except KeyboardInterrupt:
-                print("[train] interrupted while recording demos", flush=True)
+                print("[train] interrupted while recording demos; no checkpoint (training had not started)", flush=True)
                 return 130
             os.replace(partial, demos)  # a later --resume never picks up a half-recorded demo set
 
-    interrupted = False
+    signals = []
 
-    def on_interrupt(*_):
-        nonlocal interrupted
-        interrupted = True
+    def on_signal(*_):
+        signals.append(time.monotonic())
+        if len(signals) == 2:
+            print("[train] second interrupt: stopping at once, without waiting for a checkpoint", flush=True)
 
-    previous = {sig: signal.signal(sig, on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     children = Children(run_dir / "logs")
     try:
         actor_env = env
@@ -299,7 +266,7 @@ def train(cfg: TrainConfig) -> int:
         )
         actor_cfg = ActorConfig(
             env=actor_env, run=run, net=net, agent=cfg.agent, random_steps=cfg.random_steps,
-            max_env_steps=cfg.env_steps, max_lag=cfg.max_lag, quiet=True,
+            max_env_steps=cfg.env_steps, max_lag=cfg.max_lag, resume=cfg.resume, quiet=True,
         )
         launch_dir = run_dir / "launch"
         launch_dir.mkdir(exist_ok=True)
@@ -311,9 +278,9 @@ def train(cfg: TrainConfig) -> int:
         actor_proc = children.start("actor", _launch("actor", launch_dir / "actor.json", run_dir))
         (launch_dir / "pids.json").write_text(json.dumps({name: p.pid for name, p in children.procs.items()}))
 
-        progress = Progress(run_dir, cfg.env_steps, live=cfg.display and sys.stdout.isatty())
+        progress = TrainProgress(run_dir, cfg.env_steps, live=cfg.display and sys.stdout.isatty(), pixels=cfg.pixels)
         try:
-            while not interrupted:
+            while not signals:
                 progress.update()
                 if actor_proc.poll() is not None or learner_proc.poll() is not None:
                     break
@@ -323,16 +290,27 @@ def train(cfg: TrainConfig) -> int:
             progress.close()
 
         failed = [name for name, proc in children.procs.items() if proc.poll() not in (None, 0)]
-        children.stop("actor")
-        children.stop("learner")
-        children.stop("robot_server")
-        if interrupted:
-            print(f"[train] interrupted; checkpoint and logs in {run_dir}", flush=True)
+        compiling = bool(read_status(run_dir / "status" / "learner.json").get("phase")) and learner_proc.poll() is None
+        # a compiling learner saves once the compile returns; killing it after a minute would lose the checkpoint
+        grace = COMPILE_GRACE_S if compiling else 60.0
+        if signals:
+            wait = (f"it is compiling its first update, minutes on a CPU with --pixels: waiting up to {grace / 60:.0f} "
+                    "min" if compiling else "up to a minute")
+            print(f"[train] stopping: the actor, then the learner, which finishes its update and writes a checkpoint "
+                  f"({wait}; Ctrl-C again to stop at once without one)", flush=True)
+        hurry = lambda: len(signals) > 1  # noqa: E731
+        children.stop("actor", hurry=hurry)
+        learner_code = children.stop("learner", timeout=grace, hurry=hurry)
+        children.stop("robot_server", hurry=hurry)
+        print(f"[train] {checkpoint_report(run_dir, learner_code)}", flush=True)
+        if signals:
+            then = "`--resume` continues this run" if checkpoint_steps_on_disk(run_dir) else "nothing to resume from yet"
+            print(f"[train] interrupted; logs in {run_dir / 'logs'}; {then}", flush=True)
             return 130
         if failed:
             print(f"[train] {', '.join(failed)} failed; see {run_dir / 'logs'}", file=sys.stderr, flush=True)
             return 1
-        print(f"[train] done; checkpoints in {run_dir / 'checkpoints'}, TensorBoard logs in {run_dir / 'tb'}", flush=True)
+        print(f"[train] done; TensorBoard logs in {run_dir / 'tb'}", flush=True)
         if cfg.eval_episodes:
             evaluate(EvalConfig(run_dir=run_dir, episodes=cfg.eval_episodes))
         return 0
@@ -340,6 +318,31 @@ def train(cfg: TrainConfig) -> int:
         children.stop_all()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def checkpoint_steps_on_disk(run_dir: Path) -> list[int]:
+    """Env steps of the complete checkpoints in ``run_dir`` (orbax's committed step folders with their buffers)."""
+    agent_dir = run_dir / "checkpoints" / "agent"
+    steps = sorted(int(p.name) for p in agent_dir.iterdir() if p.name.isdigit()) if agent_dir.is_dir() else []
+    buffers = run_dir / "checkpoints" / "buffers"
+    return [step for step in steps if all((buffers / f"{name}_{step}.npz").exists() for name in ("online", "demo"))]
+
+
+def checkpoint_report(run_dir: Path, learner_code: int | None) -> str:
+    """One line on the run's checkpoint after the learner stopped, from its status and the files on disk."""
+    status = read_status(run_dir / "status" / "learner.json")
+    on_disk = checkpoint_steps_on_disk(run_dir)
+    latest = f"; the latest on disk is env step {on_disk[-1]}" if on_disk else "; none is on disk"
+    if not status.get("done"):
+        if learner_code is not None and learner_code > 0:
+            return f"no checkpoint written: the learner failed (exit {learner_code}; see logs/learner.log){latest}"
+        why = "it was compiling its first update, so no update finished yet" if status.get("phase") else \
+            "it did not stop in time"
+        return f"no checkpoint written: the learner was killed (exit {learner_code}) before saving: {why}{latest}"
+    step, note = status.get("checkpoint_step"), status.get("checkpoint_note", "")
+    if step is not None and step not in on_disk:
+        return f"no checkpoint written: the learner reported env step {step}, but its files are missing{latest}"
+    return f"{note}{latest if step is None else ''}"
 
 
 def _robot_server_args(cfg: TrainConfig, port: int) -> list[str]:

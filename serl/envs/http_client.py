@@ -143,6 +143,11 @@ class HttpRobotClient(RobotClient):
             raise CommandRejected(field, f"{message} ({where})")
         if response.status_code in (401, 403):
             raise PermissionError(f"{message} ({where})")
+        if response.status_code == 404 and path == "/health":
+            raise RobotServerError(
+                f"{self.url} has no /health ({where}): it is not this suite's robot server. If it is a SERL or "
+                "HIL-SERL Flask server (franka_server.py), run with --env.robot-api serl (or hil-serl); if it is ours "
+                "with --serl-api, leave /serl/ out of the URL")
         if response.status_code == 404:
             raise NotSupported(f"the robot server has no {path} ({where}): {message}")
         if response.status_code == 409 and isinstance(body, dict) and body.get("error") in _CONFLICTS:

@@ -11,6 +11,7 @@ env is built.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 
 import numpy as np
 
@@ -41,7 +42,10 @@ def register_task(config: TaskConfig, reward: RewardFactory | None = None, *, ov
 def get_task(name: str, pixels: bool = False) -> TaskConfig:
     """A registered task; ``pixels=True`` gives its camera variant (``pixel_variant``)."""
     if name not in _TASKS:
-        raise ValueError(f"unknown task {name!r}; registered: {list_tasks()}")
+        close = difflib.get_close_matches(name, list_tasks(), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"unknown task {name!r}{hint}; registered: {', '.join(list_tasks())}; "
+                         "gym:<id> for a gymnasium env, --task-module FILE for your own")
     task = _TASKS[name]
     return pixel_variant(task) if pixels and not task.cameras else task
 

@@ -35,6 +35,7 @@ class EpisodeStats:
         self.success = False
         self.period_errors: list[float] = []
         self.step_seconds: list[float] = []
+        self.weights_version_at_start = -1
 
     def add(self, reward: float, info: dict, step_seconds: float) -> None:
         self.ret += float(reward)
@@ -99,14 +100,29 @@ def run_actor(cfg: ActorConfig, run_dir: Path, stop: threading.Event | None = No
     steps = episodes = robot_failures = 0
     recent_success: list[float] = []
     recent_return: list[float] = []
-    obs, _ = env.reset(seed=cfg.run.seed)
-    stats = EpisodeStats()
     try:
+        write_status(status_path, {"env_steps": 0, "episodes": 0, "weights_version": -1, "phase": "waiting for weights"})
+        agent = _wait_for_first_weights(client, weights, agent, cfg, stop)
+        if cfg.resume:
+            steps, episodes = int(weights.meta.get("env_steps", 0)), int(weights.meta.get("episodes", 0))
+            weights.at_step = steps
+            print(f"[actor] resuming at env step {steps}, episode {episodes} with weights version {weights.version}"
+                  f"{_episode_log_note(episodes_path, steps)}", flush=True)
+        write_status(status_path, {"env_steps": steps, "episodes": episodes, "weights_version": weights.version,
+                                   "phase": "compiling the policy"})
+        if cfg.max_env_steps and steps >= cfg.max_env_steps:
+            print(f"[actor] the budget of {cfg.max_env_steps} env steps is spent ({steps} taken); "
+                  "pass a larger --env-steps to go on", flush=True)
+        first_step = steps + 1
+        obs, _ = env.reset(seed=cfg.run.seed)
+        stats = EpisodeStats()
         while not stop.is_set() and (cfg.max_env_steps == 0 or steps < cfg.max_env_steps):
             agent = weights.apply_newest(client, agent, steps)
             if cfg.max_lag and weights.owed_updates(steps) >= cfg.max_lag:
                 agent = _wait_for_learner(client, weights, agent, steps, stop)
             weights_version = weights.version
+            if stats.length == 0:
+                stats.weights_version_at_start = weights_version
 
             started = time.perf_counter()
             if steps < cfg.random_steps:
@@ -131,12 +147,15 @@ def run_actor(cfg: ActorConfig, run_dir: Path, stop: threading.Event | None = No
             stats.add(reward, info, time.perf_counter() - started)
             steps += 1
             obs = next_obs
+            if steps == first_step:  # the policy is compiled: the display drops its "compiling" phase
+                write_status(status_path, {"env_steps": steps, "episodes": episodes, "weights_version": weights_version})
             if terminated or truncated:
                 episodes += 1
                 summary = stats.summary()
                 recent_success = (recent_success + [summary["episode/success"]])[-20:]
                 recent_return = (recent_return + [summary["episode/return"]])[-20:]
                 summary["weights_version"] = weights_version
+                summary["weights_version_at_start"] = stats.weights_version_at_start
                 logger.log(summary, steps)
                 with open(episodes_path, "a") as handle:
                     handle.write(json.dumps({"env_steps": steps, "episode": episodes, **summary}) + "\n")
@@ -207,6 +226,32 @@ class WeightsSlot:
             return agent
         self.version, self.received_at, self.at_step, self.gave_up = version, time.monotonic(), step, False
         return agent
+
+
+def _wait_for_first_weights(client, weights: "WeightsSlot", agent, cfg: ActorConfig, stop: threading.Event):
+    """The learner's current weights (and, with them, its counters) before the first step; RuntimeError after
+    ``cfg.weights_timeout`` s without any."""
+    deadline = time.monotonic() + cfg.weights_timeout
+    while weights.version < 0 and not stop.is_set():
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"no weights from the learner at {cfg.net.host}:{cfg.net.port} within {cfg.weights_timeout:.0f} s; "
+                "is it running (see its log), and do both sides use the same env and agent options?")
+        agent = weights.apply_newest(client, agent, 0)
+        time.sleep(0.01)
+    return agent
+
+
+def _episode_log_note(path: Path, steps: int) -> str:
+    """A note when the episode log goes past the learner's checkpoint (steps after it were lost in a kill)."""
+    try:
+        lines = path.read_text().splitlines()
+        logged = json.loads(lines[-1])["env_steps"] if lines else 0
+    except (OSError, ValueError, KeyError):
+        return ""
+    if logged <= steps:
+        return ""
+    return f" (episodes.jsonl goes to step {logged}: the steps after the learner's last checkpoint were lost)"
 
 
 def _wait_for_learner(client, weights: WeightsSlot, agent, step: int, stop: threading.Event, patience: float = 10.0):

@@ -1,7 +1,8 @@
 """Typed configs of the runtime processes (learner, actor, train, eval) and the run directory layout.
 
 A run lives in ``<root>/<task>/<name>/``: ``config.json`` (resolved config), ``checkpoints/``, ``tb/``
-(TensorBoard events of learner and actor), ``status/`` (small JSON files the progress display reads).
+(TensorBoard events of learner and actor), ``status/`` (small JSON files the progress display reads),
+``episodes.jsonl`` (the actor's episodes), and with ``serl train`` ``launch/`` (its children's configs) and ``logs/``.
 """
 
 from __future__ import annotations
@@ -114,11 +115,15 @@ class ActorConfig:
     """Episodes between log lines."""
     max_robot_failures: int = 5
     """Consecutive robot errors (safety stop, lost server) recovered from before the actor gives up."""
+    resume: bool = False
+    """Continue the learner's env-step and episode counters (max_env_steps is then the run's total)."""
+    weights_timeout: float = 300.0
+    """Seconds to wait for the learner's first weights before the first step (then give up with an error)."""
     quiet: bool = False
 
     def __post_init__(self):
         _check_grasp_penalty(self.env, self.agent)
-        _require_positive(log_every=self.log_every)
+        _require_positive(log_every=self.log_every, weights_timeout=self.weights_timeout)
         if self.max_lag < 0 or self.random_steps < 0 or self.max_env_steps < 0:
             raise ValueError("max_lag, random_steps, max_env_steps: must be >= 0")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Literal
 
 from robot_servers.overrides import parse_overrides
 
@@ -21,6 +22,8 @@ class EnvConfig:
     """Robot server URL (HttpRobotClient); None runs the twin in-process (LocalRobot)."""
     robot_token: str | None = None
     """Bearer token for the robot server."""
+    robot_api: Literal["native", "serl", "hil-serl"] = "native"
+    """What answers at robot_url: this suite's robot server, or a SERL / HIL-SERL Flask server (franka_server.py)."""
     overrides: tuple[str, ...] = ()
     """Task config overrides as key=value (value parsed as JSON when possible), e.g. max_episode_steps=50."""
     task_module: str | None = None
@@ -33,6 +36,10 @@ class EnvConfig:
     """Cost of a step that changes the gripper (open<->close), paid by the grasp critic only (HIL-SERL: 0.02)."""
 
     def __post_init__(self):
+        if self.robot_api not in ("native", "serl", "hil-serl"):
+            raise ValueError(f"robot_api: expected 'native', 'serl' or 'hil-serl', got {self.robot_api!r}")
+        if self.robot_api != "native" and self.robot_url is None:
+            raise ValueError(f"robot_api={self.robot_api!r} needs robot_url (the SERL server, e.g. http://host:5000/)")
         if not (math.isfinite(self.grasp_penalty) and self.grasp_penalty >= 0):
             raise ValueError(f"grasp_penalty: expected a finite value >= 0, got {self.grasp_penalty}")
 

@@ -24,6 +24,10 @@ from serl.envs.wrappers import FlattenState, GripperPenalty, QuatToEuler, Relati
 from serl.runtime.env_config import EnvConfig
 
 
+GYM_STATE_KEY = "state"
+"""The one state entry of a ``gym:`` env's observation, in demo files and in the flat layout."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ObservationWrappers:
     """Which observation wrappers ``build_env`` puts over a ``FrankaEnv`` task."""
@@ -61,6 +65,23 @@ def build_env(cfg: EnvConfig, seed: int | None = None, teleop: str = "none", *,
     return env
 
 
+def check_task(cfg: EnvConfig) -> None:
+    """One-line ValueError when the task, its module or its overrides are wrong (before a run writes anything)."""
+    if cfg.task_module:
+        try:
+            import_task_module(cfg.task_module)
+        except ModuleNotFoundError as err:
+            raise ValueError(f"env.task_module: {err}") from None
+    overrides = cfg.override_dict()
+    if cfg.task.startswith("gym:"):
+        try:
+            gym.spec(cfg.task[len("gym:"):])
+        except gym.error.Error as err:
+            raise ValueError(f"unknown gymnasium env {cfg.task!r}: {err}") from None
+    else:
+        with_overrides(get_task(cfg.task, pixels=cfg.pixels), **overrides)
+
+
 def import_task_module(name: str) -> None:
     """Import a module (dotted name) or a .py file that registers extra tasks."""
     if name.endswith(".py"):
@@ -85,9 +106,13 @@ def _task_env(cfg: EnvConfig, seed: int | None) -> gym.Env:
         return _make_gym_env(cfg.task[len("gym:"):], seed, overrides)
     if cfg.robot_url is None:
         return make_sim_env(cfg.task, pixels=cfg.pixels, seed=seed, **overrides)
+    task = with_overrides(get_task(cfg.task, pixels=cfg.pixels), **overrides)
+    if cfg.robot_api != "native":
+        from serl.envs.serl_client import serl_env
+
+        return serl_env(cfg.robot_url, cfg.robot_api, task, classifier=cfg.reward_classifier is not None)
     from serl.envs.http_client import HttpRobotClient  # pulls in FastAPI via the server modules; remote envs only
 
-    task = with_overrides(get_task(cfg.task, pixels=cfg.pixels), **overrides)
     client = HttpRobotClient(cfg.robot_url, token=cfg.robot_token) if cfg.robot_token else HttpRobotClient(cfg.robot_url)
     return FrankaEnv(client, task, reward_fn=make_reward(task))
 
@@ -111,7 +136,10 @@ def _make_gym_env(env_id: str, seed: int | None, overrides: dict) -> gym.Env:
 def _with_observation_wrappers(env: gym.Env, observations: ObservationWrappers) -> gym.Env:
     space = env.observation_space
     if isinstance(space, gym.spaces.Dict) and isinstance(space.spaces.get("state"), gym.spaces.Box):
-        return env  # a gym: env yields the flat layout already
+        # a gym: env yields the flat layout already; the stored layout names its one entry "state"
+        return env if observations.flat else gym.wrappers.TransformObservation(
+            env, lambda obs: {"state": {GYM_STATE_KEY: obs["state"]}},
+            gym.spaces.Dict({"state": gym.spaces.Dict({GYM_STATE_KEY: space["state"]})}))
     if observations.flat:
         return default_wrappers(env, relative=observations.relative_frame, euler=observations.euler)
     if observations.relative_frame:
@@ -122,13 +150,15 @@ def _with_observation_wrappers(env: gym.Env, observations: ObservationWrappers) 
 
 
 def flat_state_keys(env: gym.Env) -> list[str]:
-    """Names of the flat state's entries in order (``FlattenState.state_layout``); [] for a gym: env."""
+    """Names of the flat state's entries in order (``FlattenState.state_layout``); a gym: env's one entry
+    is ``state`` (what its demos store under observations/state)."""
     layer = env
     while isinstance(layer, gym.Wrapper):
         if isinstance(layer, FlattenState):
             return list(layer.state_layout)
         layer = layer.env
-    return []
+    space = env.observation_space
+    return [GYM_STATE_KEY] if isinstance(space, gym.spaces.Dict) and "state" in space.spaces else []
 
 
 def observation_example(env: gym.Env) -> dict[str, np.ndarray]:

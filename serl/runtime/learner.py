@@ -25,6 +25,9 @@ from serl.runtime.logging import MetricsLogger, summary_line, write_status
 from serl.runtime.policy import create_agent, encode_weights
 
 
+STATUS_EVERY_S = 2.0
+
+
 @dataclasses.dataclass
 class Counters:
     """Progress that survives restarts (stored in every checkpoint)."""
@@ -96,8 +99,11 @@ class Learner:
         self.last_checkpoint = self.counters.env_steps
         self.last_log = self.counters.env_steps
         self.metrics: dict[str, float] = {}
+        self.status_written = 0.0
+        self.compiled = False  # the first update of a process compiles it (tens of seconds)
         self._rate_window: list[tuple[float, int, int]] = [(time.monotonic(), self.counters.updates, self.counters.env_steps)]
-        self.publish()
+        self.publish()  # before any actor's first step: a resumed actor starts from these weights and counters
+        self.write_status()
 
     # ---- one slice of work -------------------------------------------------------------------------
     def receive(self, timeout: float) -> int:
@@ -131,8 +137,16 @@ class Learner:
 
     def update(self) -> None:
         batch = update_batch(self.sampler, self.cfg.batch_size, self.agent.config.utd_ratio)
+        compiling = not self.compiled
+        if compiling:
+            self.write_status(phase="compiling the update")
         self.agent, metrics = self.agent.update(batch)
         self.counters.updates += 1
+        if compiling:  # the rate counts from here: compile time says nothing about the update rate
+            self.compiled = True
+            self._rate_window = [(time.monotonic(), self.counters.updates, self.counters.env_steps)]
+            self.metrics = {k: float(v) for k, v in metrics.items()}
+            self.write_status()
         self.backlog -= 1
         if self.counters.updates % self.cfg.publish_every == 0 or self.backlog == 0:
             self.metrics = {k: float(v) for k, v in metrics.items()}
@@ -140,8 +154,8 @@ class Learner:
 
     def publish(self) -> None:
         self.counters.weights_version += 1
-        meta = {"env_steps": self.counters.env_steps, "updates": self.counters.updates, "backlog": self.backlog,
-                "training": float(self.training)}
+        meta = {"env_steps": self.counters.env_steps, "episodes": self.counters.episodes,
+                "updates": self.counters.updates, "backlog": self.backlog, "training": float(self.training)}
         self.server.publish_weights(encode_weights(self.agent, meta), self.counters.weights_version)
 
     def step(self) -> None:
@@ -153,6 +167,8 @@ class Learner:
             self.log()
         if self.counters.env_steps - self.last_checkpoint >= self.cfg.checkpoint_every:
             self.save()
+        if time.monotonic() - self.status_written > STATUS_EVERY_S:  # the display moves between log lines too
+            self.write_status()
 
     def log(self) -> None:
         self.last_log = self.counters.env_steps
@@ -169,7 +185,7 @@ class Learner:
             **{f"agent/{k}": v for k, v in self.metrics.items()},
         }
         self.logger.log(figures, self.counters.env_steps)
-        self.write_status(figures["learner/updates_per_s"])
+        self.write_status()
         if not self.cfg.quiet:
             print(summary_line("learner", {
                 "env_steps": self.counters.env_steps, "updates": self.counters.updates,
@@ -177,20 +193,40 @@ class Learner:
                 "demo": len(self.demo), **{k: round(v, 4) for k, v in self.metrics.items() if k in ("critic_loss", "q", "temperature")},
             }), flush=True)
 
-    def write_status(self, updates_per_s: float = 0.0, **extra) -> None:
+    def write_status(self, **extra) -> None:
+        self.status_written = time.monotonic()
+        shown = {k: self.metrics[k] for k in ("critic_loss", "temperature") if k in self.metrics}
+        t0, u0, _ = self._rate_window[0]
+        if self.compiled and self.status_written - t0 > 1.0:  # measured from the end of the first update on
+            shown["updates_per_s"] = (self.counters.updates - u0) / (self.status_written - t0)
         write_status(self.run_dir / "status" / "learner.json", {
-            **dataclasses.asdict(self.counters), "updates_per_s": updates_per_s, "backlog": self.backlog,
-            "online_size": len(self.online), "demo_size": len(self.demo), **extra,
+            **dataclasses.asdict(self.counters), "backlog": self.backlog,
+            "online_size": len(self.online), "demo_size": len(self.demo), "backend": jax_backend(), **shown,
+            **extra,
         })
 
-    def save(self) -> Path:
-        """Checkpoint agent, buffers, counters and the transport's dedup table (taken in this thread)."""
-        self.last_checkpoint = self.counters.env_steps
-        if self.checkpointer.latest_step() == self.counters.env_steps:
-            return self.checkpoint_dir  # orbax steps are write-once; nothing new arrived since
+    def save(self) -> tuple[int | None, str]:
+        """Checkpoint agent, buffers, counters and the transport's dedup table (taken in this thread).
+
+        Returns the step on disk (None when there is none) and one line saying what happened; the files
+        are looked for after writing, so the line never claims a checkpoint that is not there.
+        """
+        self.last_checkpoint = step = self.counters.env_steps
+        if self.checkpointer.latest_step() == step:  # orbax steps are write-once; nothing new arrived since
+            return step, f"checkpoint at env step {step} already on disk (nothing new since)"
+        if step == 0:
+            return self.checkpointer.latest_step(), "no checkpoint written: no transition was received yet"
         meta = {"counters": dataclasses.asdict(self.counters), "transport": self.server.state_dict()}
-        self.checkpointer.save(self.counters.env_steps, self.agent, {"online": self.online, "demo": self.demo}, meta)
-        return self.checkpoint_dir
+        self.checkpointer.save(step, self.agent, {"online": self.online, "demo": self.demo}, meta)
+        missing = [path for path in self.checkpoint_files(step) if not path.exists()]
+        if missing:
+            return self.checkpointer.latest_step(), f"checkpoint at env step {step} NOT written: missing {missing}"
+        untrained = "; no update finished yet, so the agent is as initialised" if self.counters.updates == 0 else ""
+        return step, f"checkpoint written at env step {step} ({self.counters.updates} updates) in {self.checkpoint_dir}{untrained}"
+
+    def checkpoint_files(self, step: int) -> list[Path]:
+        return [self.checkpoint_dir / "agent" / str(step),
+                *(self.checkpoint_dir / "buffers" / f"{name}_{step}.npz" for name in ("online", "demo"))]
 
     def finished(self) -> bool:
         return bool(self.cfg.max_env_steps) and self.counters.env_steps >= self.cfg.max_env_steps and self.backlog == 0
@@ -229,11 +265,20 @@ def run_learner(cfg: LearnerConfig, run_dir: Path, stop: threading.Event | None 
             learner.step()
     finally:
         learner.receive(timeout=0.2)  # what the transport already acked goes into the final checkpoint
-        path = learner.save()
-        learner.write_status(done=True)
-        print(f"[learner] checkpoint written to {path}: {learner.counters}", flush=True)
-        learner.close()
+        step, note = None, "no checkpoint written: saving failed (see the error below)"
+        try:
+            step, note = learner.save()
+        finally:
+            learner.write_status(done=True, checkpoint_step=step, checkpoint_note=note)
+            print(f"[learner] {note}: {learner.counters}", flush=True)
+            learner.close()
     return learner.counters
+
+
+def jax_backend() -> str:
+    import jax
+
+    return jax.default_backend()
 
 
 def main_with_signals(cfg: LearnerConfig, run_dir: Path) -> Counters:
