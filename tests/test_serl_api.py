@@ -15,6 +15,7 @@ import pytest
 
 pytest.importorskip("robot_servers.backends.twin")  # sets MUJOCO_GL before mujoco loads
 
+from backend_episode import wait_for as _wait_until  # noqa: E402
 from robot_servers.backends.twin import TwinBackend, TwinConfig  # noqa: E402
 from robot_servers.control.pose import quat_multiply  # noqa: E402
 from robot_servers.control.safety import SafetyBox  # noqa: E402
@@ -57,13 +58,6 @@ def served():
     backend.close()
 
 
-def _wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def _settle_at(client, backend, pose, timeout=15.0) -> None:

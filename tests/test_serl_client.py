@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("robot_servers.backends.twin")  # sets MUJOCO_GL before mujoco loads
 
+from backend_episode import wait_for as _wait_until  # noqa: E402
 from robot_servers.backends.base import ImpedanceParams  # noqa: E402
 from robot_servers.backends.serl_http import SerlHttpBackend, serl_compliance  # noqa: E402
 from robot_servers.backends.twin import TwinBackend, TwinConfig  # noqa: E402
@@ -53,13 +54,6 @@ def serl_server(request):
     backend.close()
 
 
-def _wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_env_resets_within_1cm_and_steps_with_the_task_box_held_on_this_side(serl_server, caplog):

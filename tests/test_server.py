@@ -15,6 +15,7 @@ import pytest
 
 pytest.importorskip("robot_servers.backends.twin")  # sets MUJOCO_GL before mujoco loads
 
+from backend_episode import wait_for as _wait_until  # noqa: E402
 from robot_servers.backends.twin import TwinBackend, TwinConfig  # noqa: E402
 from robot_servers.cameras.threaded import threaded_cameras  # noqa: E402
 from robot_servers.control.safety import SafetyBox  # noqa: E402
@@ -439,10 +440,3 @@ def test_a_failing_camera_is_reported_retried_and_does_not_stop_the_others(tmp_p
         backend.close()
 
 
-def _wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
