@@ -1,7 +1,7 @@
 """Labelled frames for the success classifier.
 
 Sources:
-- recorded episode files (HDF5, serl/data/episodes.py): observation ``t+1`` takes the label of step
+- recorded episode files (HDF5, serl/data/episodes/): observation ``t+1`` takes the label of step
   ``t``'s ``succeed`` flag (the reset observation is a negative), or labels from a labels file written by
   ``serl classifier label`` (JSON ``{"episodes": {name: [[first, last], ...]}}``, observation indices, inclusive);
 - the twin: scripted (noisy) rollouts labelled from ground truth (``generate_twin_episodes``).
