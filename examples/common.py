@@ -17,11 +17,12 @@ COMPLIANT = ImpedanceParams(
     translational_clip=(0.01, 0.01, 0.01),
     rotational_clip=(0.05, 0.05, 0.05),
 )
-# Between episodes: stiffer with wide clips, so reset moves arrive where they are sent.
+# Between episodes: stiffer, so reset moves arrive where they are sent. The 2 cm error clip keeps a long
+# reset move within the arm's joint-speed limits (a 10 cm clip drives joint 6 past them on the way home).
 PRECISE = ImpedanceParams(
     translational_stiffness=(3000.0, 3000.0, 3000.0),
     rotational_stiffness=(250.0, 250.0, 250.0),
-    translational_clip=(0.1, 0.1, 0.1),
+    translational_clip=(0.02, 0.02, 0.02),
     rotational_clip=(0.5, 0.5, 0.5),
 )
 

@@ -27,6 +27,12 @@ IMPEDANCE_LIMITS: dict[str, tuple[float, float, str, int]] = {
     "rotational_damping": (0.0, 30.0, "Nms/rad", 3),
     "translational_clip": (1e-4, 1.0, "m", 3),
     "rotational_clip": (1e-4, float(np.pi), "rad", 3),
+    # The lower error bound is −clip_neg (None: −clip, symmetric); positive magnitudes like the clips.
+    "translational_clip_neg": (1e-4, 1.0, "m", 3),
+    "rotational_clip_neg": (1e-4, float(np.pi), "rad", 3),
+    # Integral gains act on SERL's running sum of the clipped error over 1 kHz ticks (0: no integral term).
+    "translational_ki": (0.0, 100.0, "N/m per 1 ms tick", 3),
+    "rotational_ki": (0.0, 100.0, "Nm/rad per 1 ms tick", 3),
     "nullspace_stiffness": (0.0, 100.0, "Nm/rad", 1),
     "joint1_nullspace_stiffness": (0.0, 200.0, "Nm/rad", 1),
     "torque_rate_limit": (1e-3, 10.0, "Nm per 1 ms tick", 1),

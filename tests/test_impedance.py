@@ -5,6 +5,7 @@ import pytest
 
 from robot_servers.backends.base import ImpedanceParams
 from robot_servers.control import pose as P
+from robot_servers.backends.twin import TwinBackend, TwinConfig
 from robot_servers.control.impedance import RATE, ImpedanceController, matrix_to_quat_xyzw
 
 RNG = np.random.default_rng(0)
@@ -12,15 +13,21 @@ DOWN = np.array([1.0, 0.0, 0.0, 0.0])
 
 
 def reference_law(jac, pos, quat, q, dq, coriolis, target, params: ImpedanceParams, q_ns):
-    """Textbook form of SERL's law with pinv, no rate limit (compare with a large rate limit)."""
+    """Textbook form of SERL's law with pinv, no rate limit (compare with a large rate limit), on the
+    first tick after a reset (the integral sum is that tick's clipped error)."""
     params = params.validate()
     err_quat = P.quat_multiply(quat, P.quat_conjugate(target[3:]))
     err_quat = err_quat if err_quat[3] >= 0 else -err_quat
     error = np.r_[pos - target[:3], err_quat[:3]]
     clip = np.r_[params.translational_clip, params.rotational_clip]
+    neg_t, neg_r = params.translational_clip_neg, params.rotational_clip_neg
+    clip_neg = np.r_[params.translational_clip if neg_t is None else neg_t, params.rotational_clip if neg_r is None else neg_r]
     stiffness = np.r_[params.translational_stiffness, params.rotational_stiffness]
     damping = np.concatenate(params.damping())
-    force = -stiffness * np.clip(error, -clip, clip) - damping * (jac @ dq)
+    clipped = np.clip(error, -clip_neg, clip)
+    integral = np.clip(clipped, -np.r_[0.1, 0.1, 0.1, 0.3, 0.3, 0.3], np.r_[0.1, 0.1, 0.1, 0.3, 0.3, 0.3])
+    ki = np.r_[params.translational_ki, params.rotational_ki]
+    force = -stiffness * clipped - damping * (jac @ dq) - ki * integral
     k_ns = np.full(7, params.nullspace_stiffness)
     k_ns[0] = params.joint1_nullspace_stiffness
     projector = np.eye(7) - jac.T @ np.linalg.pinv(jac.T)
@@ -42,10 +49,15 @@ def random_case(error_scale=0.005):
     return jac, pos, quat, RNG.normal(size=7), RNG.normal(size=7) * 0.1, RNG.normal(size=7), target
 
 
+SERL_EXTRAS = {"translational_clip_neg": (0.004, 0.02, 0.01), "rotational_clip_neg": (0.1, 0.02, 0.05),
+               "translational_ki": (10.0, 0.0, 50.0), "rotational_ki": (1.0, 2.0, 0.0)}
+
+
+@pytest.mark.parametrize("extras", [{}, SERL_EXTRAS], ids=["plain", "asymmetric_clip_and_integral"])
 @pytest.mark.parametrize("error_scale", [0.002, 0.2])  # inside and far outside the clip box
-def test_law_matches_reference(error_scale):
+def test_law_matches_reference(error_scale, extras):
     params = ImpedanceParams(translational_stiffness=(1500, 2000, 2500), rotational_stiffness=(100, 150, 200),
-                             torque_rate_limit=10.0)
+                             torque_rate_limit=10.0, **extras)
     for _ in range(5):
         jac, pos, quat, q, dq, coriolis, target = random_case(error_scale)
         controller = ImpedanceController(params, tau_limit=np.full(7, 1e6))
@@ -86,7 +98,7 @@ def test_damping_opposes_velocity_and_defaults_to_critical():
 def test_torque_rate_limit_and_torque_limit():
     controller = ImpedanceController(ImpedanceParams(torque_rate_limit=0.5), tau_limit=np.array([87.0] * 4 + [12.0] * 3))
     jac, pos, quat, q, dq, coriolis, target = random_case(0.5)
-    coriolis = np.full(7, 100.0)  # desired torque far above every limit
+    coriolis = np.full(7, 1000.0)  # desired torque far above every limit, whatever the random case
     taus = [run(controller, jac, pos, quat, q, dq, coriolis, target) for _ in range(200)]
     steps = np.abs(np.diff(np.vstack([np.zeros(7)] + taus), axis=0))
     assert steps.max() <= 0.5 + 1e-12
@@ -121,6 +133,10 @@ def test_coriolis_is_bias_minus_gravity():
     ("translational_damping", ImpedanceParams(translational_damping=(-1, 1, 1))),
     ("translational_clip", ImpedanceParams(translational_clip=(0.01, 0.01))),
     ("rotational_clip", ImpedanceParams(rotational_clip=(0.0, 0.01, 0.01))),
+    ("translational_clip_neg", ImpedanceParams(translational_clip_neg=(0.01, 0.0, 0.01))),
+    ("rotational_clip_neg", ImpedanceParams(rotational_clip_neg=(0.05, 0.05, 4.0))),
+    ("translational_ki", ImpedanceParams(translational_ki=(-1.0, 0.0, 0.0))),
+    ("rotational_ki", ImpedanceParams(rotational_ki=(0.0, np.nan, 0.0))),
     ("nullspace_stiffness", ImpedanceParams(nullspace_stiffness=1e4)),
     ("torque_rate_limit", ImpedanceParams(torque_rate_limit=np.inf)),
 ])
@@ -145,3 +161,111 @@ def test_matrix_to_quat_kernel_matches_pose_module():
                    P.quat_to_matrix(P.normalize_quat(RNG.normal(size=4)))]:
         q = matrix_to_quat_xyzw(matrix.reshape(9).copy(), np.empty(4))
         np.testing.assert_allclose(P.quat_to_matrix(q), matrix, atol=1e-12)
+
+
+def test_asymmetric_clip_bounds_the_spring_force_per_direction():
+    params = ImpedanceParams(translational_clip=(0.01, 0.01, 0.02), translational_clip_neg=(0.002, 0.005, 0.02),
+                             rotational_clip=(0.05, 0.05, 0.05), rotational_clip_neg=(0.05, 0.05, 0.01))
+    controller = ImpedanceController(params, tau_limit=np.full(7, 1e6))
+    target = np.r_[0, 0, 0, 0, 0, 0, 1.0]
+    run(controller, np.eye(6, 7), np.r_[1.0, -1.0, -1.0], P.rotvec_to_quat([0, 0, -1.0]), np.zeros(7), np.zeros(7),
+        np.zeros(7), target)  # below the target on y, z and about z: the clip_neg side
+    np.testing.assert_allclose(controller.force, [-2000 * 0.01, 2000 * 0.005, 2000 * 0.02, 0, 0, 150 * 0.01], atol=1e-9)
+    run(controller, np.eye(6, 7), np.r_[-1.0, 1.0, 1.0], P.rotvec_to_quat([0, 0, 1.0]), np.zeros(7), np.zeros(7),
+        np.zeros(7), target)
+    np.testing.assert_allclose(controller.force, [2000 * 0.002, -2000 * 0.01, -2000 * 0.02, 0, 0, -150 * 0.05], atol=1e-9)
+
+
+def test_clip_neg_none_or_equal_to_clip_is_the_symmetric_law():
+    symmetric = ImpedanceController(ImpedanceParams())
+    explicit = ImpedanceController(ImpedanceParams(translational_clip_neg=(0.01,) * 3, rotational_clip_neg=(0.05,) * 3))
+    np.testing.assert_array_equal(symmetric.gains, explicit.gains)
+
+
+def test_integral_is_summed_per_tick_and_bounded_by_serls_anti_windup():
+    params = ImpedanceParams(translational_ki=(20.0, 0, 0), rotational_ki=(0, 0, 2.0))
+    controller = ImpedanceController(params, tau_limit=np.full(7, 1e6))
+    far, turned, target = np.r_[1.0, 0, 0], P.rotvec_to_quat([0, 0, 1.0]), np.r_[0, 0, 0, 0, 0, 0, 1.0]
+    for tick in range(1, 4):  # the clipped error (0.01 m, 0.05 rad) adds up once per tick
+        run(controller, np.eye(6, 7), far, turned, np.zeros(7), np.zeros(7), np.zeros(7), target)
+        np.testing.assert_allclose(controller.integral, [0.01 * tick, 0, 0, 0, 0, 0.05 * tick], atol=1e-12)
+    assert controller.force[0] == pytest.approx(-2000 * 0.01 - 20.0 * 0.03)
+    for _ in range(100):
+        run(controller, np.eye(6, 7), far, turned, np.zeros(7), np.zeros(7), np.zeros(7), target)
+    np.testing.assert_allclose(controller.integral, [0.1, 0, 0, 0, 0, 0.3], atol=1e-12)  # SERL's bound
+    np.testing.assert_allclose(controller.force[[0, 5]], [-2000 * 0.01 - 20.0 * 0.1, -150 * 0.05 - 2.0 * 0.3])
+
+
+def test_integral_restarts_when_the_equilibrium_moves_on_reset_and_on_new_params():
+    controller = ImpedanceController(ImpedanceParams(translational_ki=(20.0,) * 3), tau_limit=np.full(7, 1e6))
+    target = np.r_[0, 0, 0, DOWN]
+
+    def tick(goal):
+        run(controller, np.eye(6, 7), np.r_[0.005, 0, 0], DOWN, np.zeros(7), np.zeros(7), np.zeros(7), goal)
+
+    for _ in range(5):
+        tick(target)
+    tick(np.r_[0, 0, 0, -DOWN])  # the same equilibrium re-sent (q ≡ −q): the sum goes on
+    assert controller.integral[0] == pytest.approx(0.03)
+    tick(target + np.r_[0.001, 0, 0, 0, 0, 0, 0])  # moved: starts from this tick's error
+    assert controller.integral[0] == pytest.approx(0.004)
+    controller.reset(np.zeros(7))
+    np.testing.assert_array_equal(controller.integral, np.zeros(6))
+    tick(target)
+    controller.set_params(ImpedanceParams(translational_ki=(10.0,) * 3))
+    np.testing.assert_array_equal(controller.integral, np.zeros(6))
+
+
+def test_zero_ki_leaves_the_law_exactly_as_without_the_integral_term():
+    jac, pos, quat, q, dq, coriolis, target = random_case(0.2)
+    fresh = ImpedanceController(ImpedanceParams(), tau_limit=np.full(7, 1e6))
+    wound = ImpedanceController(ImpedanceParams(), tau_limit=np.full(7, 1e6))
+    for _ in range(50):  # saturate the sum, then compare one more tick bit for bit
+        run(wound, jac, pos, quat, q, dq, coriolis, target)
+    assert np.all(np.abs(wound.integral) > 0.09)
+    wound.tau[:] = 0.0
+    np.testing.assert_array_equal(run(wound, jac, pos, quat, q, dq, coriolis, target),
+                                  run(fresh, jac, pos, quat, q, dq, coriolis, target))
+    np.testing.assert_array_equal(wound.force, fresh.force)
+
+
+def _error_under_a_constant_push(ki: float, push: float = 1.0) -> tuple[float, np.ndarray]:
+    """Twin (lockstep): the hand pushed down by ``push`` N for 2 s; (height error m, integral sums)."""
+    with TwinBackend(TwinConfig(scene="empty")) as twin:
+        twin.set_impedance(ImpedanceParams(translational_ki=(ki,) * 3))
+        twin.advance(0.3)
+        goal = twin.state().target_pose
+        twin.data.xfrc_applied[twin.model.body("hand").id, :3] = [0.0, 0.0, -push]  # an unmodelled payload
+        twin.advance(2.0)
+        return float(twin.state().tcp_pose[2] - goal[2]), twin.controller.integral.copy()
+
+
+def test_integral_removes_the_steady_state_error_of_a_constant_force():
+    without, _ = _error_under_a_constant_push(ki=0.0)
+    assert without == pytest.approx(-1.0 / 2000, rel=0.1)  # F / K
+    with_integral, integral = _error_under_a_constant_push(ki=12.0)
+    assert abs(with_integral) < 0.05 * abs(without)
+    assert integral[2] == pytest.approx(-1.0 / 12.0, rel=0.05)  # Ki·Σ carries the push
+
+
+def test_integral_windup_bound_limits_what_it_can_carry():
+    error, integral = _error_under_a_constant_push(ki=5.0)  # at most 5 · 0.1 = 0.5 N of the 1 N
+    assert integral[2] == pytest.approx(-0.1)
+    assert error == pytest.approx(-(1.0 - 0.5) / 2000, rel=0.1)
+
+
+@pytest.mark.parametrize("params, field", [
+    (ImpedanceParams(translational_ki=(0.0, 0.1, 0.0)), "translational_ki"),
+    (ImpedanceParams(rotational_ki=(1.0, 1.0, 1.0)), "rotational_ki"),
+    (ImpedanceParams(translational_clip_neg=(0.01, 0.01, 0.005)), "translational_clip_neg"),
+    (ImpedanceParams(rotational_clip=(0.1,) * 3, rotational_clip_neg=(0.05,) * 3), "rotational_clip_neg"),
+])
+def test_controllers_without_integral_or_asymmetric_clip_refuse_them_naming_the_field(params, field):
+    from robot_servers.ros2 import crisp
+
+    with pytest.raises(ValueError, match=field):
+        params.validate().require_plain_law("franky's CartesianImpedanceTracker")
+    with pytest.raises(ValueError, match=f"{field}: crisp_controllers"):  # what Ros2Backend.set_impedance sends
+        crisp.impedance_to_parameters(params)
+    plain = ImpedanceParams(translational_clip_neg=(0.01,) * 3).validate()  # equal sides: the symmetric law
+    assert plain.require_plain_law("crisp_controllers") is plain

@@ -92,6 +92,45 @@ def test_error_clip_bounds_the_pull_of_a_far_target(backend):
         wait_for(lambda: np.linalg.norm(backend.state().tcp_pose[:3] - start[:3]) < 0.005, 6.0)
 
 
+def test_full_scale_steps_alternating_at_10_hz_trip_no_reflex(backend):
+    start = backend.state().tcp_pose
+    peak = 0.0
+    for step in range(30):  # 2 cm per step (full action scale), zigzagging between box corners
+        target = start.copy()
+        target[:3] += 0.02 * np.array([1 if step % 4 < 2 else -1, 1 if step % 2 else -1, 0.5])
+        backend.set_target(target)
+        time.sleep(0.1)
+        state = backend.state()
+        assert state.errors == [], f"step {step}: {state.errors}"
+        peak = max(peak, float(np.max(np.abs(state.dq) / backend.limits.joint_velocity)))
+    assert peak < 0.8
+    backend.set_target(start)
+    assert wait_for(lambda: np.linalg.norm(backend.state().tcp_pose[:3] - start[:3]) < 0.005, 6.0)
+
+
+def test_violent_stream_stops_with_libfrankas_reflex_name_until_recover(backend):
+    """franky-sim enforces no limits; the backend judges the measured speeds as the arm would."""
+    start = backend.state()
+    backend.set_impedance(ImpedanceParams(translational_stiffness=(6000.0,) * 3, translational_clip=(1.0,) * 3))
+    try:
+        far = start.tcp_pose.copy()
+        far[1] += 0.4
+        far[2] -= 0.2
+        backend.set_target(far)
+        assert wait_for(lambda: backend.state().errors != [], 5.0, period=0.01)
+        state = backend.state()
+        assert state.controller_mode == "hold"
+        assert state.errors[0].split(":")[0] in ("joint_velocity_violation", "cartesian_velocity_violation")
+        with pytest.raises(RuntimeError, match="recover"):
+            backend.set_target(far)
+    finally:
+        backend.set_impedance(ImpedanceParams())
+        backend.recover()
+    assert backend.state().errors == [] and backend.state().controller_mode == "impedance"
+    backend.joint_reset(duration=3.0)
+    assert np.abs(backend.state().q - HOME_Q).max() < 0.03 and backend.state().errors == []
+
+
 def test_bad_input_raises_and_changes_nothing(backend):
     before = backend.state().target_pose
     for pose, field in [([0.5, 0, 0.3, 1, 0, 0], "pose"), ([0.5, 0, np.nan, 1, 0, 0, 0], "finite"),
@@ -104,8 +143,21 @@ def test_bad_input_raises_and_changes_nothing(backend):
         backend.set_impedance(ImpedanceParams(translational_stiffness=(1e5, 0, 0)))
     with pytest.raises(ValueError, match="joint limits"):
         backend.joint_reset([0.0, 0.0, 0.0, -1.57, 0.0, 0.3, 0.78])  # joint 6 below the FR3's 0.54 rad
+    with pytest.raises(ValueError, match="translational_ki"):  # franky's tracker has no integral term
+        backend.set_impedance(ImpedanceParams(translational_ki=(1.0, 1.0, 1.0)))
     assert same_pose(backend.state().target_pose, before)
     assert backend.state().controller_mode == "impedance"
+
+
+def test_jacobian_is_libfrankas_and_agrees_with_the_twins(backend):
+    from robot_servers.backends.twin import TwinBackend, TwinConfig
+
+    state = backend.state()
+    jacobian = backend.jacobian()
+    assert jacobian.shape == (6, 7) and np.all(np.isfinite(jacobian))
+    with TwinBackend(TwinConfig(robot="fr3", scene="empty", cameras=())) as twin:
+        twin.reset_robot(state.q)
+        np.testing.assert_allclose(jacobian, twin.jacobian(), atol=0.02)  # same arm, same TCP, two models
 
 
 def test_gripper_is_non_blocking(backend):

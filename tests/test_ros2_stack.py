@@ -193,6 +193,8 @@ def test_bad_input_through_the_guard_is_refused_and_publishes_nothing():
         for params in bad_stiffness:
             with pytest.raises(CommandRejected, match="stiffness"):
                 guard.set_impedance(params)
+        with pytest.raises(CommandRejected, match="rotational_ki"):  # crisp's law has no integral term
+            guard.set_impedance(ImpedanceParams(rotational_ki=(0.5, 0.5, 0.5)))
         for width in (0.09, -0.01, np.nan):
             with pytest.raises(CommandRejected, match="width"):
                 guard.set_gripper(width)

@@ -17,6 +17,7 @@ pytest.importorskip("robot_servers.backends.twin")  # sets MUJOCO_GL before mujo
 
 from backend_episode import wait_for as _wait_until  # noqa: E402
 from robot_servers.backends.twin import TwinBackend, TwinConfig  # noqa: E402
+from robot_servers.control.impedance import CLIP_HIGH0, CLIP_LOW0  # noqa: E402
 from robot_servers.control.pose import quat_multiply  # noqa: E402
 from robot_servers.control.safety import SafetyBox  # noqa: E402
 from robot_servers.http import ServerConfig, create_app  # noqa: E402
@@ -255,26 +256,49 @@ def test_serl_quat_sign_rule():
     np.testing.assert_allclose(serl_quat([0.1, 0.2, -0.3, -0.9]), [-0.1, -0.2, 0.3, 0.9])
 
 
-def test_update_param_is_partial_and_says_what_it_maps(served):
+def test_update_param_is_partial_and_maps_integral_and_asymmetric_clips(served):
     backend, _server, client = served
     client.post("/update_param", json=COMPLIANCE)
     before = backend.controller.params
     answer = client.post("/update_param", json={"rotational_stiffness": 200, "translational_clip_z": 0.02,
                                                 "translational_clip_neg_z": 0.015, "rotational_Ki": 0.5})
-    assert answer.status_code == 200
-    assert "rotational_Ki=0.5 ignored" in answer.text and "using the smaller (0.015)" in answer.text
+    assert answer.status_code == 200 and answer.text == "Updated compliance parameters"
     after = backend.controller.params
     np.testing.assert_allclose(after.rotational_stiffness, [200] * 3)
     np.testing.assert_allclose(after.translational_stiffness, before.translational_stiffness)
-    np.testing.assert_allclose(after.translational_clip, [0.01, 0.01, 0.015])
+    np.testing.assert_allclose(after.translational_clip, [0.01, 0.01, 0.02])
+    np.testing.assert_allclose(after.translational_clip_neg, [0.01, 0.01, 0.015])
+    assert after.rotational_clip_neg is None  # both sides equal: the symmetric law
+    np.testing.assert_allclose(after.rotational_ki, [0.5] * 3)
+    np.testing.assert_allclose(after.translational_ki, [0.0] * 3)
     np.testing.assert_allclose(after.translational_damping, [89] * 3)
+    low, high = after.clip_bounds()  # what the twin's law now clips to
+    np.testing.assert_allclose(backend.controller.gains[CLIP_LOW0:CLIP_HIGH0 + 6], np.r_[low, high])
+    assert client.post("/update_param", json=COMPLIANCE).status_code == 200  # SERL's defaults for the next tests
+    assert backend.controller.params.rotational_clip_neg is None and not np.any(backend.controller.params.rotational_ki)
 
 
-def test_map_update_param_keeps_unsent_fields():
-    current = ImpedanceParams().validate()
-    params, notes = map_update_param(current, {"nullspace_stiffness": 1.0})
-    assert params.nullspace_stiffness == 1.0 and not notes
+@pytest.mark.parametrize("body, field", [({"translational_Ki": -1}, "translational_ki"),
+                                         ({"rotational_Ki": 1e3}, "rotational_ki"),
+                                         ({"translational_clip_neg_x": 0}, "translational_clip_neg"),
+                                         ({"rotational_Ki": "high"}, "rotational_Ki")])
+def test_update_param_refuses_bad_integral_or_clip_and_changes_nothing(served, body, field):
+    backend, _server, client = served
+    before = backend.controller.params.to_dict()
+    answer = client.post("/update_param", json=body)
+    assert 400 <= answer.status_code < 500 and field in answer.text
+    assert backend.controller.params.to_dict() == before
+
+
+def test_map_update_param_keeps_unsent_fields_and_each_clip_side():
+    current = ImpedanceParams(translational_clip_neg=(0.02, 0.01, 0.01)).validate()
+    params = map_update_param(current, {"nullspace_stiffness": 1.0, "translational_clip_x": 0.03})
+    assert params.nullspace_stiffness == 1.0
     np.testing.assert_allclose(params.translational_stiffness, current.translational_stiffness)
+    np.testing.assert_allclose(params.translational_clip, [0.03, 0.01, 0.01])
+    np.testing.assert_allclose(params.translational_clip_neg, [0.02, 0.01, 0.01])  # SERL's sides are separate
+    params = map_update_param(current, {"translational_clip_neg_x": 0.01})
+    assert params.translational_clip_neg is None  # equal sides again
 
 
 def test_clearerr_clears_arm_errors_but_never_the_safety_stop():

@@ -129,11 +129,16 @@ def test_adapter_converts_sign_wrench_gripper_and_gains(serl_server):
         adapter.close()
 
 
-def test_serl_compliance_body_is_flat_and_symmetric():
+def test_serl_compliance_body_is_flat_with_both_clip_sides_and_the_integral_gains():
     body = serl_compliance(ImpedanceParams(translational_clip=(0.01, 0.02, 0.03)))
     assert body["translational_clip_y"] == body["translational_clip_neg_y"] == 0.02
     assert body["translational_damping"] == pytest.approx(2 * np.sqrt(2000.0))
     assert body["translational_Ki"] == 0.0 and body["rotational_Ki"] == 0.0
+    body = serl_compliance(ImpedanceParams(rotational_clip_neg=(0.05, 0.01, 0.05), translational_ki=(0.1,) * 3))
+    assert body["rotational_clip_y"] == 0.05 and body["rotational_clip_neg_y"] == 0.01
+    assert body["translational_Ki"] == 0.1 and body["rotational_Ki"] == 0.0
+    with pytest.raises(ValueError, match="rotational_ki"):  # SERL takes one value for the three axes
+        serl_compliance(ImpedanceParams(rotational_ki=(0.1, 0.0, 0.0)))
 
 
 def test_guard_refuses_before_the_serl_server_sees_it(serl_server):

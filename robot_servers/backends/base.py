@@ -59,7 +59,8 @@ class RobotState:
 
 @dataclasses.dataclass(frozen=True)
 class ImpedanceParams:
-    """Cartesian impedance gains and error clips. ``None`` damping means critical damping."""
+    """Cartesian impedance gains and error clips. ``None`` damping means critical damping, ``None``
+    ``*_clip_neg`` a symmetric clip; ``*_ki`` are SERL's integral gains (0: no integral term)."""
 
     translational_stiffness: Sequence[float] = (2000.0, 2000.0, 2000.0)  # N/m
     rotational_stiffness: Sequence[float] = (150.0, 150.0, 150.0)  # Nm/rad
@@ -70,6 +71,10 @@ class ImpedanceParams:
     nullspace_stiffness: float = 0.2  # Nm/rad
     joint1_nullspace_stiffness: float = 100.0  # Nm/rad (as SERL: keeps the elbow from drifting)
     torque_rate_limit: float = 1.0  # Nm per 1 ms tick
+    translational_clip_neg: Sequence[float] | None = None  # m, error lower bound −clip_neg; None → −clip
+    rotational_clip_neg: Sequence[float] | None = None  # rad, likewise
+    translational_ki: Sequence[float] = (0.0, 0.0, 0.0)  # N/m per tick, on the summed clipped error
+    rotational_ki: Sequence[float] = (0.0, 0.0, 0.0)  # Nm/rad per tick, likewise
 
     def validate(self) -> "ImpedanceParams":
         """Return a copy with float arrays; raise ValueError naming the first bad field (``robot_servers.limits``)."""
@@ -86,6 +91,27 @@ class ImpedanceParams:
         dt = 2 * np.sqrt(kt) if self.translational_damping is None else np.asarray(self.translational_damping, float)
         dr = 2 * np.sqrt(kr) if self.rotational_damping is None else np.asarray(self.rotational_damping, float)
         return dt, dr
+
+    def clip_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) bounds of the 6-D error [translational, rotational]: −clip_neg (or −clip), +clip."""
+        high = np.concatenate([self.translational_clip, self.rotational_clip]).astype(np.float64)
+        low = np.concatenate([-np.asarray(neg if neg is not None else clip, dtype=np.float64)
+                              for neg, clip in ((self.translational_clip_neg, self.translational_clip),
+                                                (self.rotational_clip_neg, self.rotational_clip))])
+        return low, high
+
+    def require_plain_law(self, controller: str) -> "ImpedanceParams":
+        """``self``, or ValueError naming the field where it needs an integral term or an asymmetric clip,
+        which ``controller``'s law lacks (never ignored silently)."""
+        for kind in ("translational", "rotational"):
+            ki = np.asarray(getattr(self, f"{kind}_ki"), dtype=np.float64)
+            if np.any(ki != 0.0):
+                raise ValueError(f"{kind}_ki: {controller} has no integral term; send 0, got {ki.tolist()}")
+            neg, clip = getattr(self, f"{kind}_clip_neg"), getattr(self, f"{kind}_clip")
+            if neg is not None and not np.array_equal(np.asarray(neg, float), np.asarray(clip, float)):
+                raise ValueError(f"{kind}_clip_neg: {controller} clips the error symmetrically; send None or "
+                                 f"{kind}_clip ({np.asarray(clip, float).tolist()}), got {np.asarray(neg, float).tolist()}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

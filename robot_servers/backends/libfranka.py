@@ -7,6 +7,11 @@ A monitor thread turns a stopped controller (reflex, lost connection) into an er
 then stops on its own and nothing moves again until ``recover()``. The gripper runs on a worker
 thread so commands return at once. franky is imported lazily (extra ``franka``); franky and
 pylibfranka cannot share a process, so nothing here imports pylibfranka.
+
+Franka's limits (``robot_servers.control.franka_limits``): franky's per-tick torque step is capped at
+the arm's 1000 Nm/s, so the stream sent is never discontinuous; the measured joint and end-effector
+speeds are judged as the arm's reflexes judge them (monitor thread and every state read), so a
+rehearsal on franky-sim, which enforces no limits, stops with the same error names a real arm reports.
 """
 
 from __future__ import annotations
@@ -21,22 +26,14 @@ import numpy as np
 
 from robot_servers.backends.base import Backend, ImpedanceParams, RobotState
 from robot_servers.cameras.specs import camera_errors, open_task_cameras
+from robot_servers.control.franka_limits import FRANKA_LIMITS, limits_for, velocity_reflex
 from robot_servers.franka import HOME_Q
 from robot_servers.limits import validate_gripper, validate_pose
 
 log = logging.getLogger(__name__)
 
 # Joint limits from the Franka datasheets (rad); franky's tracker repels the arm from them.
-ARM_JOINT_LIMITS = {
-    "fr3": (
-        (-2.7437, -1.7837, -2.9007, -3.0421, -2.8065, 0.5445, -3.0159),
-        (2.7437, 1.7837, 2.9007, -0.1518, 2.8065, 4.5169, 3.0159),
-    ),
-    "panda": (
-        (-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973),
-        (2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973),
-    ),
-}
+ARM_JOINT_LIMITS = {arm: limits.joint_position for arm, limits in FRANKA_LIMITS.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +66,7 @@ class LibfrankaConfig:
             raise ValueError("LibfrankaConfig.joint_reset_dynamics must be in (0, 1]")
         if self.monitor_hz <= 0:
             raise ValueError("LibfrankaConfig.monitor_hz must be positive")
-        self.impedance.validate()
+        self.impedance.validate().require_plain_law("franky's CartesianImpedanceTracker")
 
 
 def _import_franky():
@@ -157,6 +154,7 @@ class LibfrankaBackend(Backend):
         self._franky = _import_franky()
         self._lock = threading.RLock()
         self._impedance = config.impedance.validate()
+        self.limits = limits_for(config.arm)
         self._errors: list[str] = []
         self._mode = "idle"
         self._tracker = None
@@ -205,7 +203,7 @@ class LibfrankaBackend(Backend):
             translational_error_clip=np.asarray(p.translational_clip, dtype=np.float64),
             rotational_error_clip=np.asarray(p.rotational_clip, dtype=np.float64),
             posture_task=franky.PostureTask(q, posture_stiffness),
-            max_delta_tau=p.torque_rate_limit,
+            max_delta_tau=min(p.torque_rate_limit, self.limits.torque_step(0.001)),  # per 1 ms tick
             lower_joint_limits=np.asarray(low),
             upper_joint_limits=np.asarray(high),
         )
@@ -238,7 +236,9 @@ class LibfrankaBackend(Backend):
                     self._fault(self._controller_exit_reason())
                 elif self._tracker is not None:
                     try:
-                        self._check_fresh(float(self._robot.state.time.to_sec()))
+                        s = self._robot.state
+                        self._check_fresh(float(s.time.to_sec()))
+                        self._check_reflexes(np.asarray(s.dq, dtype=np.float64), self._tcp_velocity(s))
                     except Exception as exc:
                         self._fault(f"state unavailable: {exc}")
             if self._gripper is not None and tick % gripper_every == 0:
@@ -254,6 +254,23 @@ class LibfrankaBackend(Backend):
             self._last_robot_time = (robot_time, now)
         elif self._tracker is not None and now - self._last_robot_time[1] > self.config.stale_after:
             self._fault(f"state unavailable: no new robot state for {now - self._last_robot_time[1]:.2f} s")
+
+    def _tcp_velocity(self, s) -> np.ndarray | None:
+        try:
+            jacobian = np.asarray(self._robot.model.zero_jacobian(self._franky.Frame.EndEffector, s))
+        except Exception:
+            return None
+        return jacobian @ np.asarray(s.dq, dtype=np.float64)
+
+    def _check_reflexes(self, dq: np.ndarray, tcp_vel: np.ndarray | None) -> None:
+        """Stop as the arm's reflex would when a measured speed is over Franka's limit (call with the lock)."""
+        if self._tracker is None:
+            return
+        reflex = velocity_reflex(self.limits, dq, tcp_vel)
+        if reflex is not None:
+            tracker, self._tracker = self._tracker, None
+            self._stop(tracker)
+            self._fault(reflex)
 
     def _controller_exit_reason(self) -> str:
         try:
@@ -275,6 +292,11 @@ class LibfrankaBackend(Backend):
 
     # -- Backend --------------------------------------------------------------------------
 
+    def jacobian(self) -> np.ndarray:
+        """The end effector's zero Jacobian from libfranka's model (base frame, linear rows first)."""
+        with self._lock:
+            return np.asarray(self._robot.model.zero_jacobian(self._franky.Frame.EndEffector, self._robot.state))
+
     def state(self) -> RobotState:
         with self._lock:
             try:
@@ -283,16 +305,15 @@ class LibfrankaBackend(Backend):
                 self._fault(f"state unavailable: {exc}")
                 return self._stale_state()
             self._check_fresh(float(s.time.to_sec()))
+            dq = np.asarray(s.dq, dtype=np.float64)
+            tcp_vel = self._tcp_velocity(s)
+            self._check_reflexes(dq, tcp_vel)
             errors = list(self._errors)
             mode = self._mode
             target = self._target.copy()
         pose = np.concatenate([np.asarray(s.O_T_EE.translation), np.asarray(s.O_T_EE.quaternion)])
         q = np.asarray(s.q, dtype=np.float64)
-        dq = np.asarray(s.dq, dtype=np.float64)
-        try:
-            jacobian = np.asarray(self._robot.model.zero_jacobian(self._franky.Frame.EndEffector, s))
-            tcp_vel = jacobian @ dq
-        except Exception:
+        if tcp_vel is None:
             tcp_vel = np.zeros(6)
         errors += [f"robot: {name}" for name in active_errors(s.current_errors)]
         errors += camera_errors(self._cameras)
@@ -344,7 +365,7 @@ class LibfrankaBackend(Backend):
         return self._impedance
 
     def set_impedance(self, params: ImpedanceParams) -> None:
-        params = params.validate()
+        params = params.validate().require_plain_law("franky's CartesianImpedanceTracker")
         with self._lock:
             clip_changed = not (
                 np.allclose(params.translational_clip, self._impedance.translational_clip)

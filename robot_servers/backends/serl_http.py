@@ -169,15 +169,17 @@ def serl_compliance(params: ImpedanceParams) -> dict[str, float]:
     body: dict[str, float] = {}
     for name, values in (("translational_stiffness", params.translational_stiffness),
                          ("rotational_stiffness", params.rotational_stiffness),
-                         ("translational_damping", trans_damping), ("rotational_damping", rot_damping)):
+                         ("translational_damping", trans_damping), ("rotational_damping", rot_damping),
+                         ("translational_ki", params.translational_ki), ("rotational_ki", params.rotational_ki)):
         values = np.asarray(values, dtype=np.float64)
         if not np.allclose(values, values[0]):
             raise ValueError(f"{name}: a SERL server takes one value for all three axes, got {values.tolist()}")
-        body[name] = float(values[0])
-    for kind in ("translational", "rotational"):
-        for axis, value in zip("xyz", getattr(params, f"{kind}_clip")):
-            body[f"{kind}_clip_{axis}"] = body[f"{kind}_clip_neg_{axis}"] = float(value)
-        body[f"{kind}_Ki"] = 0.0  # our law has no integral term: the same law on both sides
+        body[name.replace("_ki", "_Ki")] = float(values[0])  # SERL's spelling
+    low, high = params.clip_bounds()
+    for offset, kind in ((0, "translational"), (3, "rotational")):
+        for i, axis in enumerate("xyz"):
+            body[f"{kind}_clip_{axis}"] = float(high[offset + i])
+            body[f"{kind}_clip_neg_{axis}"] = float(-low[offset + i])
     body["nullspace_stiffness"] = float(params.nullspace_stiffness)
     body["joint1_nullspace_stiffness"] = float(params.joint1_nullspace_stiffness)
     if params.torque_rate_limit != DEFAULT_TORQUE_RATE:

@@ -16,7 +16,12 @@ reset pose). ``scene`` gives object poses (xyz + quat xyzw); the hole's pose is 
 ``state().wrench`` is the force/torque the environment exerts on the hand at the TCP (base frame),
 estimated like Franka's from the joint-space constraint torques: pressing on the table reads +z,
 a held object's weight −z. SERL's per-tick target low-pass is optional (``target_filter=0.005``; off
-by default: targets apply at once and envs interpolate). Not modelled: joint friction, reflex errors.
+by default: targets apply at once and envs interpolate). Not modelled: joint friction.
+
+Reflexes as the real arm's (``robot_servers.control.franka_limits``): measured joint or end-effector
+speed over Franka's limits, or the law's torque changing faster than 1000 Nm/s, stops the arm where
+it is (mode ``idle``, brakes on), names libfranka's error in ``state().errors`` and refuses targets
+until ``recover()``. Joint resets are planned within the joint velocity/acceleration/jerk limits.
 ``python -m robot_servers.twin.snapshot --out DIR`` saves one PNG per camera.
 """
 
@@ -30,7 +35,8 @@ from typing import Mapping
 import numpy as np
 
 from robot_servers.backends.base import ImpedanceParams, RobotState, SimulatedBackend
-from robot_servers.control.impedance import ImpedanceController, filter_target, matrix_to_quat_xyzw
+from robot_servers.control.franka_limits import limits_for, min_jerk_duration, torque_rate_reflex, velocity_reflex
+from robot_servers.control.impedance import RATE, ImpedanceController, filter_target, matrix_to_quat_xyzw
 from robot_servers.control.pose import euler_to_quat, wxyz_to_xyzw, xyzw_to_wxyz
 from robot_servers.twin import fastloop, models
 from robot_servers.twin.cameras import TwinCamera
@@ -48,6 +54,8 @@ HOLE_XY_RANGE = 0.04
 HOLE_YAW_RANGE = 0.2
 REALTIME_SLICE_TICKS = 10  # most physics ticks run per lock hold in real time (1 kHz: 10 ms of sim time)
 PEG_TCP_OFFSET = 0.0116  # m along the TCP's z from the TCP to the peg centre (peg top just under the hand)
+REFLEX_CHECK_TICKS = 10  # physics ticks between checks of the measured speeds (every tick for torque rate when needed)
+JOINT_RESET_DYNAMICS = 0.8  # fraction of the joint limits a joint reset's plan may use (the servo lags a little)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +143,8 @@ class TwinBackend(SimulatedBackend):
         }
 
         self.controller = ImpedanceController(config.impedance, tau_limit=model.actuator_ctrlrange[:7, 1])
+        self.limits = limits_for(config.robot)
+        self._brake_q: np.ndarray | None = None  # joint angles the brakes hold after a reflex
         self._jacp = np.zeros((3, model.nv))
         self._jacr = np.zeros((3, model.nv))
         self._command = np.array([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])  # commanded target, xyz + quat xyzw
@@ -178,6 +188,7 @@ class TwinBackend(SimulatedBackend):
         self._snap_target_to_tcp()
         self.controller.reset(q)
         self._mode = "impedance"
+        self._brake_q = None
 
     def _snap_target_to_tcp(self) -> None:
         """Target and command := the TCP pose of the current kinematics (hold still here)."""
@@ -240,7 +251,43 @@ class TwinBackend(SimulatedBackend):
         if self._mode == "idle":
             for _ in range(n):
                 mujoco.mj_step(self.model, self.data)
+                if self._brake_q is not None:  # a reflex engaged the brakes: the arm stands still
+                    self.data.qpos[:7] = self._brake_q
+                    self.data.qvel[:7] = 0.0
             return
+        if n == 0:
+            self._run_ticks_unchecked(0)
+        while n > 0 and self._mode != "idle":
+            # The law's rate limit keeps its torque stream continuous unless set above Franka's;
+            # then every tick is judged, as the arm judges every command it receives.
+            per_tick = self._mode == "impedance" and self.controller.gains[RATE] > self.limits.torque_step(self.dt)
+            ticks = 1 if per_tick else min(n, REFLEX_CHECK_TICKS)
+            tau_before = self.controller.tau.copy() if per_tick else None
+            self._run_ticks_unchecked(ticks)
+            n -= ticks
+            self._check_health()
+            self._check_reflexes(tau_before)
+
+    def _check_reflexes(self, tau_before: np.ndarray | None) -> None:
+        if self._mode == "idle":
+            return
+        dq = self.data.qvel[:7]
+        tcp_vel = None
+        if self._mode == "impedance":  # the law refreshed the TCP Jacobian this tick
+            tcp_vel = np.concatenate([self._jacp[:, :7] @ dq, self._jacr[:, :7] @ dq])
+        reflex = velocity_reflex(self.limits, dq, tcp_vel)
+        if reflex is None and tau_before is not None:
+            reflex = torque_rate_reflex(self.limits, self.controller.tau, tau_before, self.dt)
+        if reflex is not None:
+            self._errors.append(reflex)
+            self._mode = "idle"
+            self._brake_q = self.data.qpos[:7].copy()
+            self.data.qvel[:7] = 0.0
+            self.data.ctrl[:7] = 0.0
+            self.controller.tau[:] = 0.0
+            self._joint_done.set()
+
+    def _run_ticks_unchecked(self, n: int) -> None:
         if self._mode == "impedance" and self._fast is not None:
             data, controller = self.data, self.controller
             self._fast(n, self.model._address, data._address, self._tcp, self._jacp, self._jacr, self._tcp_pos,
@@ -250,7 +297,6 @@ class TwinBackend(SimulatedBackend):
         else:
             for _ in range(n):
                 self._tick()
-        self._check_health()
 
     def _realtime_loop(self) -> None:
         start_wall = time.perf_counter()
@@ -315,6 +361,8 @@ class TwinBackend(SimulatedBackend):
         pose = validate_pose(pose, "pose")
         width = None if gripper is None else validate_gripper(gripper, "gripper")
         with self._lock:
+            if self._brake_q is not None:
+                raise RuntimeError(f"twin arm stopped by a reflex ({'; '.join(self._errors)}); call recover()")
             if self._mode == "impedance":
                 self._command[:] = pose
             if width is not None:
@@ -355,7 +403,10 @@ class TwinBackend(SimulatedBackend):
             self._joint_start = self.data.qpos[:7].copy()
             self._joint_goal = goal
             self._joint_t0 = float(self.data.time)
-            self._joint_duration = duration
+            # as franky plans a joint move within the arm's limits, a too short duration is stretched
+            self._joint_duration = max(duration, min_jerk_duration(self.limits, self._joint_start, goal,
+                                                                   JOINT_RESET_DYNAMICS))
+            duration = self._joint_duration
             self._joint_done.clear()
             self._mode = "joint"
             if self.lockstep:
@@ -369,10 +420,15 @@ class TwinBackend(SimulatedBackend):
             if self._mode == "joint":
                 self._finish_joint_reset()
                 self._errors.append("joint_reset_timeout")
+            elif self._brake_q is not None:
+                raise RuntimeError(f"joint reset stopped by a reflex ({'; '.join(self._errors)}); call recover()")
 
     def recover(self) -> None:
         with self._lock:
-            if self._mode == "idle":  # unstable physics: start again from home
+            if self._brake_q is not None:  # after a reflex the arm restarts where it stopped, torque from zero
+                self._brake_q = None
+                self.controller.tau[:] = 0.0
+            elif self._mode == "idle":  # unstable physics: start again from home
                 self._reset_robot(self.home_q)
             self._errors.clear()
             self._mode = "impedance"

@@ -3,14 +3,19 @@
 Per 1 kHz tick::
 
     e      = [p − p_d ; vec(q ⊗ q_d⁻¹)]            base frame, w ≥ 0 (as franka_ros: ≈ half the angle)
-    F      = −K·clip(e) − D·(J·dq)                  per-axis clip: the key to safe stiff gains
+    ē      = clip(e, −clip_neg, clip)               per-axis clip: the key to safe stiff gains
+    Σ      = bound(Σ + ē)                           SERL's integral: a sum per tick, |Σ| ≤ 0.1 m / 0.3 rad
+    F      = −K·ē − D·(J·dq) − Ki·Σ                 (no Ki term at all where Ki = 0)
     τ_task = Jᵀ F
     τ_ns   = (I − Jᵀ J^{T+}) (k_ns ⊙ (q_ns − q) − 2√k_ns ⊙ dq)     joint 1 with its own k_ns
     τ      = rate_limit(τ_task + τ_ns + coriolis, τ_prev)            |Δτ| ≤ limit per tick
 
 Gravity is not part of the law: the arm's firmware compensates it (the twin does it with
-MuJoCo's ``gravcomp``). ``impedance_kernel`` is the pure array function; ``ImpedanceController``
-owns the gains (validated ``ImpedanceParams``) and the torque history.
+MuJoCo's ``gravcomp``). The integral Σ is SERL's: the clipped error summed every tick (not times dt),
+each axis held within SERL's anti-windup bound, and zeroed when the equilibrium moves (SERL zeroes it
+on every new equilibrium message; re-sending the same pose keeps it here), on ``reset`` and on
+``set_params``. ``impedance_kernel`` is the pure array function; ``ImpedanceController`` owns the gains
+(validated ``ImpedanceParams``), the integral and the torque history.
 """
 
 from __future__ import annotations
@@ -30,12 +35,16 @@ except ImportError:  # pragma: no cover - numba is in the sim extra
     def _jit(function):
         return function
 
-# Layout of the packed gain vector (one array keeps the per-tick call cheap): 6 stiffnesses,
-# 6 dampings, 6 lower clips, 6 upper clips, the rate limit, then per joint: nullspace stiffness,
-# nullspace damping, torque limit.
-K0, D0, CLIP_LOW0, CLIP_HIGH0, RATE, JOINTS0 = 0, 6, 12, 18, 24, 25
-K, D = slice(K0, K0 + 6), slice(D0, D0 + 6)
+# Layout of the packed gain vector (one array keeps the per-tick call cheap and the compiled loop's
+# arguments fixed): 6 stiffnesses, 6 dampings, 6 lower clips, 6 upper clips, 6 integral gains, the
+# rate limit, the law's memory (6 integral sums, the 7-value equilibrium they were summed against),
+# then per joint: nullspace stiffness, nullspace damping, torque limit.
+K0, D0, CLIP_LOW0, CLIP_HIGH0, KI0, RATE, INTEGRAL0, ANCHOR0, JOINTS0 = 0, 6, 12, 18, 24, 30, 31, 37, 44
+K, D, KI = slice(K0, K0 + 6), slice(D0, D0 + 6), slice(KI0, KI0 + 6)
 CLIP_LOW, CLIP_HIGH = slice(CLIP_LOW0, CLIP_LOW0 + 6), slice(CLIP_HIGH0, CLIP_HIGH0 + 6)
+INTEGRAL, ANCHOR = slice(INTEGRAL0, INTEGRAL0 + 6), slice(ANCHOR0, ANCHOR0 + 7)
+INTEGRAL_BOUND_TRANSLATIONAL, INTEGRAL_BOUND_ROTATIONAL = 0.1, 0.3  # SERL's anti-windup bound per axis
+EQUILIBRIUM_MOVED = 1e-5  # m, or quaternion component: beyond it the integral starts again from zero
 
 
 def _joint_slices(n: int) -> tuple[slice, slice, slice]:
@@ -105,13 +114,31 @@ def pose_error_franka(pos, xmat, target, error):
 
 
 @_jit
+def restart_integral_if_moved(target, gains):
+    """Zero the integral sums when ``target`` left the equilibrium they were summed against (q ≡ −q)."""
+    held, same, flipped = True, True, True  # written as "<=" so that the NaN anchor (none yet) counts as moved
+    for i in range(3):
+        held = held and abs(target[i] - gains[ANCHOR0 + i]) <= EQUILIBRIUM_MOVED
+    for i in range(3, 7):
+        same = same and abs(target[i] - gains[ANCHOR0 + i]) <= EQUILIBRIUM_MOVED
+        flipped = flipped and abs(target[i] + gains[ANCHOR0 + i]) <= EQUILIBRIUM_MOVED
+    if held and (same or flipped):
+        return
+    for i in range(6):
+        gains[INTEGRAL0 + i] = 0.0
+    for i in range(7):
+        gains[ANCHOR0 + i] = target[i]
+
+
+@_jit
 def impedance_kernel(jacp, jacr, pos, xmat, qpos, qvel, bias, gravcomp, target, gains, q_ns, tau, force, ctrl):
     """One tick of the law for the first ``n = len(q_ns)`` dofs.
 
     jacp/jacr: (3, nv) TCP Jacobians; bias − gravcomp is the Coriolis/centrifugal torque (MuJoCo's
     ``qfrc_bias`` minus its gravity part); ``target`` xyz + quat xyzw; ``gains`` the packed vector
-    (see ``ImpedanceController``). ``tau`` holds the previous torque on entry (rate limit) and the
-    new one on exit; ``force`` receives −K·clip(e) − D·ẋ; ``ctrl[:n]`` receives ``tau``.
+    (see ``ImpedanceController``; its integral sums are updated here). ``tau`` holds the previous
+    torque on entry (rate limit) and the new one on exit; ``force`` receives −K·ē − D·ẋ − Ki·Σ;
+    ``ctrl[:n]`` receives ``tau``.
     """
     n = q_ns.shape[0]
     jac = np.empty((6, n))
@@ -121,12 +148,18 @@ def impedance_kernel(jacp, jacr, pos, xmat, qpos, qvel, bias, gravcomp, target, 
             jac[3 + i, j] = jacr[i, j]
     error = np.empty(6)
     pose_error_franka(pos, xmat, target, error)
+    restart_integral_if_moved(target, gains)
     for i in range(6):
         clipped = min(max(error[i], gains[CLIP_LOW0 + i]), gains[CLIP_HIGH0 + i])
+        bound = INTEGRAL_BOUND_TRANSLATIONAL if i < 3 else INTEGRAL_BOUND_ROTATIONAL
+        summed = min(max(gains[INTEGRAL0 + i] + clipped, -bound), bound)
+        gains[INTEGRAL0 + i] = summed
         twist = 0.0
         for j in range(n):
             twist += jac[i, j] * qvel[j]
         force[i] = -gains[K0 + i] * clipped - gains[D0 + i] * twist
+        if gains[KI0 + i] != 0.0:  # skipped, not multiplied by 0: Ki = 0 is exactly the law without the term
+            force[i] -= gains[KI0 + i] * summed
     # Nullspace projector I − Jᵀ(J Jᵀ)⁻¹J applied to the posture torque.
     jjt = jac @ jac.T
     for i in range(6):
@@ -178,7 +211,7 @@ class ImpedanceController:
                  tau_limit: np.ndarray = PANDA_TORQUE_LIMITS):
         self.n_joints = n_joints
         self._k_ns, self._d_ns, self._tau_limit = _joint_slices(n_joints)
-        self.gains = np.zeros(25 + 3 * n_joints)
+        self.gains = np.zeros(JOINTS0 + 3 * n_joints)
         self.gains[self._tau_limit] = tau_limit
         self.q_ns = np.zeros(n_joints)
         self.tau = np.zeros(n_joints)  # last commanded torque (input to the rate limit)
@@ -199,29 +232,42 @@ class ImpedanceController:
     def damping(self) -> np.ndarray:
         return self.gains[D]
 
+    @property
+    def integral(self) -> np.ndarray:
+        """The integral sums Σ (6, a view: translational m·ticks, rotational rad·ticks)."""
+        return self.gains[INTEGRAL]
+
+    @staticmethod
+    def _restart_integral(gains: np.ndarray) -> None:
+        gains[INTEGRAL] = 0.0
+        gains[ANCHOR] = np.nan
+
     def set_params(self, params: ImpedanceParams) -> None:
         if not isinstance(params, ImpedanceParams):
             raise ValueError(f"params: expected ImpedanceParams, got {type(params).__name__}")
         params = params.validate()
         trans_damping, rot_damping = params.damping()
-        clip = np.concatenate([params.translational_clip, params.rotational_clip])
+        clip_low, clip_high = params.clip_bounds()
         k_ns = np.full(self.n_joints, params.nullspace_stiffness)
         k_ns[0] = params.joint1_nullspace_stiffness
         gains = self.gains.copy()
         gains[K] = np.concatenate([params.translational_stiffness, params.rotational_stiffness])
         gains[D] = np.concatenate([trans_damping, rot_damping])
-        gains[CLIP_LOW] = -clip
-        gains[CLIP_HIGH] = clip
+        gains[CLIP_LOW] = clip_low
+        gains[CLIP_HIGH] = clip_high
+        gains[KI] = np.concatenate([params.translational_ki, params.rotational_ki])
         gains[RATE] = params.torque_rate_limit
+        self._restart_integral(gains)  # a sum under other clips or gains means nothing to the new law
         gains[self._k_ns] = k_ns
         gains[self._d_ns] = 2.0 * np.sqrt(k_ns)
         self.gains[:] = gains
         self.params = params
 
     def reset(self, q_nullspace: np.ndarray, tau: np.ndarray | None = None) -> None:
-        """New nullspace posture (joint config at controller start) and torque history."""
+        """New nullspace posture (joint config at controller start), torque history, no integral."""
         self.q_ns[:] = q_nullspace
         self.tau[:] = 0.0 if tau is None else tau
+        self._restart_integral(self.gains)
 
     def compute(self, jacp, jacr, pos, xmat, qpos, qvel, bias, gravcomp, target, ctrl=None) -> np.ndarray:
         """Joint torques for one tick (written into ``ctrl`` when given; kept for the rate limit)."""

@@ -197,11 +197,8 @@ def _router(guard: RobotGuard, config: SerlApiConfig) -> APIRouter:
 
     @router.post("/update_param", summary="Partial SERL compliance parameters")
     def update_param(body: JsonBody = Body(None)) -> PlainTextResponse:
-        new, notes = map_update_param(current_params(), body or {})
-        sent[0] = guard.set_impedance(new)
-        for note in notes:
-            log.warning("update_param: %s", note)
-        return _text("; ".join(["Updated compliance parameters", *notes]))
+        sent[0] = guard.set_impedance(map_update_param(current_params(), body or {}))
+        return _text("Updated compliance parameters")
 
     def clear_errors() -> None:
         try:
@@ -279,10 +276,11 @@ def _getter(serl_state: Callable[[], dict], key: str) -> Callable[[], dict]:
     return getter
 
 
-def map_update_param(current: ImpedanceParams, body: dict) -> tuple[ImpedanceParams, list[str]]:
-    """SERL's flat, partial compliance parameters onto ``current``; notes on what our law does differently.
+def map_update_param(current: ImpedanceParams, body: dict) -> ImpedanceParams:
+    """SERL's flat, partial compliance parameters onto ``current`` (what is left out keeps its value).
 
-    Unknown keys and non-numbers raise ``CommandRejected``; ranges are the guard's (``limits.py``).
+    Each clip side is its own parameter, as in SERL's controller; unknown keys and non-numbers raise
+    ``CommandRejected``; ranges are the guard's (``limits.py``).
     """
     if not isinstance(body, dict):
         raise CommandRejected("body", "body: expected a JSON object of SERL compliance parameters")
@@ -301,17 +299,16 @@ def map_update_param(current: ImpedanceParams, body: dict) -> tuple[ImpedancePar
     for key in (*_GAINS, *_SCALARS):
         if key in values:
             fields[key] = np.full(3, values[key]) if key in _GAINS else values[key]
-    notes = [f"{key}={values[key]:g} ignored: this server's impedance law has no integral term"
-             for key in _INTEGRAL if values.get(key, 0.0) != 0.0]
-    clips = {kind: np.array(getattr(current, f"{kind}_clip"), dtype=float) for kind in ("translational", "rotational")}
-    for kind in clips:
-        for i, axis in enumerate(AXES):
-            positive, negative = values.get(f"{kind}_clip_{axis}"), values.get(f"{kind}_clip_neg_{axis}")
-            if positive is None and negative is None:
-                continue
-            if positive is not None and negative is not None and positive != negative:
-                notes.append(f"{kind}_clip_{axis}={positive:g} and _clip_neg_{axis}={negative:g}: this server's "
-                             f"clip is symmetric, using the smaller ({min(positive, negative):g})")
-            clips[kind][i] = min(v for v in (positive, negative) if v is not None)
-    fields["translational_clip"], fields["rotational_clip"] = clips["translational"], clips["rotational"]
-    return dataclasses.replace(current, **fields), notes
+    for key in _INTEGRAL:
+        if key in values:
+            fields[key.lower()] = np.full(3, values[key])
+    for kind in ("translational", "rotational"):
+        clip = np.array(getattr(current, f"{kind}_clip"), dtype=float)
+        neg = getattr(current, f"{kind}_clip_neg")
+        neg = clip.copy() if neg is None else np.array(neg, dtype=float)
+        for key, (key_kind, negative, axis) in _CLIPS.items():
+            if key_kind == kind and key in values:
+                (neg if negative else clip)[axis] = values[key]
+        fields[f"{kind}_clip"] = clip
+        fields[f"{kind}_clip_neg"] = None if np.array_equal(neg, clip) else neg
+    return dataclasses.replace(current, **fields)

@@ -112,9 +112,10 @@ def impedance_to_parameters(params: ImpedanceParams, joints: Sequence[str] = FR3
     """crisp parameter values that make the controller apply ``params`` exactly.
 
     Damping is explicit (2·sqrt of the stiffness sent, or the given damping), so crisp never derives it
-    from a stiffness it clamps; the joint-1 nullspace stiffness becomes a per-joint weight.
+    from a stiffness it clamps; the joint-1 nullspace stiffness becomes a per-joint weight. crisp has a
+    symmetric error clip and no integral term: asking for either is a ValueError naming the field.
     """
-    params = params.validate()
+    params = params.validate().require_plain_law("crisp_controllers")
     kt, kr = np.asarray(params.translational_stiffness), np.asarray(params.rotational_stiffness)
     if np.any(kt > STIFFNESS_MAX) or np.any(kr > STIFFNESS_MAX):
         raise ValueError(f"stiffness: crisp_controllers accepts at most {STIFFNESS_MAX}, got {kt.tolist()} / {kr.tolist()}")
