@@ -27,9 +27,9 @@ def send_all(outbox: TransitionOutbox) -> list[int]:
     return seqs(batches)
 
 
-def sent_one_per_batch(count: int) -> TransitionOutbox:
+def sent_one_per_batch(count: int, **limits) -> TransitionOutbox:
     """An outbox with ``count`` one-item batches formed and as many sent as its window allows."""
-    outbox = make_outbox(batch_size=1)
+    outbox = make_outbox(batch_size=1, **limits)
     for i in range(count):
         outbox.add(item(i), now=0.0)
     outbox.form_batches(now=0.0)
@@ -132,11 +132,7 @@ def test_unacked_batches_are_resent_in_order_after_a_reconnect():
 
 
 def test_retained_batches_go_back_in_flight_for_a_learner_restored_from_an_older_checkpoint():
-    outbox = make_outbox(batch_size=1, max_inflight_batches=4, retain_bytes=1000)
-    for i in range(4):
-        outbox.add(item(i), now=0.0)
-    outbox.form_batches(now=0.0)
-    send_all(outbox)
+    outbox = sent_one_per_batch(4, max_inflight_batches=4, retain_bytes=1000)
     outbox.apply_ack(3)
     assert outbox.all_acked and outbox.first_held_seq() == 0  # retained, still offered at hello
     outbox.resume(acked=1)
@@ -147,11 +143,7 @@ def test_retained_batches_go_back_in_flight_for_a_learner_restored_from_an_older
 
 
 def test_retention_is_bounded_by_retain_bytes_oldest_first():
-    outbox = make_outbox(batch_size=1, max_inflight_batches=5, retain_bytes=25)
-    for i in range(5):
-        outbox.add(item(i), now=0.0)
-    outbox.form_batches(now=0.0)
-    send_all(outbox)
+    outbox = sent_one_per_batch(5, max_inflight_batches=5, retain_bytes=25)
     outbox.apply_ack(4)
     assert outbox.first_held_seq() == 3  # two 10-byte batches fit in 25 bytes
     outbox.resume(acked=0)  # batches 1 and 2 are gone for good: only 3 and 4 can come back
