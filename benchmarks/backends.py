@@ -150,6 +150,7 @@ def bench_ros2(quick: bool) -> dict:
     from rclpy.executors import SingleThreadedExecutor
 
     from robot_servers.backends.ros2 import Ros2Backend, Ros2Config
+    from robot_servers.ros2.network import init_context
     from robot_servers.ros2.twin_node import running_twin_node
 
     domain = 1 + (os.getpid() // 7) % 100  # 0..101: DDS ports stay below Linux's ephemeral range
@@ -158,8 +159,7 @@ def bench_ros2(quick: bool) -> dict:
         context = None
         try:
             # the probe plays the controller's side: when does a target published by the server arrive?
-            context = rclpy.Context()
-            context.init(domain_id=domain)
+            context = init_context(domain)
             probe = rclpy.create_node("latency_probe", context=context)
             arrivals: dict[float, float] = {}
             probe.create_subscription(PoseStamped, "target_pose",

@@ -206,12 +206,13 @@ def bench_pixels(quick: bool) -> dict:
                "wrist": np.zeros((size, size, 3), np.uint8)}
     rng = np.random.default_rng(0)
     compile_times = {}
+    shapes = _random_batch(rng, batch, example, 7)  # a larger UTD compiles from shapes alone
     for utd in utds:
         cfg = SACConfig(hidden_dims=hidden, num_qs=2, critic_layer_norm=True, utd_ratio=utd, encoder=encoder,
                         resnet_filters=filters, freeze_backbone=True, grasp_critic=True)
         agent = SACAgent.create(0, example, 7, cfg)
         b = _random_batch(rng, batch * utd, example, 7) if utd == 1 else jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct((batch * utd,) + x.shape[1:], x.dtype), b)
+            lambda x: jax.ShapeDtypeStruct((batch * utd,) + x.shape[1:], x.dtype), shapes)
         t = time.perf_counter()
         compiled = SACAgent.update.lower(agent, b).compile()  # trace + XLA compile, what a first update() pays
         compile_times[utd] = time.perf_counter() - t

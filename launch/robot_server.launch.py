@@ -5,7 +5,8 @@
 Runs ``python -m examples.serve`` (``python -m robot_servers`` plus the example tasks) from the repository root.
 
 Run it on the robot PC next to franka_ros2 + crisp_controllers (see fr3_crisp.launch.py, which
-includes this file), or on any machine in the same ROS_DOMAIN_ID. Every topic name is an argument;
+includes this file), or, with the server's ``--option network=lan`` (its DDS is loopback-only by default), on
+any machine in the same ROS_DOMAIN_ID. Every topic name is an argument;
 the defaults are ``Ros2Config``'s (FR3 + franka_ros2 + crisp_controllers_demos).
 """
 

@@ -6,13 +6,15 @@ twin rehearsal runs exactly the checks the real arm gets:
 - command validation against ``robot_servers.limits`` (finite, right shape, unit quaternion, ranges);
 - the task's safety box on targets (clip or reject) and on the measured pose (leaving it holds the
   arm and latches a safety stop until ``recover``);
-- the watchdog: no command for ``watchdog_timeout`` holds the current pose (real-time backends).
+- the watchdog: no command for ``watchdog_timeout`` holds the current pose (real-time backends);
+- one motion at a time: while a joint reset runs, reads are served and every other command is refused.
 
 A refused command raises a ``GuardError`` subclass and reaches no backend.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -27,6 +29,8 @@ from robot_servers.control.safety import SafetyBox
 from robot_servers.limits import (
     JOINT_RESET_DURATION,
     MAX_ADVANCE_S,
+    POSITIVE_IMPEDANCE,
+    validate_commanded_impedance,
     validate_gripper,
     validate_joints,
     validate_load,
@@ -65,6 +69,10 @@ class SafetyStopActive(GuardError, RuntimeError):
 
 class RobotFault(GuardError, RuntimeError):
     """The backend is in a fault state (stale driver, reflex, unstable sim) and refused the command."""
+
+
+class ArmBusy(GuardError, RuntimeError):
+    """A joint reset is moving the arm; commands are refused until it ends (reads are served)."""
 
 
 class NotSupported(GuardError, NotImplementedError):
@@ -107,8 +115,10 @@ class RobotGuard:
     """Validation, safety box, measured-pose stop and watchdog around one backend.
 
     All commands run under one lock, so the watchdog never interleaves a hold with a command and the
-    measured-pose check sees a consistent target. Lockstep backends get no watchdog thread (it would
-    break run-to-run determinism); ``advance`` checks the measured pose as the thread would.
+    measured-pose check sees a consistent target. A joint reset holds the lock only to start and to
+    end: while the arm moves, state reads go on and other commands are refused (``ArmBusy``).
+    Lockstep backends get no watchdog thread (it would break run-to-run determinism); ``advance``
+    checks the measured pose as the thread would.
     """
 
     def __init__(self, backend: Backend, config: GuardConfig = GuardConfig()):
@@ -128,6 +138,7 @@ class RobotGuard:
         # outside, e.g. at home above a low box, and swing on its way in) and disarms on recover, joint
         # reset and teleport, which may leave the box.
         self.armed = False
+        self.joint_resetting = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -136,7 +147,7 @@ class RobotGuard:
         """New impedance equilibrium; returns the target actually sent and whether the box clipped it."""
         pose = _checked(validate_pose, pose, "pose")
         width = None if gripper is None else _checked(validate_gripper, gripper, "gripper")
-        with self.lock:
+        with self._exclusive():
             self._require_no_stop()
             target, clipped = self._boxed(pose)
             self._call(self.backend.set_target, target, width)
@@ -144,28 +155,40 @@ class RobotGuard:
 
     def set_gripper(self, width: float) -> float:
         width = _checked(validate_gripper, width, "width")
-        with self.lock:
+        with self._exclusive():
             self._call(self.backend.set_gripper, width)
         return width
 
     def set_impedance(self, params: ImpedanceParams) -> ImpedanceParams:
         params = _checked(params.validate)
-        with self.lock:
+        for name in POSITIVE_IMPEDANCE:
+            _checked(validate_commanded_impedance, name, getattr(params, name))
+        with self._exclusive():
             self._call(self.backend.set_impedance, params)
         return params
 
     def joint_reset(self, q=None, duration: float = 3.0) -> None:
-        """Blocking joint move (home when ``q`` is None); may leave the box, so the pose check re-arms after."""
+        """Blocking joint move (home when ``q`` is None); may leave the box, so the pose check re-arms after.
+
+        The move runs outside the lock so that state reads and the monitor go on meanwhile; the pose
+        check stays disarmed until it ends, and the watchdog does not hold the arm mid-move.
+        """
         q = None if q is None else _checked(validate_joints, q, "q")
         duration = _checked(validate_seconds, duration, "duration", *JOINT_RESET_DURATION)
-        with self.lock:
+        with self._exclusive():
             self._require_no_stop()
             self.armed = False
+            self.joint_resetting = True
+        try:
             self._call(self.backend.joint_reset, q, duration)
+        finally:
+            with self.lock:
+                self.joint_resetting = False
+                self.armed = False
 
     def clear_backend_errors(self) -> None:
         """Clear the arm's own errors (reflexes, a stale driver) but never a latched safety stop."""
-        with self.lock:
+        with self._exclusive():
             self._require_no_stop()
             if self.backend.state().errors:
                 self._call(self.backend.recover)
@@ -173,7 +196,7 @@ class RobotGuard:
     def set_load(self, mass: float, center, inertia) -> None:
         """Payload model on backends that take one (``NotSupported`` elsewhere); nothing changes on refusal."""
         mass, center, inertia = _checked(validate_load, mass, center, inertia)
-        with self.lock:
+        with self._exclusive():
             try:
                 self.backend.set_load(mass, center, inertia)
             except NotImplementedError as exc:
@@ -183,7 +206,7 @@ class RobotGuard:
 
     def recover(self) -> None:
         """Clear backend errors and the safety stop; the arm holds its pose."""
-        with self.lock:
+        with self._exclusive():
             self._call(self.backend.recover)
             if self.safety_stop is not None:
                 log.warning("safety stop cleared by recover (was: %s)", self.safety_stop)
@@ -198,7 +221,7 @@ class RobotGuard:
         if not self.lockstep:
             raise CommandRejected("advance", "only lockstep (simulated) backends can advance time; send 'wait'")
         seconds = _checked(validate_seconds, seconds, "seconds", 0.0, MAX_ADVANCE_S)
-        with self.lock:
+        with self._exclusive():
             if self.config.safety_box is None:
                 self._call(backend.advance, seconds)
             else:
@@ -216,7 +239,7 @@ class RobotGuard:
         """Sim only: put the arm at rest at ``q`` (home when None) instantly."""
         backend = self._simulated("teleport the arm; use joint_reset")
         q = None if q is None else _checked(validate_joints, q, "q")
-        with self.lock:
+        with self._exclusive():
             self._require_no_stop()
             self.armed = False
             self._call(backend.reset_robot, q)
@@ -226,7 +249,7 @@ class RobotGuard:
         backend = self._simulated("reset the scene")
         if seed is not None and not (isinstance(seed, (int, np.integer)) and 0 <= seed <= 2**32 - 1):
             raise CommandRejected("seed", f"seed: expected an integer in [0, 2**32 - 1], got {seed!r}")
-        with self.lock:
+        with self._exclusive():
             self._call(backend.reset_scene, seed)
             return backend.scene
 
@@ -236,8 +259,9 @@ class RobotGuard:
     # -- observing
     def state(self) -> RobotState:
         """The measured state, checked against the box; an active safety stop shows as an error and mode 'hold'."""
-        state = self.backend.state()
-        self._check_measured(state)
+        with self.lock:  # read and checked together: a read from before a joint reset ended must not arm the check
+            state = self.backend.state()
+            self._check_measured(state)
         if self.safety_stop is not None:
             state.errors = list(state.errors) + [f"safety_stop: {self.safety_stop}"]
             state.controller_mode = "hold"
@@ -261,6 +285,7 @@ class RobotGuard:
             "uptime_s": time.monotonic() - self.started,
             "errors": errors,
             "warnings": warnings,  # degraded but usable, e.g. a velocity estimated from pose differences
+            "joint_reset_running": self.joint_resetting,
             "watchdog": {"timeout_s": self.config.watchdog_timeout, "active": self._watchdog_active(),
                          "holding": self.watchdog_tripped, "trips": self.watchdog_trips,
                          "since_last_command_s": time.monotonic() - self.last_command},
@@ -294,7 +319,7 @@ class RobotGuard:
             try:
                 if timeout is not None and not self.watchdog_tripped and time.monotonic() - self.last_command > timeout:
                     with self.lock:
-                        if time.monotonic() - self.last_command > timeout:
+                        if not self.joint_resetting and time.monotonic() - self.last_command > timeout:
                             self.backend.hold()
                             self.watchdog_tripped = True
                             self.watchdog_trips += 1
@@ -326,13 +351,29 @@ class RobotGuard:
             violation = box.violation(state.tcp_pose, self.config.measured_tolerance,
                                       self.config.measured_rotation_tolerance)
             if not self.armed:
-                self.armed = violation is None and float(np.linalg.norm(state.tcp_vel[:3])) < ARM_SPEED
+                self.armed = (not self.joint_resetting and violation is None
+                              and float(np.linalg.norm(state.tcp_vel[:3])) < ARM_SPEED)
                 return
-            if violation is not None and self.safety_stop is None:
-                self.backend.hold()
-                self.safety_stop = f"measured pose left the safety box: {violation}"
-                self.safety_stops += 1
-                log.error("SAFETY STOP: %s; holding until recover", self.safety_stop)
+            if violation is not None:
+                self.latch_safety_stop(f"measured pose left the safety box: {violation}")
+
+    def latch_safety_stop(self, reason: str) -> None:
+        """Hold the arm and refuse every command until ``recover`` (a person's stop button, or the pose check)."""
+        with self.lock:
+            if self.safety_stop is not None:
+                return
+            self.backend.hold()
+            self.safety_stop = reason
+            self.safety_stops += 1
+            log.error("SAFETY STOP: %s; holding until recover", reason)
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """The lock, for a command: refused while a joint reset moves the arm."""
+        with self.lock:
+            if self.joint_resetting:
+                raise ArmBusy("a joint reset is moving the arm; wait for it to end (GET /health: joint_reset_running)")
+            yield
 
     def _require_no_stop(self) -> None:
         if self.safety_stop is not None:

@@ -17,6 +17,7 @@ JOINT_RANGE = (-2 * np.pi, 2 * np.pi)  # rad; a backend narrows this to its arm'
 JOINT_RESET_DURATION = (0.0, 30.0)  # s, a blocking joint move (exclusive of 0)
 MAX_ADVANCE_S = 10.0  # s of simulated time per request
 MAX_LOAD_KG = 3.0  # Franka's rated payload
+MAX_BODY_BYTES = 1 << 20  # an HTTP request body; commands are a few hundred bytes
 
 # Run-time impedance changes (SERL's dynamic_reconfigure ranges): field -> (low, high, unit, size).
 # Size 3 is one value per axis; 1 is a scalar.
@@ -37,6 +38,9 @@ IMPEDANCE_LIMITS: dict[str, tuple[float, float, str, int]] = {
     "joint1_nullspace_stiffness": (0.0, 200.0, "Nm/rad", 1),
     "torque_rate_limit": (1e-3, 10.0, "Nm per 1 ms tick", 1),
 }
+# Commanded damping must be above the table's 0: an undamped axis swings past its target (3 cm in the
+# twin). Only commands are held to this; the controller itself still accepts zero for analysis.
+POSITIVE_IMPEDANCE = ("translational_damping", "rotational_damping")
 
 
 def validate_pose(pose, field: str = "pose") -> np.ndarray:
@@ -134,3 +138,11 @@ def validate_impedance_field(name: str, value) -> np.ndarray | float:
     if np.any(arr < low) or np.any(arr > high):
         raise ValueError(f"{name}: values must lie in [{low}, {high}] {unit}, got {arr.tolist()}")
     return arr
+
+
+def validate_commanded_impedance(name: str, value) -> None:
+    """What a command may not set although the controller could run it: zero or negative damping."""
+    if name in POSITIVE_IMPEDANCE and value is not None and np.any(np.asarray(value, dtype=np.float64) <= 0.0):
+        unit = IMPEDANCE_LIMITS[name][2]
+        raise ValueError(f"{name}: damping must be > 0 {unit} (an undamped axis overshoots its target), "
+                         f"got {np.asarray(value, dtype=np.float64).tolist()}")

@@ -7,7 +7,9 @@ says so.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -16,13 +18,16 @@ import threading
 import time
 from typing import Any, Literal, Mapping, Optional
 
+import h11
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from robot_servers.backends import make_backend
 from robot_servers.backends.base import Backend
 from robot_servers.cameras.base import Camera
 from robot_servers.control.safety import SafetyBox
 from robot_servers.http.app import ServerConfig, create_app
+from robot_servers.limits import MAX_BODY_BYTES
 from robot_servers.overrides import parse_overrides
 
 log = logging.getLogger("robot_servers.serve")
@@ -51,6 +56,9 @@ class ServeConfig:
     serl_api: bool = False  # also serve SERL's / HIL-SERL's Flask robot-server API under /serl/
     serl_api_flavor: Literal["serl", "hil-serl"] = "hil-serl"  # gripper_pos: metres (serl) or 1 = open (hil-serl)
     serl_api_without_token: bool = False  # with a token set: open /serl/ anyway (SERL's clients send none)
+    max_body_bytes: int = MAX_BODY_BYTES  # a larger request body is refused with 413 before it is read
+    timeout_keep_alive: float = 5.0  # s a connection may sit idle (before its first request or between requests)
+    timeout_request: float = 10.0  # s from a request's first byte until all of it (head and body) has arrived
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +123,7 @@ def build_server(config: ServeConfig, task: ServedTask | None = None) -> tuple[F
         measured_rotation_tolerance=config.measured_rotation_tolerance,
         watchdog_timeout=config.watchdog_timeout,
         token=token,
+        max_body_bytes=config.max_body_bytes,
     )
     try:
         return create_app(backend, cameras, server_config, extensions), backend, cameras
@@ -169,11 +178,63 @@ def serve(config: ServeConfig, task: ServedTask | None = None) -> None:
     sys.setswitchinterval(0.001)
     app, backend, cameras = build_server(config, task)
     try:
-        uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, access_log=False)
+        uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level,
+                    **uvicorn_options(config.timeout_keep_alive, config.timeout_request))
     finally:
         for camera in cameras.values():
             camera.close()
         backend.close()
+
+
+class TimedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the deadlines it lacks.
+
+    A fresh connection that sends nothing is closed after ``timeout_keep_alive``, as uvicorn closes
+    one idle between requests; a request must arrive whole, head and body, within ``timeout_request``
+    of its first byte, so a client that trickles it a byte at a time (slowloris) is cut off.
+    """
+
+    def __init__(self, *args, timeout_request: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.timeout_request = timeout_request
+        self.request_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch_request()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch_request()  # a pipelined request may already be partly in
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_deadline()
+        super().connection_lost(exc)
+
+    def _watch_request(self) -> None:
+        state = self.conn.their_state
+        arriving = state is h11.SEND_BODY or (state is h11.IDLE and bool(self.conn.trailing_data[0]))
+        if not arriving:
+            self._stop_deadline()
+        elif self.request_deadline is None and not self.transport.is_closing():
+            self.request_deadline = self.loop.call_later(self.timeout_request, self.transport.close)
+
+    def _stop_deadline(self) -> None:
+        if self.request_deadline is not None:
+            self.request_deadline.cancel()
+            self.request_deadline = None
+
+
+def uvicorn_options(timeout_keep_alive: float, timeout_request: float) -> dict[str, Any]:
+    """uvicorn settings of the robot server: h11 with both connection deadlines, no access log."""
+    if not (timeout_keep_alive > 0 and timeout_request > 0):
+        raise ValueError("timeout_keep_alive and timeout_request must be positive seconds")
+    return {"http": functools.partial(TimedH11Protocol, timeout_request=timeout_request),
+            "timeout_keep_alive": timeout_keep_alive, "access_log": False}
 
 
 class ServerThread:
@@ -183,7 +244,7 @@ class ServerThread:
     """
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-                 timeout_keep_alive: float = 30.0):
+                 timeout_keep_alive: float = 30.0, timeout_request: float = 10.0):
         import uvicorn
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -191,8 +252,8 @@ class ServerThread:
         self.sock.bind((host, port))
         self.host, self.port = self.sock.getsockname()[:2]
         self.url = f"http://{self.host}:{self.port}"
-        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
-                                timeout_keep_alive=timeout_keep_alive)
+        config = uvicorn.Config(app, log_level=log_level, lifespan="on",
+                                **uvicorn_options(timeout_keep_alive, timeout_request))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        name=f"uvicorn-{self.port}", daemon=True)

@@ -38,6 +38,19 @@ def wait_for(predicate, timeout: float, period: float = 0.05) -> bool:
     return predicate()
 
 
+def wait_value(predicate, what: str, timeout: float, *, alive=lambda: None, log=lambda: "", period: float = 0.02):
+    """The first truthy value of ``predicate()``; ``alive()`` raises when the process under test died, and the
+    AssertionError after ``timeout`` names ``what`` with the tail of ``log()``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        alive()
+        time.sleep(period)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}:\n{log()[-3000:]}")
+
+
 def run_episode(backend, cameras, home_q, steps: int = 50, hz: float = 10.0) -> dict:
     """Drive ``backend`` through a server on loopback; returns figures and asserts behaviour."""
     backend.recover()

@@ -1,6 +1,9 @@
 """Shared pytest setup."""
 
+import os
 import signal
+
+import pytest
 
 
 def pytest_sessionstart(session):
@@ -11,3 +14,15 @@ def pytest_sessionstart(session):
     """
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture(scope="module")
+def shared_compilation_cache(tmp_path_factory):
+    """One XLA cache for the processes a test module starts: each compiles the same small agent."""
+    previous = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+    else:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = previous

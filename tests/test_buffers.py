@@ -82,7 +82,7 @@ def test_bad_transition_is_rejected_and_nothing_stored():
         buffer.insert({**good, "actions": np.zeros(3, np.float32)})
     with pytest.raises(ValueError, match="wrist"):
         buffer.insert({**good, "next_observations": {**_obs(1, 0), "wrist": np.zeros((4, 4, 3), np.uint8)}})
-    with pytest.raises(ValueError, match="missing keys.*masks"):
+    with pytest.raises(ValueError, match="masks: missing"):
         buffer.insert({k: v for k, v in good.items() if k != "masks"})
     assert len(buffer) == 0 and buffer.num_frames == 0
     with pytest.raises(ValueError, match="empty"):
@@ -149,3 +149,14 @@ def test_interrupted_save_keeps_previous_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert len(ReplayBuffer.load(path)) == 5
     assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp")] == []
+
+
+def test_a_saved_buffer_with_non_finite_values_is_refused_on_load(tmp_path):
+    buffer = ReplayBuffer(_obs(0, 0), 2, capacity=10)
+    for step in range(3):
+        buffer.insert({"observations": _obs(step, 0), "actions": np.zeros(2, np.float32), "rewards": 0.0,
+                       "masks": 1.0, "dones": False, "next_observations": _obs(step + 1, 0)})
+    buffer.actions[1] = np.nan  # a damaged or tampered file
+    buffer.save(tmp_path / "b.npz")
+    with pytest.raises(FloatingPointError, match="actions"):
+        ReplayBuffer.load(tmp_path / "b.npz")

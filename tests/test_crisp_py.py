@@ -23,6 +23,7 @@ STUB_PACKAGES = ("control_msgs", "controller_manager_msgs", "tf2_ros")
 import backend_episode  # noqa: E402
 import yaml  # noqa: E402
 
+from robot_servers.ros2.network import confine  # noqa: E402
 from robot_servers.ros2.twin_node import running_twin_node  # noqa: E402
 
 pytestmark = [pytest.mark.ros2, pytest.mark.timeout(120)]
@@ -48,6 +49,7 @@ def crisp_robot():
 
 
 def _robot(rclpy, Robot):
+    confine()  # DDS on loopback like our nodes (tests/test_ros2_network.py runs a stock client)
     rclpy.init(domain_id=DOMAIN)  # crisp_py uses rclpy's global context
     try:
         robot = Robot.from_yaml("fr3")  # stock FR3 config: base, fr3_hand_tcp, fr3_joint1..7

@@ -40,6 +40,10 @@ BAD_COMMANDS = [
     ("NaN gripper", "set_gripper", (NAN,), "width"),
     ("stiffness too high", "set_impedance", (ImpedanceParams(translational_stiffness=(1e5, 1e5, 1e5)),),
      "translational_stiffness"),
+    ("zero damping", "set_impedance", (ImpedanceParams(translational_damping=(0.0, 50.0, 50.0)),),
+     "translational_damping"),
+    ("zero rotational damping", "set_impedance", (ImpedanceParams(rotational_damping=(0.0, 0.0, 0.0)),),
+     "rotational_damping"),
     ("joint out of range", "joint_reset", ([10.0, 0.0, 0.0, -2.0, 0.0, 2.0, 0.8],), "q"),
 ]
 

@@ -21,7 +21,7 @@ import backend_episode  # noqa: E402
 
 from robot_servers.backends.base import ImpedanceParams  # noqa: E402
 from robot_servers.backends.ros2 import HOME_Q, Ros2Backend, Ros2Config  # noqa: E402
-from robot_servers.ros2 import crisp  # noqa: E402
+from robot_servers.ros2 import crisp, network  # noqa: E402
 from robot_servers.ros2.twin_node import running_twin_node  # noqa: E402
 
 pytestmark = [pytest.mark.ros2, pytest.mark.timeout(120)]
@@ -36,8 +36,7 @@ def second_node(name: str):
     """Another rclpy node in the test's domain (a competing or misbehaving publisher)."""
     import rclpy
 
-    context = rclpy.Context()
-    context.init(domain_id=DOMAIN)
+    context = network.init_context(DOMAIN)
     node = rclpy.create_node(name, context=context)
     try:
         yield node
@@ -414,3 +413,5 @@ def test_check_flag_prints_the_report_and_exits_zero():
     load = ("stale state", "current_pose at", "joint_states at")  # a starved twin node on a loaded machine
     assert [p for p in report["problems"] if not p.startswith(load)] == [], report["problems"]
     assert report["gripper"]["binary"] is True and report["topics"]["target_pose"]["subscribers"]
+    assert report["dds"]["network"] == "localhost"
+    assert report["dds"]["loopback_only"] is not bool(network.user_settings())  # the user's DDS variables decide

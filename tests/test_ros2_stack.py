@@ -18,6 +18,7 @@ pytest.importorskip("rclpy")
 import backend_episode  # noqa: E402
 
 from robot_servers.backends.ros2 import Ros2Backend, Ros2Config  # noqa: E402
+from robot_servers.ros2.network import init_context  # noqa: E402
 
 pytestmark = [pytest.mark.ros2, pytest.mark.timeout(60)]
 
@@ -44,8 +45,7 @@ class FrankaShapedArm:
         self.twist_ee = np.zeros(6)
         self.franka_wrench = np.zeros(6)
         self.received: dict[str, list] = {"target_pose": [], "target_joint": [], "gripper": []}
-        self._context = rclpy.Context()
-        self._context.init(domain_id=domain)
+        self._context = init_context(domain)
         node = self.node = rclpy.create_node("franka_shaped_arm", context=self._context)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         best_effort = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)

@@ -28,16 +28,7 @@ SMALL_AGENT = ["--agent.hidden-dims", "64", "64", "--agent.num-qs", "2", "--agen
 ENV = ["--env.task", "PandaReach", "--env.task-module", REACH]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def shared_compilation_cache(tmp_path_factory):
-    """One XLA cache for every process of these tests: each compiles the same small agent."""
-    previous = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax-cache"))
-    yield
-    if previous is None:
-        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
-    else:
-        os.environ["JAX_COMPILATION_CACHE_DIR"] = previous
+pytestmark = pytest.mark.usefixtures("shared_compilation_cache")
 
 
 def free_port() -> int:
@@ -149,7 +140,9 @@ def test_learner_killed_and_resumed_while_actor_keeps_acting(tmp_path):
         learner = start(learner_args + ["--resume"], tmp_path, "learner2")
         procs = [learner, actor]
         wait_for(lambda: "resumed from checkpoint" in log_text(tmp_path, "learner2"), 90, "the resumed learner", procs)
-        assert f"resumed from checkpoint {saved}: Counters(env_steps={saved}," in log_text(tmp_path, "learner2")
+        resumed = re.search(r"resumed from checkpoint (\d+) and the replay logs \((\d+) transitions logged after "
+                            r"it\): Counters\(env_steps=(\d+),", log_text(tmp_path, "learner2"))
+        assert resumed and int(resumed[1]) == saved and int(resumed[3]) == saved + int(resumed[2])
         # the actor reconnects: new transitions arrive and new weights reach the actor
         wait_for(lambda: read_status(run_dir / "status" / "learner.json").get("env_steps", 0) > before + 50, 90,
                  "transitions at the resumed learner", procs)
@@ -167,11 +160,10 @@ def test_learner_killed_and_resumed_while_actor_keeps_acting(tmp_path):
     assert learned["env_steps"] == acted, (learned, acted)
     assert learned["updates"] > 0
 
-    from serl.data.replay import ReplayBuffer
+    from serl.data.replay_log import ReplayLog
 
     final = checkpoint_steps(run_dir)[-1]
-    online = ReplayBuffer.load(run_dir / "checkpoints" / "buffers" / f"online_{final}.npz")
-    assert final == acted and online.num_inserted == acted
+    assert final == acted and ReplayLog(run_dir / "replay" / "online").num_transitions == acted
 
 
 def test_train_improves_success_on_the_twin(tmp_path):

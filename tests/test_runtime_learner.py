@@ -85,7 +85,10 @@ def test_learner_routes_interventions_publishes_weights_and_resumes(cfg, tmp_pat
         got = policy_params(actor_agent)["actor"]
         assert all(np.allclose(a, b) for a, b in zip(_leaves(expected), _leaves(got)))
         assert learner.save() == (10, f"checkpoint written at env step 10 (10 updates) in {run_dir / 'checkpoints'}")
-        assert all(path.exists() for path in learner.checkpoint_files(10))
+        assert (run_dir / "checkpoints" / "agent" / "10").is_dir()
+        assert not list((run_dir / "checkpoints" / "buffers").glob("*"))  # the data is in the logs, once
+        saved = {name: (buf.gather(np.arange(buf.oldest_id, buf.num_inserted)), buf.rng.bit_generator.state)
+                 for name, buf in (("online", learner.online), ("demo", learner.demo))}
     finally:
         client.close()
         learner.close()
@@ -94,6 +97,10 @@ def test_learner_routes_interventions_publishes_weights_and_resumes(cfg, tmp_pat
     try:
         assert resumed.counters.env_steps == 10 and resumed.counters.updates == 10
         assert len(resumed.online) == 10 and len(resumed.demo) == 4
+        for name, buf in (("online", resumed.online), ("demo", resumed.demo)):  # bit for bit, sampling state too
+            batch, rng_state = saved[name]
+            _assert_trees_equal(buf.gather(np.arange(buf.oldest_id, buf.num_inserted)), batch)
+            assert buf.rng.bit_generator.state == rng_state
         assert int(resumed.agent.step) == 10
         assert resumed.counters.weights_version > version  # actors take the resumed learner's weights as newer
     finally:
@@ -112,23 +119,35 @@ def test_actor_with_another_config_is_refused_by_name(cfg, tmp_path):
         learner.close()
 
 
+def _assert_trees_equal(a, b) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], dict):
+            _assert_trees_equal(a[key], b[key])
+        else:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
 def _leaves(tree):
     import jax
 
     return jax.tree_util.tree_leaves(tree)
 
 
-def test_a_malformed_transition_is_dropped_and_the_learner_goes_on(cfg, tmp_path):
+def test_a_malformed_batch_is_refused_whole_and_the_learner_goes_on(cfg, tmp_path):
     learner = Learner(cfg, tmp_path / "run")
     client = client_for(cfg, run_config_hash(cfg.env, cfg.agent))
     try:
         bad = transition(0, False)
         bad["observations"] = {"state": np.zeros(5, np.float32)}  # another env's layout
-        client.send(bad)
         client.send(transition(1, False))
+        client.send(bad)
+        assert client.flush(10)
+        client.send(transition(2, False))
         assert client.flush(10)
         receive_until(learner, 1)
-        assert learner.rejected == 1 and len(learner.online) == 1
+        assert client.stats()["refused_batches"] == 1 and len(learner.online) == 1
+        assert learner.refused == {"observations.state": 2}  # the good one of the bad batch went with it
     finally:
         client.close()
         learner.close()
@@ -167,6 +186,43 @@ def test_save_says_when_it_wrote_nothing_and_why(cfg, tmp_path):
         step, note = learner.save()
         assert step == 3 and note.endswith("no update finished yet, so the agent is as initialised")
         assert learner.save() == (3, "checkpoint at env step 3 already on disk (nothing new since)")
+    finally:
+        client.close()
+        learner.close()
+
+
+def test_a_peer_sending_nan_inf_and_huge_values_is_refused_and_training_stays_finite(cfg, tmp_path):
+    import jax
+
+    learner = Learner(cfg, tmp_path / "run")
+    client = client_for(cfg, run_config_hash(cfg.env, cfg.agent))
+    try:
+        assert client.wait_connected(10)
+        for i in range(8):
+            client.send(transition(i, intervened=False))
+        assert client.flush(10)
+        poison = []
+        for i in range(128):  # NaN / inf / huge in every field a peer controls
+            bad = transition(i, intervened=False)
+            field, value = [("observations", np.nan), ("next_observations", np.inf), ("observations", 1e30),
+                            ("rewards", np.nan), ("actions", np.nan), ("actions", 5.0)][i % 6]
+            if field.endswith("observations"):
+                bad[field] = {"state": np.full(3, value, np.float32)}
+            else:
+                bad[field] = np.full(np.shape(bad[field]), value, np.float32)
+            poison.append(bad)
+        for bad in poison:
+            client.send(bad)
+            assert client.flush(10)  # one batch each: each is refused by itself
+        receive_until(learner, 8)
+        assert client.stats()["refused_batches"] == 128
+        assert sum(learner.refused.values()) == 128 and len(learner.online) == 8
+        while learner.backlog:
+            learner.update()
+        assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(learner.agent))
+        learner.write_status()
+        status = (tmp_path / "run" / "status" / "learner.json").read_text()
+        assert '"refused_transitions"' in status and "observations.state" in status
     finally:
         client.close()
         learner.close()

@@ -78,6 +78,8 @@ BAD_REQUESTS = [
     ("/impedance", '{"translational_stiffness": [7000, 0, 0]}', "translational_stiffness[0]"),
     ("/impedance", '{"rotational_damping": [1, 2]}', "rotational_damping"),
     ("/impedance", '{"nullspace_stiffness": Infinity}', "nullspace_stiffness"),
+    ("/impedance", '{"translational_damping": [0, 50, 50]}', "translational_damping[0]"),
+    ("/impedance", '{"rotational_damping": [5, -1, 5]}', "rotational_damping[1]"),
     ("/joint_reset", '{"q": [0, 0, 0, -2, 0, 2]}', "q"),
     ("/joint_reset", '{"q": [0, 0, 0, -2, 0, 2, NaN]}', "q[6]"),
     ("/joint_reset", '{"q": [3.0, 0, 0, -2, 0, 2, 0.8]}', "q"),  # beyond the Panda's joint-1 limit

@@ -1,7 +1,15 @@
-"""The learner's dedup table without sockets: verdicts, handshakes, delivery, pruning, state round trip."""
+"""The learner's dedup table: verdicts, handshakes, delivery, pruning, its bound in total, state round trip (all
+without sockets but one test that floods a real learner with hellos)."""
+
+import json
+import time
+import uuid
 
 import pytest
+import zmq
 
+from serl.transport import LearnerServer, LearnerServerConfig
+from serl.transport.schema import decode_message, encode_message
 from serl.transport.sessions import BatchVerdict, SessionTable
 
 KEY = ("robot", "s1")
@@ -92,3 +100,65 @@ def test_malformed_state_is_refused_and_changes_nothing(state):
     with pytest.raises(ValueError, match="transport state"):
         table.load_state_dict(state)
     assert table.state_dict() == before
+
+
+def test_the_table_is_capped_in_total_evicting_the_least_recently_active_idle_sessions():
+    table = SessionTable(max_sessions_per_actor=8, max_sessions=3)
+    busy, _ = table.handshake(("a", "1"), first_seq=0, now=0.0)
+    table.queued(busy, 0)
+    table.handshake(("b", "1"), first_seq=0, now=1.0)
+    table.handshake(("c", "1"), first_seq=0, now=2.0)
+    table.handshaken(("b", "1"), now=3.0)  # b is now more recent than c
+    table.handshake(("d", "1"), first_seq=0, now=4.0)
+    assert [s[0] for s in table.state_dict()["sessions"]] == ["a", "b", "d"]  # a has a queued batch: kept
+    table.drained(("a", "1"), 0)
+    table.handshake(("e", "1"), first_seq=0, now=5.0)
+    assert [s[0] for s in table.state_dict()["sessions"]] == ["b", "d", "e"] and len(table) == 3
+
+
+def test_a_restored_table_over_the_cap_shrinks_at_the_next_hello():
+    big = {"format": 1, "sessions": [[f"actor-{i}", "s", i] for i in range(10)]}
+    table = SessionTable(max_sessions_per_actor=8, max_sessions=4)
+    table.load_state_dict(big)
+    assert len(table) == 10
+    table.handshake(("new", "s"), first_seq=0, now=0.0)
+    assert [s[0] for s in table.state_dict()["sessions"]] == ["actor-7", "actor-8", "actor-9", "new"]
+
+
+def test_fifty_thousand_distinct_actor_ids_leave_at_most_the_cap():
+    table = SessionTable(max_sessions_per_actor=8, max_sessions=2048)
+    started = time.perf_counter()
+    for i in range(50_000):
+        table.handshake((f"actor-{i}", uuid.UUID(int=i).hex), first_seq=0, now=float(i))
+    elapsed = time.perf_counter() - started
+    state_bytes = len(json.dumps(table.state_dict()))
+    assert len(table) == 2048 and table.state_dict()["sessions"][-1][0] == "actor-49999"
+    assert state_bytes < 200_000, state_bytes
+    print(f"50k hellos: {len(table)} sessions, state_dict {state_bytes} bytes as JSON, {elapsed:.2f} s")
+
+
+@pytest.mark.timeout(180)
+def test_fifty_thousand_hellos_over_the_socket_leave_a_small_checkpoint():
+    server = LearnerServer(LearnerServerConfig(request_port=0, weights_port=0, config_hash="h")).start()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{server.request_port}")
+    try:
+        replies, chunk = 0, 1000  # a chunk at a time stays below the learner's receive high-water mark
+        for start in range(0, 50_000, chunk):
+            for i in range(start, start + chunk):
+                sock.send(encode_message("hello", rid=i, actor_id=f"actor-{i}", session=uuid.uuid4().hex,
+                                         config_hash="h", first_seq=0))
+            deadline = time.monotonic() + 60
+            while replies < start + chunk:
+                assert sock.poll(max(1, int(1000 * (deadline - time.monotonic())))), "learner stopped replying"
+                assert decode_message(sock.recv())["type"] == "welcome"
+                replies += 1
+        state = server.state_dict()
+        state_bytes = len(json.dumps(state))
+        assert len(state["sessions"]) == server.config.max_sessions and state_bytes < 200_000, state_bytes
+        print(f"50k hellos over ZeroMQ: {len(state['sessions'])} sessions, state_dict {state_bytes} bytes as JSON")
+    finally:
+        ctx.destroy(linger=0)
+        server.close()

@@ -26,6 +26,7 @@ from robot_servers.franka import HOME_Q  # noqa: F401  (re-exported: the ROS 2 t
 from robot_servers.limits import MAX_GRIPPER_WIDTH, validate_gripper, validate_pose
 from robot_servers.cameras.specs import camera_errors, open_task_cameras
 from robot_servers.ros2.config import Ros2Config, import_rclpy  # noqa: F401  (import_rclpy re-exported)
+from robot_servers.ros2.network import init_context
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,7 @@ class Ros2Backend(Backend):
         self._started = time.monotonic()
         self._cameras: dict = {}
 
-        self._context = rclpy.Context()
-        self._context.init(domain_id=config.domain_id)
+        self._context = init_context(config.domain_id, config.network)
         self._node = rclpy.create_node(config.node_name, namespace=config.namespace or None, context=self._context)
         policy = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
         command_qos = QoSProfile(depth=config.qos_depth, reliability=policy[config.command_reliability])
@@ -182,7 +182,7 @@ class Ros2Backend(Backend):
 
     def _check_stale(self) -> None:
         with self._lock:
-            if self._pose.value is None:
+            if self._pose.value is None or self._joints.value is None:  # topics match one by one: wait for both
                 return
             for topic, age in self._ages().items():
                 if age > self.config.stale_after:
@@ -225,7 +225,8 @@ class Ros2Backend(Backend):
             time.sleep(0.01)
         raise TimeoutError(
             f"ros2 backend: no {self.config.current_pose_topic!r} and {self.config.joint_states_topic!r} "
-            f"within {timeout} s (domain {self.config.domain_id}, namespace {self.config.namespace!r})")
+            f"within {timeout} s (domain {self.config.domain_id}, namespace {self.config.namespace!r}, "
+            f"network {self.config.network!r}: network='lan' reaches a controller on another machine)")
 
     def _publish_target(self, pose: np.ndarray) -> None:
         now = self._node.get_clock().now().nanoseconds * 1e-9

@@ -2,7 +2,7 @@
 
 Bodies are checked by the schemas (``robot_servers.http.schemas``), then every command goes through
 the guard, whose refusals map to status codes here: ``CommandRejected`` 422 (naming the field),
-``SafetyStopActive`` and ``RobotFault`` 409. Binary responses are ``robot_servers.wire`` msgpack
+``SafetyStopActive``, ``RobotFault`` and ``ArmBusy`` 409. Binary responses are ``robot_servers.wire`` msgpack
 (arrays as typed raw bytes, never pickle). An optional bearer token guards every path.
 
 Endpoints (JSON bodies):
@@ -12,8 +12,9 @@ Endpoints (JSON bodies):
     POST /target            {"pose": [x, y, z, qx, qy, qz, qw], "gripper": width?}
     POST /gripper           {"width": 0..0.08}
     POST /impedance         ImpedanceParams fields
-    POST /joint_reset       {"q": [7]?, "duration": s}   (blocking)
+    POST /joint_reset       {"q": [7]?, "duration": s}   (blocking; reads are served meanwhile, commands get 409)
     POST /recover           clear backend errors and the safety stop
+    POST /safety_stop       {"reason": str?}: latch the safety stop (hold; commands get 409 until /recover)
     GET  /images            all cameras' newest frames (?camera=NAME to pick)   [msgpack]
     GET  /observe           state + all frames in one response                   [msgpack]
     POST /step              {"pose"?, "gripper"?, "advance"? (lockstep) | "wait"? (real time), "images": bool,
@@ -22,6 +23,7 @@ Endpoints (JSON bodies):
     POST /serl/...          SERL's / HIL-SERL's Flask API, when mounted (``robot_servers.http.serl_api``)
 
 Every response carries ``x-robot-session``; a request that sends a stale one gets 409 (server restarted).
+A body over ``ServerConfig.max_body_bytes`` gets 413 before it is read; a body that is not JSON, 422.
 
 Binary responses::
 
@@ -42,15 +44,26 @@ from typing import Annotated, Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 from fastapi import Body, FastAPI, HTTPException, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from robot_servers.backends.base import Backend, ImpedanceParams
 from robot_servers.cameras.base import Camera
 from robot_servers.cameras.threaded import ThreadedCamera
-from robot_servers.guard import CommandRejected, GuardConfig, NotSupported, RobotFault, RobotGuard, SafetyStopActive
-from robot_servers.http.middleware import SESSION_HEADER, TokenAndSessionMiddleware
+from robot_servers.guard import (
+    ArmBusy,
+    CommandRejected,
+    GuardConfig,
+    NotSupported,
+    RobotFault,
+    RobotGuard,
+    SafetyStopActive,
+)
+from robot_servers.http.middleware import SESSION_HEADER, BodyLimitMiddleware, TokenAndSessionMiddleware
 from robot_servers.http.schemas import (
     AdvanceBody,
     GripperBody,
@@ -58,9 +71,11 @@ from robot_servers.http.schemas import (
     JointResetBody,
     ResetRobotBody,
     ResetSceneBody,
+    SafetyStopBody,
     StepBody,
     TargetBody,
 )
+from robot_servers.limits import MAX_BODY_BYTES
 from robot_servers.wire import encode_images, packb
 
 MSGPACK_MEDIA_TYPE = "application/msgpack"
@@ -71,14 +86,18 @@ __all__ = ["ServerConfig", "create_app", "SESSION_HEADER", "MSGPACK_MEDIA_TYPE"]
 
 @dataclasses.dataclass(frozen=True)
 class ServerConfig(GuardConfig):
-    """What the guard enforces, plus the bearer token the app requires on every path when set."""
+    """What the guard enforces, plus the bearer token the app requires on every path when set and the
+    largest request body it reads."""
 
     token: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
 
     def __post_init__(self):
         super().__post_init__()
         if self.token is not None and not self.token:
             raise ValueError("ServerConfig.token must be a non-empty string or None")
+        if not (isinstance(self.max_body_bytes, int) and self.max_body_bytes > 0):
+            raise ValueError("ServerConfig.max_body_bytes must be a positive integer")
 
 
 async def _sleep_until(deadline: float) -> None:
@@ -94,6 +113,21 @@ def _msgpack(obj: Any) -> Response:
 
 
 _MSGPACK_RESPONSE = {200: {"content": {MSGPACK_MEDIA_TYPE: {}}, "description": "msgpack map (see module docs)"}}
+
+
+class _Refusal(BaseModel):
+    detail: str
+    error: Optional[str] = None  # the guard's exception, for 409
+
+
+# What any route may answer besides its own 200 and 422 (those FastAPI lists per route).
+_REFUSALS = {
+    401: {"model": _Refusal, "description": "missing bearer token (the server has one)"},
+    403: {"model": _Refusal, "description": "wrong bearer token"},
+    409: {"model": _Refusal, "description": "refused now: SafetyStopActive, RobotFault, ArmBusy (a joint reset "
+                                             "is running), or a stale x-robot-session (the server restarted)"},
+    413: {"model": _Refusal, "description": "request body larger than the server's max_body_bytes"},
+}
 
 
 def _field_path(loc) -> str:
@@ -113,6 +147,16 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
     """422 naming each bad field; drops pydantic's echo of the input (NaN/inf cannot go into JSON)."""
     return _unprocessable([{"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
                            for err in exc.errors()])
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """A body FastAPI could not decode (not UTF-8, nested too deeply) is a 422 like any other bad JSON."""
+    cause = exc.__cause__
+    if exc.status_code == 400 and isinstance(cause, (ValueError, RecursionError)):  # FastAPI: "error parsing the body"
+        why = "not UTF-8" if isinstance(cause, UnicodeDecodeError) else "nested too deeply" if isinstance(
+            cause, RecursionError) else str(cause)
+        return _unprocessable([{"loc": ["body"], "msg": f"JSON decode error: {why}", "type": "json_invalid"}])
+    return await http_exception_handler(request, exc)
 
 
 async def _rejected(_request: Request, exc: CommandRejected) -> JSONResponse:
@@ -153,13 +197,17 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
             guard.stop()
             camera_thread.shutdown(wait=False)
 
-    app = FastAPI(title="serl robot server", version="1", lifespan=lifespan, description=__doc__.split("\n\n")[0])
+    app = FastAPI(title="serl robot server", version="1", lifespan=lifespan, description=__doc__.split("\n\n")[0],
+                  responses=_REFUSALS)
     app.state.guard = guard
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(CommandRejected, _rejected)
     app.add_exception_handler(SafetyStopActive, _conflict)
     app.add_exception_handler(RobotFault, _conflict)
+    app.add_exception_handler(ArmBusy, _conflict)
     app.add_exception_handler(NotSupported, _not_supported)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(TokenAndSessionMiddleware, token=config.token, session=guard.session)
     frames = _FrameReader(cameras, camera_thread)
 
@@ -176,13 +224,23 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
     # Lockstep backends keep every route in the threadpool (renders happen there).
     inline = not guard.lockstep and all(isinstance(camera, ThreadedCamera) for camera in cameras.values())
 
+    async def call(fn, *args):
+        # Inline only while the guard's lock is free: a command holding it (a slow backend call)
+        # must never stall the event loop, so then the call waits in the threadpool instead.
+        if inline and guard.lock.acquire(blocking=False):
+            try:
+                return fn(*args)
+            finally:
+                guard.lock.release()
+        return await run_in_threadpool(fn, *args)
+
     def fast(fn):
         if not inline:
             return fn
 
         @functools.wraps(fn)
         async def on_event_loop(*args, **kwargs):
-            return fn(*args, **kwargs)
+            return await call(functools.partial(fn, *args, **kwargs))
 
         return on_event_loop
 
@@ -216,7 +274,8 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
     def impedance(body: ImpedanceBody = Body(default_factory=ImpedanceBody)) -> dict[str, Any]:
         return {"impedance": guard.set_impedance(ImpedanceParams(**body.model_dump())).to_dict()}
 
-    @app.post("/joint_reset", summary="Blocking joint-space move (home when q is omitted)")
+    # A plain def runs in the threadpool: the event loop serves reads while the arm moves.
+    @app.post("/joint_reset", summary="Blocking joint-space move (home when q is omitted); commands get 409 meanwhile")
     def joint_reset(body: JointResetBody = Body(default_factory=JointResetBody)) -> dict[str, Any]:
         guard.joint_reset(body.q, body.duration)
         return {"state": observe_state()}
@@ -224,6 +283,11 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
     @app.post("/recover", summary="Clear backend errors and the safety stop; hold the current pose")
     def recover() -> dict[str, Any]:
         guard.recover()
+        return {"state": observe_state()}
+
+    @app.post("/safety_stop", summary="Latch the safety stop: hold the arm and refuse commands until /recover")
+    def safety_stop(body: SafetyStopBody = Body(default_factory=SafetyStopBody)) -> dict[str, Any]:
+        guard.latch_safety_stop(f"requested: {body.reason}")
         return {"state": observe_state()}
 
     @app.get("/images", summary="Newest frame of every camera (msgpack)", response_class=Response,
@@ -268,9 +332,6 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
         return _msgpack({"state": observe_state(), "images": encode_images(frames.read()) if body.images else {},
                          "target": target, "clipped": clipped,
                          "scene": scene() if body.scene and guard.simulated else None})
-
-    async def call(fn, *args):
-        return fn(*args) if inline else await run_in_threadpool(fn, *args)
 
     @app.post("/step", summary="Optional target, then advance (lockstep) or wait (real time), then observe (msgpack)",
               response_class=Response, responses=_MSGPACK_RESPONSE)

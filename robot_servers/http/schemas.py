@@ -11,7 +11,14 @@ from typing import Annotated, Optional
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from robot_servers.backends.base import ImpedanceParams
-from robot_servers.limits import IMPEDANCE_LIMITS, JOINT_RANGE, JOINT_RESET_DURATION, MAX_ADVANCE_S, MAX_GRIPPER_WIDTH
+from robot_servers.limits import (
+    IMPEDANCE_LIMITS,
+    JOINT_RANGE,
+    JOINT_RESET_DURATION,
+    MAX_ADVANCE_S,
+    MAX_GRIPPER_WIDTH,
+    POSITIVE_IMPEDANCE,
+)
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Width = Annotated[float, Field(ge=0.0, le=MAX_GRIPPER_WIDTH, allow_inf_nan=False, description="m, 0 closed .. 0.08 open")]
@@ -35,12 +42,13 @@ class GripperBody(StrictBody):
 
 
 def _impedance_field(name: str, low: float, high: float, unit: str, size: int):
-    number = Annotated[float, Field(ge=low, le=high, allow_inf_nan=False)]
+    positive = name in POSITIVE_IMPEDANCE  # commanded damping must be above zero, not at it
+    number = Annotated[float, Field(**{"gt" if positive else "ge": low}, le=high, allow_inf_nan=False)]
     if size == 1:
         kind = number
     else:
         kind = Annotated[list[number], Field(min_length=size, max_length=size,
-                                             description=f"{unit}, each in [{low}, {high}]")]
+                                             description=f"{unit}, each in {'(' if positive else '['}{low}, {high}]")]
     default = getattr(ImpedanceParams(), name)
     if default is None:
         return Optional[kind], None
@@ -57,6 +65,10 @@ ImpedanceBody = create_model(
 class JointResetBody(StrictBody):
     q: Optional[Joints7] = None  # None: the backend's home configuration
     duration: Annotated[float, Field(gt=JOINT_RESET_DURATION[0], le=JOINT_RESET_DURATION[1], allow_inf_nan=False)] = 3.0
+
+
+class SafetyStopBody(StrictBody):
+    reason: Annotated[str, Field(min_length=1, max_length=200)] = "stop requested"
 
 
 class AdvanceBody(StrictBody):

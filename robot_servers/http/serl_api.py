@@ -9,7 +9,7 @@ watchdog); a refusal is a 4xx with a message, never a motion.
     POST /serl/pose         {"arr": [7]}  → "Moved"
     POST /serl/update_param flat, partial SERL compliance parameters → text
     POST /serl/clearerr     clear backend errors (never the guard's safety stop: that is POST /recover)
-    POST /serl/jointreset   blocking joint move to the server's home joints
+    POST /serl/jointreset   blocking joint move to the server's home joints (reads are served meanwhile)
     POST /serl/open_gripper | close_gripper | close_gripper_slow | move_gripper {"gripper_pos": 0..255}
     POST /serl/activate_gripper | reset_gripper | startimp | stopimp | set_load
 
@@ -48,6 +48,7 @@ _CLIPS = {f"{kind}_clip_{sign}{axis}": (kind, sign == "neg_", i)
 UPDATE_PARAM_KEYS = (*_GAINS, *_SCALARS, *_INTEGRAL, *_CLIPS)
 
 JsonBody = Optional[dict[str, Any]]
+_NOT_IMPLEMENTED = {501: {"description": "this server cannot do it; the message says why"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,12 +218,12 @@ def _router(guard: RobotGuard, config: SerlApiConfig) -> APIRouter:
         clear_errors()
         return _text("Started impedance")
 
-    @router.post("/stopimp", summary="Refused: the controller runs as long as the server")
+    @router.post("/stopimp", summary="Refused: the controller runs as long as the server", responses=_NOT_IMPLEMENTED)
     def stopimp() -> PlainTextResponse:
         raise HTTPException(501, "stopimp: this server's impedance controller runs as long as the server does; "
                                  "stop the server to release the arm")
 
-    @router.post("/jointreset", summary="Blocking joint move to the server's home joints")
+    @router.post("/jointreset", summary="Blocking joint move to the server's home joints; commands get 409 meanwhile")
     def jointreset() -> PlainTextResponse:
         guard.joint_reset(None, config.joint_reset_s)
         return _text("Reset Joint")
@@ -254,7 +255,8 @@ def _router(guard: RobotGuard, config: SerlApiConfig) -> APIRouter:
     def reset_gripper() -> PlainTextResponse:
         return _text("Reset")
 
-    @router.post("/set_load", summary="Payload model (HIL-SERL); refused where the backend has none")
+    @router.post("/set_load", summary="Payload model (HIL-SERL); refused where the backend has none",
+                 responses=_NOT_IMPLEMENTED)
     def set_load(body: JsonBody = Body(None)) -> PlainTextResponse:
         body = body or {}
         mass = _number(body, "mass")

@@ -8,6 +8,7 @@ from typing import Literal
 from robot_servers.backends.base import ImpedanceParams
 from robot_servers.franka import HOME_Q
 from robot_servers.ros2.crisp import FR3_JOINTS, joint_reset_parameters
+from robot_servers.ros2.network import NETWORKS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Ros2Config:
     namespace: str = ""
     node_name: str = "serl_robot_server"
     domain_id: int | None = None  # None: ROS_DOMAIN_ID from the environment
+    network: Literal["localhost", "lan"] = "localhost"  # DDS on loopback only, or ROS's defaults (ros2/network.py)
     controller_node: str = "cartesian_impedance_controller"  # its parameters are set through its parameter services
     target_pose_topic: str = "target_pose"
     target_joint_topic: str = "target_joint"
@@ -54,6 +56,8 @@ class Ros2Config:
     def __post_init__(self):
         if self.domain_id is not None and not 0 <= self.domain_id <= 232:
             raise ValueError(f"Ros2Config.domain_id: expected 0..232, got {self.domain_id}")
+        if self.network not in NETWORKS:
+            raise ValueError(f"Ros2Config.network: expected one of {NETWORKS}, got {self.network!r}")
         if self.stale_after <= 0:
             raise ValueError("Ros2Config.stale_after must be positive")
         if len(self.joint_names) != 7 or len(self.home_q) != 7:

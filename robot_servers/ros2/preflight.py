@@ -80,7 +80,7 @@ def measure_rates(backend, window: float) -> dict[str, float]:
 
 def preflight(backend, window: float = 1.0) -> dict[str, Any]:
     """The report; ``problems`` lists what must be fixed before the first motion."""
-    from robot_servers.ros2 import crisp
+    from robot_servers.ros2 import crisp, network
 
     c = backend.config
     problems: list[str] = []
@@ -111,6 +111,7 @@ def preflight(backend, window: float = 1.0) -> dict[str, Any]:
     state_now = backend.state()
     report["velocity_source"] = state_now.velocity_source
     report["wrench_convention"] = c.wrench_convention
+    report["dds"] = {"network": c.network, **network.summary()}
     report["warnings"] = state_now.warnings
     problems.extend(state_now.errors)
     report["problems"] = problems

@@ -2,7 +2,7 @@
 (>= 2.2) ``cartesian_impedance_controller``, franka_ros2's wrench topic and the Franka-hand adapter of
 crisp_controllers_demos.
 
-``python -m robot_servers.ros2.twin_node --domain-id 42 [--robot fr3] [--scene empty] [--no-twist]``
+``python -m robot_servers.ros2.twin_node --domain-id 42 [--robot fr3] [--scene empty] [--no-twist] [--network lan]``
 
 Rehearses, with crisp's names and semantics: every controller parameter the project or crisp_py's
 stock configs touch (``robot_servers.ros2.crisp``), stiffness clamped to ``variable_max_stiffness``,
@@ -46,6 +46,7 @@ class TwinNodeConfig:
     node_name: str = "cartesian_impedance_controller"  # crisp's controller name: parameters live here
     namespace: str = ""
     domain_id: int | None = None
+    network: Literal["localhost", "lan"] = "localhost"  # see robot_servers.ros2.network
     robot: str = "fr3"
     scene: str = "empty"
     publish_hz: float = 250.0  # crisp's pose_broadcaster default
@@ -78,7 +79,7 @@ class TwinNode:
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray
 
-        from robot_servers.ros2 import crisp, messages
+        from robot_servers.ros2 import crisp, messages, network
 
         self.config = config
         self._messages = messages
@@ -97,8 +98,7 @@ class TwinNode:
         self._hand_open: bool | None = None
         self._closed = False
 
-        self._context = rclpy.Context()
-        self._context.init(domain_id=config.domain_id)
+        self._context = network.init_context(config.domain_id, config.network)
         node = self.node = rclpy.create_node(config.node_name, namespace=config.namespace or None, context=self._context)
         self._values = crisp.defaults(self.joint_names)
         for name, value in self._values.items():
@@ -281,6 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve the MuJoCo twin on the FR3 stack's ROS 2 topics.")
     parser.add_argument("--domain-id", type=int, default=None)
     parser.add_argument("--namespace", default="")
+    parser.add_argument("--network", default="localhost", choices=["localhost", "lan"],
+                        help="DDS on loopback only (default), or ROS's defaults: reachable from the LAN")
     parser.add_argument("--robot", default="fr3", choices=["fr3", "panda"])
     parser.add_argument("--scene", default="empty")
     parser.add_argument("--publish-hz", type=float, default=TwinNodeConfig.publish_hz)
@@ -289,9 +291,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grasp-force", type=float, default=TwinNodeConfig.grasp_force)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    node = TwinNode(TwinNodeConfig(domain_id=args.domain_id, namespace=args.namespace, robot=args.robot,
-                                   scene=args.scene, publish_hz=args.publish_hz, publish_twist=not args.no_twist,
-                                   gripper_mode=args.gripper, grasp_force=args.grasp_force))
+    node = TwinNode(TwinNodeConfig(domain_id=args.domain_id, namespace=args.namespace, network=args.network,
+                                   robot=args.robot, scene=args.scene, publish_hz=args.publish_hz,
+                                   publish_twist=not args.no_twist, gripper_mode=args.gripper,
+                                   grasp_force=args.grasp_force))
     print("READY", flush=True)
     stop = threading.Event()
     import signal

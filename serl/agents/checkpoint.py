@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from typing import Any, Mapping
 
 import flax.serialization
@@ -31,10 +32,22 @@ class Checkpointer:
         self.directory = os.path.abspath(os.fspath(directory))
         self.buffer_dir = os.path.join(self.directory, "buffers")
         os.makedirs(self.buffer_dir, exist_ok=True)
+        self.agent_dir = os.path.join(self.directory, "agent")
+        self._remove_partial()  # a kill during an earlier save
         self.manager = ocp.CheckpointManager(
-            os.path.join(self.directory, "agent"),
+            self.agent_dir,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False),
         )
+
+    def _remove_partial(self) -> None:
+        """Delete what an interrupted or failed save left: orbax's temporary folders and our temporary files."""
+        for folder, pattern in ((self.agent_dir, "orbax-checkpoint-tmp"), (self.buffer_dir, ".tmp-")):
+            if os.path.isdir(folder):
+                for name in os.listdir(folder):
+                    if pattern in name:
+                        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+                        if os.path.exists(os.path.join(folder, name)):
+                            os.unlink(os.path.join(folder, name))
 
     def _buffer_path(self, name: str, step: int) -> str:
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
@@ -48,14 +61,18 @@ class Checkpointer:
         for name, buffer in (buffers or {}).items():
             buffer.save(self._buffer_path(name, step))
         meta = {"step": step, "buffers": sorted(buffers or {}), **(metadata or {})}
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                agent=ocp.args.StandardSave(flax.serialization.to_state_dict(agent)), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        self.manager.wait_until_finished()
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    agent=ocp.args.StandardSave(flax.serialization.to_state_dict(agent)), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+            self.manager.wait_until_finished()
+        except BaseException:
+            self._remove_partial()
+            raise
         self._prune_buffers()
 
     def _prune_buffers(self) -> None:

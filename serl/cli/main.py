@@ -19,7 +19,9 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "eval": ("serl.cli.eval", "EvalConfig", "evaluate", "run a checkpoint's deterministic policy for N episodes"),
     "record-demos": ("serl.cli.record_demos", "RecordDemosConfig", "record_demos", "record demos (scripted or teleop) to HDF5"),
     "demos": ("serl.cli.demo_view", "DemoViewConfig", "demo_view", "summarise / plot / render a demo file"),
+    "summary": ("serl.cli.summary", "SummaryConfig", "summary", "a run's learning curves as RUN_DIR/summary.png"),
     "bench": ("serl.cli.bench", "BenchConfig", "bench", "run benchmarks/*.py (--quick for the CI smoke mode)"),
+    "keys": ("serl.cli.keys", "KeysCommand", "keys", "CURVE keys for a learner and its actors on other machines"),
     "classifier": ("reward_classifiers.cli", "", "main", "reward classifiers: label | train | eval"),
 }
 

@@ -13,6 +13,10 @@ Keys (terminal, or the keyboard teleop itself)::
 On a gamepad, start = success, back = discard last. Success is also taken from the task's reward
 (the twin's ground truth) when it has one.
 
+``--console`` serves the training console page (its address is printed): its success, failure (also
+"end episode") and discard buttons act as the keys above, pause holds the arm, the page shows the kept
+count, and ``--teleop browser`` drives the arm from the page.
+
 Observations are stored as the policy sees them before flattening: ``RelativeFrame`` and
 ``QuatToEuler`` applied (the actor's default stack), actions in the same frame. The file's
 ``config`` attribute records that layout (``observation.state_keys`` is the flattening order).
@@ -53,8 +57,9 @@ class RecordDemosConfig:
     """Task name (serl.envs.tasks), e.g. PandaPickCube, PandaPegInsertion."""
     n: int = 20
     """Episodes to keep (successful ones, unless --keep-failed)."""
-    teleop: Literal["scripted", "keyboard", "spacemouse", "gamepad"] = "keyboard"
-    """Who drives: the scripted expert (twin only: it reads the twin's ground-truth scene) or a device."""
+    teleop: Literal["scripted", "keyboard", "spacemouse", "gamepad", "browser"] = "keyboard"
+    """Who drives: the scripted expert (twin only: it reads the twin's ground-truth scene), a device, or the
+    console page (browser; needs --console)."""
     out: Path = Path("demos.h5")
     """Output file; appended to when it exists."""
     seed: int = 0
@@ -81,8 +86,18 @@ class RecordDemosConfig:
     """Store observations/actions in the reset frame (RelativeFrame), as the actor's default stack."""
     euler: bool = True
     """Store robot poses as xyz + euler (QuatToEuler), as the actor's default stack."""
+    console: bool = False
+    """Serve the training console page: watch, pause, success / fail / discard, and --teleop browser."""
+    console_host: str = "127.0.0.1"
+    """Where the console listens (beyond loopback needs --console-token)."""
+    console_port: int = 8765
+    """The console's port (0: any free one)."""
+    console_token: str | None = None
+    """The console's token (default: $SERL_CONSOLE_TOKEN when set)."""
 
     def __post_init__(self):
+        if self.teleop == "browser" and not self.console:
+            raise ValueError("teleop: 'browser' drives the arm from the console page; add --console")
         if self.n <= 0:
             raise ValueError(f"n: must be > 0, got {self.n}")
         if self.max_episodes < 0:
@@ -104,17 +119,20 @@ class Progress:
     started: float = dataclasses.field(default_factory=time.monotonic)
     last_message: str = ""
     status: dict = dataclasses.field(default_factory=dict)
+    console_url: str = ""
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
 
-def recording_env(cfg: RecordDemosConfig) -> InterventionWrapper:
+def recording_env(cfg: RecordDemosConfig, hub=None) -> InterventionWrapper:
     """The task env (twin in-process or over HTTP) with the observation wrappers the demos are stored in
-    (not flattened) and the teleop device outermost."""
+    (not flattened) and the teleop device outermost (``hub``: the console's, for the browser teleop)."""
     env_cfg = EnvConfig(task=cfg.task, pixels=cfg.pixels, robot_url=cfg.robot_url, robot_token=cfg.robot_token,
                         overrides=cfg.overrides)
     options = {"noise": cfg.noise, "seed": cfg.seed} if cfg.teleop == "scripted" else {}
+    if cfg.teleop == "browser":
+        options["hub"] = hub
     stored = ObservationWrappers(relative_frame=cfg.relative_frame, euler=cfg.euler, flat=False)
     env = build_env(env_cfg, seed=cfg.seed, teleop=cfg.teleop, teleop_options=options, observations=stored)
     if franka_env_under(env) is None:
@@ -145,10 +163,16 @@ def file_config(cfg: RecordDemosConfig, env: gym.Env) -> dict[str, Any]:
     }
 
 
-class Controls:
-    """Recorder keys from the teleop's buttons and, when the teleop is not the terminal keyboard, the terminal."""
+CONSOLE_KEYS = {"mark_success": "enter", "mark_failure": "n", "end_episode": "n", "discard": "backspace"}
+"""The console page's commands as recorder keys."""
 
-    def __init__(self, teleop_kind: str, teleop):
+
+class Controls:
+    """Recorder keys from the teleop's buttons, the console page's commands and, when the teleop is not the
+    terminal keyboard, the terminal."""
+
+    def __init__(self, teleop_kind: str, teleop, console=None):
+        self.console = console
         self.reader = None
         self._held: set[str] = set()
         self._level_buttons = teleop_kind in ("spacemouse", "gamepad")
@@ -166,6 +190,14 @@ class Controls:
             pressed = held
         if self.reader is not None:
             pressed |= {event.key.lower() if len(event.key) == 1 else event.key for event in self.reader.drain()}
+        if self.console is not None:
+            for name in self.console.hub.commands():
+                if name in CONSOLE_KEYS:
+                    pressed.add(CONSOLE_KEYS[name])
+                elif name == "safety_stop":
+                    self.console.safety_stop()
+                elif name == "recover":
+                    self.console.recover()
         return pressed
 
     def close(self) -> None:
@@ -189,6 +221,8 @@ def _render(progress: Progress, cfg: RecordDemosConfig):
         table.add_row(key, value)
     if cfg.teleop != "scripted":
         table.add_row("keys", "enter success · n fail · backspace discard last · q quit")
+    if progress.console_url:
+        table.add_row("console", progress.console_url)
         if cfg.teleop == "keyboard":
             table.add_row("move", "w/s x · a/d y · r/f z · j/l i/k u/o rotate · c close · v open")
     if progress.last_message:
@@ -213,17 +247,33 @@ def _status(env: gym.Env) -> dict[str, str]:
 
 def record_demos(cfg: RecordDemosConfig) -> None:
     """Run the recording loop until ``n`` episodes are kept, the attempts run out, or the user quits."""
-    env = recording_env(cfg)
+    hub = console = None
+    if cfg.console:
+        from serl.console.server import ConsoleConfig
+        from serl.runtime.actor import ActorConsole  # the policy stack (JAX) loads only with the console
+
+        console_cfg = ConsoleConfig(host=cfg.console_host, port=cfg.console_port, token=cfg.console_token)
+        hub = console_cfg.hub()
+    env = recording_env(cfg, hub)
+    progress = Progress()
+    if hub is not None:
+        console = ActorConsole(hub, env, None, who="record-demos")
+        try:
+            progress.console_url = console.serve(console_cfg) or ""
+        except BaseException:
+            env.close()
+            raise
     teleop = env.teleop
     writer = EpisodeWriter(cfg.out, config=file_config(cfg, env))
     already = episode_count(cfg.out)
     recorder = EpisodeRecorder(task=cfg.task, source="scripted" if cfg.teleop == "scripted" else "teleop")
-    controls = Controls(cfg.teleop, teleop)
+    controls = Controls(cfg.teleop, teleop, console)
     realtime = cfg.teleop != "scripted" if cfg.realtime is None else cfg.realtime
     period = 1.0 / franka_env_under(env).task.control_hz
     max_attempts = cfg.max_episodes or (3 * cfg.n if cfg.teleop == "scripted" else 0)
-    progress = Progress()
     kept_names: list[str] = []
+    total_steps = 0
+    pending: set[str] = set()  # page commands given while the arm was held, for the next step
     policy_action = np.zeros(env.action_space.shape, dtype=env.action_space.dtype)
     live = None
     interactive_display = cfg.display and sys.stdout.isatty()
@@ -238,6 +288,17 @@ def record_demos(cfg: RecordDemosConfig) -> None:
         if live is None:
             print(f"[record-demos] {message}", flush=True)
 
+    def counts() -> None:
+        if hub is not None:  # the page's episode counter, in the slot a learner's status takes during training
+            hub.publish_learner({"demos_kept": progress.kept, "demos_wanted": cfg.n, "successes": progress.successes,
+                                 "failed": progress.failed, "discarded": progress.discarded,
+                                 "attempts": progress.attempts})
+
+    def publish(obs, acting: str, reward: float = 0.0, success: bool = False) -> None:
+        if console is not None:
+            console.publish(obs, acting, steps=total_steps, episode=progress.attempts + 1, episode_step=progress.step,
+                            episode_return=progress.episode_return, success=success, reward=reward)
+
     try:
         quit_requested = False
         while progress.kept < cfg.n and not quit_requested and (not max_attempts or progress.attempts < max_attempts):
@@ -247,14 +308,22 @@ def record_demos(cfg: RecordDemosConfig) -> None:
             if live is None and cfg.teleop != "scripted":
                 report(f"episode {progress.attempts + 1}: started (enter success · n fail · backspace discard last · q quit)")
             outcome = None
+            counts()
             clock = PeriodicClock(period)
             while outcome is None:
+                while console is not None and console.holding:
+                    console.hold()
+                    publish(obs, "paused")
+                    pending |= controls.keys({})
                 obs, reward, terminated, truncated, info = env.step(policy_action)
                 recorder.add(info["executed_action"], reward, obs, terminated, truncated, info)
                 progress.step += 1
+                total_steps += 1
                 progress.episode_return += reward
                 progress.interventions += bool(info.get("intervened"))
-                keys = controls.keys(info.get("teleop_buttons", {}))
+                publish(obs, "human" if info.get("intervened") else "held", float(reward), bool(info.get("succeed")))
+                keys = controls.keys(info.get("teleop_buttons", {})) | pending
+                pending = set()
                 if keys & set(QUIT_KEYS):
                     quit_requested, outcome = True, "quit"
                 elif keys & set(DISCARD_KEYS) and kept_names:
@@ -263,6 +332,7 @@ def record_demos(cfg: RecordDemosConfig) -> None:
                     progress.kept -= 1
                     progress.discarded += 1
                     report(f"discarded {name}")
+                    counts()
                 if outcome is None and keys & set(SUCCESS_KEYS):
                     recorder.mark_success()
                     progress.episode_return += 1.0 - reward
@@ -291,6 +361,7 @@ def record_demos(cfg: RecordDemosConfig) -> None:
             progress.failed += not success
             report(f"episode {progress.attempts}: {'success' if success else 'failure'} in {len(episode)} steps"
                    f"{'' if success or cfg.keep_failed else ' (not kept)'}; kept {progress.kept}/{cfg.n}")
+            counts()
             if live is not None:
                 live.update(_render(progress, cfg))
     except KeyboardInterrupt:
@@ -300,6 +371,8 @@ def record_demos(cfg: RecordDemosConfig) -> None:
             live.update(_render(progress, cfg))
             live.stop()
         controls.close()
+        if console is not None:
+            console.close()
         env.close()
         writer.close()
     print(f"[record-demos] kept {progress.kept} episode(s) ({progress.successes} successful of {progress.attempts}) "

@@ -22,6 +22,7 @@ import tyro
 
 from serl.agents.sac import SACConfig
 from serl.cli.eval import evaluate
+from serl.console.server import TOKEN_ENV, ConsoleConfig
 from serl.cli.record_demos import RecordDemosConfig, record_demos
 from serl.runtime import actor as actor_process
 from serl.runtime import learner as learner_process
@@ -103,6 +104,8 @@ class TrainConfig:
     """Cost of a step that changes the gripper, paid by the grasp critic only (HIL-SERL: 0.02)."""
     max_lag: int = 10
     """The actor waits while the learner owes this many updates (keeps the update-to-data ratio in sim)."""
+    lag_patience_s: float = 300.0
+    """Longest such wait: the twin loses nothing by waiting, so a slow machine learns as a fast one does."""
     robot_server: bool = False
     """Start a twin robot server and let the actor use it over HTTP (default: twin in the actor's process)."""
     resume: bool = False
@@ -113,6 +116,8 @@ class TrainConfig:
     """Live progress display (rich); plain lines when stdout is not a terminal."""
     task_defaults: bool = True
     """Merge the task's tuned settings from TASK_DEFAULTS (PandaPickCube: shaped reward, xyz actions, grasp critic)."""
+    console: ConsoleConfig = ConsoleConfig()
+    """The training console the actor serves: watch, pause, mark episodes, take over from the browser."""
 
     def __post_init__(self):
         if self.env_steps <= 0:
@@ -155,8 +160,27 @@ def learner(cfg: LearnerConfig) -> int:
 def actor(cfg: ActorConfig) -> int:
     """``serl actor``."""
     run, run_dir = resolve_run_dir(cfg.run, cfg.env.task, resume=True)
-    actor_process.main_with_signals(dataclasses.replace(cfg, run=run), run_dir)
+    try:
+        actor_process.main_with_signals(dataclasses.replace(cfg, run=run), run_dir)
+    finally:
+        write_summary(run_dir, "actor")
     return 0
+
+
+def write_summary(run_dir: Path, who: str) -> Path | None:
+    """The run's learning curves as ``summary.png`` (``serl.console.curves``), and a line saying where."""
+    try:
+        from serl.console.curves import write_summary_png
+    except ImportError:
+        return None
+    try:
+        path = write_summary_png(run_dir)
+    except (OSError, ValueError, ImportError) as err:  # matplotlib missing, a full disk: the run is done anyway
+        print(f"[{who}] no summary plot: {err}", flush=True)
+        return None
+    if path is not None:
+        print(f"[{who}] learning curves: {path}", flush=True)
+    return path
 
 
 def _record_demos(cfg: TrainConfig, env: EnvConfig, path: Path) -> Path:
@@ -266,7 +290,7 @@ def train(cfg: TrainConfig) -> int:
         )
         actor_cfg = ActorConfig(
             env=actor_env, run=run, net=net, agent=cfg.agent, random_steps=cfg.random_steps,
-            max_env_steps=cfg.env_steps, max_lag=cfg.max_lag, resume=cfg.resume, quiet=True,
+            max_env_steps=cfg.env_steps, max_lag=cfg.max_lag, lag_patience_s=cfg.lag_patience_s, resume=cfg.resume, quiet=True, console=cfg.console,
         )
         launch_dir = run_dir / "launch"
         launch_dir.mkdir(exist_ok=True)
@@ -278,7 +302,8 @@ def train(cfg: TrainConfig) -> int:
         actor_proc = children.start("actor", _launch("actor", launch_dir / "actor.json", run_dir))
         (launch_dir / "pids.json").write_text(json.dumps({name: p.pid for name, p in children.procs.items()}))
 
-        progress = TrainProgress(run_dir, cfg.env_steps, live=cfg.display and sys.stdout.isatty(), pixels=cfg.pixels)
+        progress = TrainProgress(run_dir, cfg.env_steps, live=cfg.display and sys.stdout.isatty(), pixels=cfg.pixels,
+                                 console_token=cfg.console.token or os.environ.get(TOKEN_ENV))
         try:
             while not signals:
                 progress.update()
@@ -303,6 +328,7 @@ def train(cfg: TrainConfig) -> int:
         learner_code = children.stop("learner", timeout=grace, hurry=hurry)
         children.stop("robot_server", hurry=hurry)
         print(f"[train] {checkpoint_report(run_dir, learner_code)}", flush=True)
+        write_summary(run_dir, "train")
         if signals:
             then = "`--resume` continues this run" if checkpoint_steps_on_disk(run_dir) else "nothing to resume from yet"
             print(f"[train] interrupted; logs in {run_dir / 'logs'}; {then}", flush=True)
@@ -321,11 +347,9 @@ def train(cfg: TrainConfig) -> int:
 
 
 def checkpoint_steps_on_disk(run_dir: Path) -> list[int]:
-    """Env steps of the complete checkpoints in ``run_dir`` (orbax's committed step folders with their buffers)."""
+    """Env steps of the complete checkpoints in ``run_dir`` (orbax's committed step folders; the data is in the logs)."""
     agent_dir = run_dir / "checkpoints" / "agent"
-    steps = sorted(int(p.name) for p in agent_dir.iterdir() if p.name.isdigit()) if agent_dir.is_dir() else []
-    buffers = run_dir / "checkpoints" / "buffers"
-    return [step for step in steps if all((buffers / f"{name}_{step}.npz").exists() for name in ("online", "demo"))]
+    return sorted(int(p.name) for p in agent_dir.iterdir() if p.name.isdigit()) if agent_dir.is_dir() else []
 
 
 def checkpoint_report(run_dir: Path, learner_code: int | None) -> str:

@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from serl.data.transition import TRANSITION_KEYS
+from serl.data.transition import TransitionSpec
 
 SCALAR_KEYS = ("rewards", "masks", "dones")
 
@@ -50,11 +50,12 @@ class ReplayBuffer:
     observation_example: one flat observation, e.g. {"state": (d,) float32, "wrist": (128, 128, 3) uint8};
     (H, W, 3) uint8 entries are cameras and go to the frame ring. `frame_slack` sizes the frame ring at
     capacity * (1 + frame_slack) frames; episodes shorter than 1 / frame_slack steps retire the oldest
-    transitions a little early rather than growing memory.
+    transitions a little early rather than growing memory. Every insert is checked against `spec` (by default
+    the example's keys, shapes and dtypes with finite, bounded values).
     """
 
     def __init__(self, observation_example: Mapping, action_dim: int, capacity: int, *, frame_slack: float = 0.05,
-                 extra_keys: tuple[str, ...] = ("grasp_penalty",), seed: int = 0):
+                 extra_keys: tuple[str, ...] = ("grasp_penalty",), seed: int = 0, spec: TransitionSpec | None = None):
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         if not isinstance(observation_example, Mapping) or not observation_example:
@@ -65,6 +66,7 @@ class ReplayBuffer:
         self.low_dim_keys = tuple(sorted(k for k in observation_example if k not in self.image_keys))
         self.frame_capacity = self.capacity + max(1, int(np.ceil(self.capacity * frame_slack)))
         self.extra_keys = tuple(extra_keys)
+        self.spec = spec or TransitionSpec(observation_example, action_dim)
         self._specs = {k: (np.asarray(v).shape, np.asarray(v).dtype) for k, v in observation_example.items()}
         self.frames = {k: np.zeros((self.frame_capacity,) + self._specs[k][0], np.uint8) for k in self.image_keys}
         self.obs = {k: np.zeros((self.capacity,) + self._specs[k][0], self._specs[k][1]) for k in self.low_dim_keys}
@@ -86,24 +88,10 @@ class ReplayBuffer:
     def _oldest(self) -> int:
         return max(self.num_inserted - self.capacity, self.oldest_valid)
 
-    def _check(self, transition: Mapping) -> None:
-        missing = [k for k in TRANSITION_KEYS if k not in transition]
-        if missing:
-            raise ValueError(f"transition: missing keys {missing}")
-        for field in ("observations", "next_observations"):
-            obs = transition[field]
-            if not isinstance(obs, Mapping) or set(obs) != set(self._specs):
-                raise ValueError(f"transition[{field!r}]: expected keys {sorted(self._specs)}, got "
-                                 f"{sorted(obs) if isinstance(obs, Mapping) else type(obs).__name__}")
-            for k, (shape, _) in self._specs.items():
-                if np.shape(obs[k]) != shape:
-                    raise ValueError(f"transition[{field!r}][{k!r}]: expected shape {shape}, got {np.shape(obs[k])}")
-        if np.shape(transition["actions"]) != (self.action_dim,):
-            raise ValueError(
-                f"transition['actions']: expected shape ({self.action_dim},), got {np.shape(transition['actions'])}"
-            )
-        if not np.all(np.isfinite(transition["actions"])) or not np.isfinite(transition["rewards"]):
-            raise ValueError("transition: actions and rewards must be finite")
+    @property
+    def oldest_id(self) -> int:
+        """Global id of the oldest transition still held (ids below it are gone for good)."""
+        return self._oldest()
 
     def _write_frames(self, obs: Mapping) -> int:
         slot = self.num_frames % self.frame_capacity
@@ -125,7 +113,7 @@ class ReplayBuffer:
 
     def insert(self, transition: Mapping) -> None:
         """Add one transition {observations, actions, rewards, masks, dones, next_observations[, grasp_penalty]}."""
-        self._check(transition)
+        self.spec.check(transition)
         obs, next_obs = transition["observations"], transition["next_observations"]
         if self.image_keys:
             # next_obs of the previous step is reused when it is this obs (checked, so interleaved streams stay correct)
@@ -148,6 +136,22 @@ class ReplayBuffer:
         for k in self.extra_keys:
             self.scalars[k][slot] = transition.get(k, 0.0)
         self._open_episode = not bool(transition["dones"])
+
+    def start_at(self, num_inserted: int, num_frames: int, open_episode: bool, last_frame: Mapping | None) -> None:
+        """Continue the global counters of an earlier buffer whose older transitions are gone for good.
+
+        The next insert gets id ``num_inserted``; ``last_frame`` (the previous transition's next observation,
+        when its episode is still open) lets that insert share its frame exactly as the earlier buffer did.
+        """
+        if self.num_inserted or self.num_frames:
+            raise ValueError("start_at: the buffer must be empty")
+        self.num_inserted = self.oldest_valid = int(num_inserted)
+        self.num_frames = int(num_frames)
+        self._open_episode = bool(open_episode)
+        if self.image_keys and self._open_episode and self.num_frames:
+            slot = (self.num_frames - 1) % self.frame_capacity
+            for k in self.image_keys:
+                self.frames[k][slot] = last_frame[k]
 
     def insert_many(self, transitions) -> None:
         for t in transitions:
@@ -227,6 +231,8 @@ class ReplayBuffer:
         buf.num_inserted, buf.num_frames = meta["num_inserted"], meta["num_frames"]
         buf.oldest_valid, buf._open_episode = meta["oldest_valid"], meta["open_episode"]
         buf.rng.bit_generator.state = meta["rng"]
+        if len(buf):  # a damaged or tampered file is refused, not sampled
+            check_finite(buf.gather(np.arange(buf.oldest_id, buf.num_inserted)), os.fspath(path))
         return buf
 
 
@@ -253,6 +259,15 @@ class MixedSampler:
 def _tagged(batch: dict, demo: float) -> dict:
     batch["demo"] = np.full(batch["rewards"].shape[0], demo, np.float32)
     return batch
+
+
+def check_finite(batch: Mapping, name: str) -> None:
+    """FloatingPointError naming the entry when a float array of ``batch`` (nested dicts) holds NaN or inf."""
+    for key, value in batch.items():
+        if isinstance(value, Mapping):
+            check_finite(value, f"{name}: {key}")
+        elif value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise FloatingPointError(f"{name}: non-finite values in {key}")
 
 
 def concat_batches(*batches: dict) -> dict:

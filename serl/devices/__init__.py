@@ -16,7 +16,7 @@ from serl.devices.base import (
     shape_twist,
 )
 
-TELEOP_KINDS = ("keyboard", "spacemouse", "gamepad", "scripted")
+TELEOP_KINDS = ("keyboard", "spacemouse", "gamepad", "scripted", "browser")
 
 __all__ = [
     "DeviceNotFoundError",
@@ -32,7 +32,8 @@ __all__ = [
 
 
 def make_teleop(kind: str, env: Any = None, config: TeleopConfig | None = None, **options) -> Teleop:
-    """Open a teleop device by name: "keyboard", "spacemouse", "gamepad", or "scripted" (needs ``env``)."""
+    """Open a teleop device by name: "keyboard", "spacemouse", "gamepad", "scripted" (needs ``env``) or "browser"
+    (the training console's page; needs ``hub``, its ``ConsoleHub``)."""
     # a device's module loads only when that device is opened (the scripted expert's brings the env stack)
     extra = {} if config is None else {"config": config}
     if kind == "keyboard":
@@ -53,6 +54,12 @@ def make_teleop(kind: str, env: Any = None, config: TeleopConfig | None = None, 
         from serl.devices.scripted import ExpertConfig, ScriptedExpert
 
         return ScriptedExpert(env, ExpertConfig(**options))
+    if kind == "browser":
+        if options.get("hub") is None:
+            raise ValueError("teleop 'browser' needs the console's hub (make_teleop('browser', hub=hub))")
+        from serl.console.teleop import BrowserTeleop
+
+        return BrowserTeleop(options["hub"])
     raise ValueError(f"teleop: unknown kind {kind!r}; expected one of {TELEOP_KINDS}")
 
 

@@ -87,6 +87,7 @@ class FrankaEnv(gym.Env):
         self.metadata = {**self.metadata, "render_fps": task.control_hz}
         self._sleep = sleep
         self._state: RobotState | None = None
+        self.camera_frames: Mapping[str, tuple[np.ndarray, float]] = {}
         self._obs: dict | None = None
         self._gripper_command: float | None = None
         self._broken = False
@@ -277,6 +278,7 @@ class FrankaEnv(gym.Env):
                 obs_state[self.task.object_state_key(name)] = np.asarray(scene[name][: self.task.object_state_size],
                                                                          dtype=np.float32)
         obs: dict[str, Any] = {"state": obs_state}
+        self.camera_frames = frames  # full frames, for a viewer (the observation holds the crops)
         if self.task.cameras:
             images = {}
             for cam in self.task.cameras:

@@ -19,13 +19,14 @@ import urllib.parse
 import numpy as np
 
 from robot_servers.backends.base import ImpedanceParams, RobotState
-from robot_servers.guard import CommandRejected, GuardError, NotSupported, RobotFault, SafetyStopActive
+from robot_servers.guard import ArmBusy, CommandRejected, GuardError, NotSupported, RobotFault, SafetyStopActive
 from robot_servers.http.middleware import SESSION_HEADER
 from robot_servers.wire import decode_images, unpackb
 from serl.envs.robot_client import RobotClient
 
 # The guard's refusals, as the server names them in a 409 body, raised here as the same exceptions.
-_CONFLICTS: dict[str, type[GuardError]] = {"SafetyStopActive": SafetyStopActive, "RobotFault": RobotFault}
+_CONFLICTS: dict[str, type[GuardError]] = {"SafetyStopActive": SafetyStopActive, "RobotFault": RobotFault,
+                                            "ArmBusy": ArmBusy}
 
 
 class _Response:
@@ -193,6 +194,9 @@ class HttpRobotClient(RobotClient):
 
     def recover(self) -> None:
         self._request("POST", "/recover")
+
+    def safety_stop(self, reason: str) -> None:
+        self._request("POST", "/safety_stop", {"reason": reason})
 
     def images(self) -> dict[str, tuple[np.ndarray, float]]:
         return decode_images(self._unpack(self._request("GET", "/images")))

@@ -88,6 +88,11 @@ class RobotClient(abc.ABC):
         """Put the arm at rest at ``q`` (home when None) instantly (twin only: reproducible resets)."""
         raise NotImplementedError(f"{type(self).__name__} cannot teleport the arm; use joint_reset")
 
+    @abc.abstractmethod
+    def safety_stop(self, reason: str) -> None:
+        """Latch the robot's safety stop (hold, refuse commands until ``recover``), as the guard's measured-pose
+        check does."""
+
     def reconnect(self) -> None:
         """Re-open the connection after a failure; the env calls it on the reset after an error."""
 
@@ -127,6 +132,9 @@ class LocalRobot(RobotClient):
 
     def recover(self) -> None:
         self.guard.recover()
+
+    def safety_stop(self, reason: str) -> None:
+        self.guard.latch_safety_stop(reason)
 
     def images(self) -> dict[str, tuple[np.ndarray, float]]:
         return {name: camera.read() for name, camera in self.cameras.items()}

@@ -1,7 +1,17 @@
 """The actor process: runs the env with the newest policy weights and streams transitions to the learner.
 
 Weights are swapped between env steps as soon as a newer version arrives. When the learner is gone the
-actor keeps acting with the weights it has (the transport queues transitions and reconnects).
+actor keeps acting with the weights it has (the transport queues transitions and reconnects). Weights that are
+not finite are refused; when the policy still gives a non-finite action (or, with ``pause_on_stale_weights``,
+the weights are stale) the actor holds the robot at its current target, without env steps or transitions,
+until newer weights arrive.
+
+With the training console on (``cfg.console``) the actor publishes each step to a ``ConsoleHub`` served by a
+``ConsoleServer`` and, between steps, carries out the page's commands (``ActorConsole``): pause holds the robot
+(no env steps, no transitions) until resume; success, failure and end-episode marks end the episode on its next
+step through the env's ``ConsoleReward``; discard marks the last finished episode discarded in
+``episodes.jsonl`` (its transitions were streamed already and stay in the learner's buffers); safety stop
+latches the robot's safety stop and sends nothing until recover, which clears it and starts a new episode.
 """
 
 from __future__ import annotations
@@ -16,13 +26,17 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from serl.console.hub import ConsoleHub, StepView
+from serl.console.reward import MARKS, console_marks
 from serl.data.transition import Transition, make_transition
 from serl.envs.franka_env import franka_env_under
 from serl.runtime import run_until_signalled
-from serl.runtime.config import ActorConfig, run_config_hash, write_config
+from serl.runtime.config import ActorConfig, run_config_digests, run_config_hash, write_config
 from serl.runtime.envs import build_env, observation_example, space_signature
-from serl.runtime.logging import MetricsLogger, summary_line, write_status
+from serl.runtime.logging import MetricsLogger, read_status, summary_line, write_status
 from serl.runtime.policy import create_agent, decode_weights
+
+STATUS_EVERY_S = 1.0  # the status file between episodes: a held robot finishes none
 
 
 class EpisodeStats:
@@ -36,6 +50,7 @@ class EpisodeStats:
         self.period_errors: list[float] = []
         self.step_seconds: list[float] = []
         self.weights_version_at_start = -1
+        self.held_steps = 0
 
     def add(self, reward: float, info: dict, step_seconds: float) -> None:
         self.ret += float(reward)
@@ -55,6 +70,7 @@ class EpisodeStats:
             "episode/intervention_rate": self.interventions / max(self.length, 1),
             "timing/step_ms_mean": 1e3 * float(steps.mean()),
             "timing/step_ms_p99": 1e3 * float(np.percentile(steps, 99)),
+            "episode/held_steps": self.held_steps,
         }
         if self.period_errors:
             out["timing/control_period_error_ms_max"] = 1e3 * max(self.period_errors)
@@ -77,39 +93,81 @@ def connect(cfg: ActorConfig, hash_: str, actor_id: str):
     return ActorClient(ActorClientConfig(
         actor_id=actor_id, config_hash=hash_, host=cfg.net.host,
         request_port=cfg.net.port, weights_port=cfg.net.weights_port,
+        config_digests=run_config_digests(cfg.env, cfg.agent), keys=cfg.net.keys,
     ))
 
 
-def run_actor(cfg: ActorConfig, run_dir: Path, stop: threading.Event | None = None) -> dict:
-    """Act until ``max_env_steps`` or ``stop``; returns final counters."""
+def run_actor(cfg: ActorConfig, run_dir: Path, stop: threading.Event | None = None,
+              hub: ConsoleHub | None = None) -> dict:
+    """Act until ``max_env_steps`` or ``stop``; returns final counters. ``hub``: publish to (and take commands
+    from) this console hub, whether or not ``cfg.console`` serves a page for it."""
     stop = stop or threading.Event()
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = build_env(cfg.env, seed=cfg.run.seed, teleop=cfg.teleop)
+    if hub is None and cfg.console.enabled:
+        hub = cfg.console.hub()
+    teleop = "browser" if hub is not None and cfg.teleop == "none" else cfg.teleop
+    env = build_env(cfg.env, seed=cfg.run.seed, teleop=teleop, console=hub)
+    console = None if hub is None else ActorConsole(hub, env, run_dir)
+    status_path = run_dir / "status" / "actor.json"
+    if console is not None and cfg.console.enabled:  # the address comes first: compiling takes a while
+        try:
+            console.serve(cfg.console)
+        except BaseException:
+            env.close()
+            raise
+    shown = {"console": console.url} if console is not None and console.url else {}
+    if shown:
+        write_status(status_path, {"env_steps": 0, "episodes": 0, "weights_version": -1, "phase": "starting", **shown})
     write_config(run_dir, cfg, "actor_config.json", extra={"spaces": space_signature(env)})
     agent = create_agent(cfg.run.seed, observation_example(env), int(np.prod(env.action_space.shape)), cfg.agent)
     actor_id = f"{socket.gethostname()}-{os.getpid()}"
     client = connect(cfg, run_config_hash(cfg.env, cfg.agent), actor_id)
     logger = MetricsLogger(cfg.run.logger, run_dir / "tb" / "actor", run_name=cfg.run.name)
-    status_path = run_dir / "status" / "actor.json"
     episodes_path = run_dir / "episodes.jsonl"  # one line per episode: the learning curve
     rng = jax.random.PRNGKey(cfg.run.seed + 1)
     action_rng = np.random.default_rng(cfg.run.seed)
     low, high = env.action_space.low, env.action_space.high
 
     weights = WeightsSlot()
-    steps = episodes = robot_failures = 0
+    steps = episodes = robot_failures = held_steps = bad_actions = holding = 0
     recent_success: list[float] = []
     recent_return: list[float] = []
+    last_episode: dict[str, float] = {"success_rate": 0.0, "return": 0.0}
+    status_written = 0.0
+
+    def report(**extra) -> None:
+        """Write the status file: progress, the weights' age, and what made the robot hold."""
+        nonlocal status_written
+        status_written = now = time.monotonic()
+        age = weights.age(now)
+        write_status(status_path, {
+            "env_steps": steps, "episodes": episodes, "weights_version": weights.version, **last_episode,
+            "held_steps": held_steps, "bad_actions": bad_actions, "refused_weights": weights.refused,
+            "weights_age_s": None if age is None else round(age, 1),
+            "weights_stale": weights.stale(now, cfg.stale_weights_s), **shown, **extra,
+        })
+
+    def publish(obs, acting: str, reward: float = 0.0) -> None:
+        if console is not None:
+            console.publish(obs, acting, steps=steps, episode=episodes + 1, episode_step=stats.length,
+                            episode_return=stats.ret, success=stats.success, reward=reward,
+                            weights_version=weights.version, weights_age_s=weights.age(time.monotonic()))
+
+    stats = EpisodeStats()
     try:
-        write_status(status_path, {"env_steps": 0, "episodes": 0, "weights_version": -1, "phase": "waiting for weights"})
-        agent = _wait_for_first_weights(client, weights, agent, cfg, stop)
+        write_status(status_path, {"env_steps": 0, "episodes": 0, "weights_version": -1, "phase": "waiting for weights",
+                                   **shown})
+        agent = _wait_for_first_weights(client, weights, agent, cfg, stop, on_refused=lambda: report(
+            phase=f"waiting for good weights ({weights.refused} refused)"))
+        if weights.version < 0:  # stopped before any good weights: the robot is left alone, not even reset
+            return {"env_steps": 0, "episodes": 0, "weights_version": -1}
         if cfg.resume:
             steps, episodes = int(weights.meta.get("env_steps", 0)), int(weights.meta.get("episodes", 0))
             weights.at_step = steps
             print(f"[actor] resuming at env step {steps}, episode {episodes} with weights version {weights.version}"
                   f"{_episode_log_note(episodes_path, steps)}", flush=True)
         write_status(status_path, {"env_steps": steps, "episodes": episodes, "weights_version": weights.version,
-                                   "phase": "compiling the policy"})
+                                   "phase": "compiling the policy", **shown})
         if cfg.max_env_steps and steps >= cfg.max_env_steps:
             print(f"[actor] the budget of {cfg.max_env_steps} env steps is spent ({steps} taken); "
                   "pass a larger --env-steps to go on", flush=True)
@@ -119,19 +177,43 @@ def run_actor(cfg: ActorConfig, run_dir: Path, stop: threading.Event | None = No
         while not stop.is_set() and (cfg.max_env_steps == 0 or steps < cfg.max_env_steps):
             agent = weights.apply_newest(client, agent, steps)
             if cfg.max_lag and weights.owed_updates(steps) >= cfg.max_lag:
-                agent = _wait_for_learner(client, weights, agent, steps, stop)
+                agent = _wait_for_learner(client, weights, agent, steps, stop, cfg.lag_patience_s)
             weights_version = weights.version
             if stats.length == 0:
                 stats.weights_version_at_start = weights_version
+            if console is not None:
+                if console.apply_commands(episodes_path, episodes, steps) == "new episode":
+                    obs, _ = env.reset()
+                    stats = EpisodeStats()
+                if console.holding:
+                    console.hold()
+                    publish(obs, "paused")
+                    if time.monotonic() - status_written > STATUS_EVERY_S:
+                        report(phase=console.holding)
+                    continue
 
             started = time.perf_counter()
-            if steps < cfg.random_steps:
+            hold = _hold_reason(weights, cfg, time.monotonic())
+            if hold:
+                action = None
+            elif steps < cfg.random_steps:
                 action = action_rng.uniform(low, high).astype(np.float32)
             else:
                 rng, key = jax.random.split(rng)
                 action = np.asarray(agent.sample_actions(obs, key), dtype=np.float32)
+                if not np.all(np.isfinite(action)):
+                    # never to the robot nor to the learner; these weights are done with
+                    bad_actions += 1
+                    weights.bad_version = weights_version
+                    hold = f"weights version {weights_version} gave a non-finite action; waiting for newer weights"
+                    weights.notices.say("action", f"the policy of weights version {weights_version} gave the "
+                                        f"non-finite action {action.tolist()} ({bad_actions} so far); holding the "
+                                        "robot until newer weights arrive", every=10.0)
             try:
-                next_obs, reward, terminated, truncated, info = env.step(action)
+                if hold:
+                    _hold(env)
+                else:
+                    next_obs, reward, terminated, truncated, info = env.step(action)
                 robot_failures = 0
             except (RuntimeError, ConnectionError, OSError) as err:
                 # a safety stop or a lost robot server: end the episode here, clear errors, start a new one
@@ -143,12 +225,27 @@ def run_actor(cfg: ActorConfig, run_dir: Path, stop: threading.Event | None = No
                 obs, _ = env.reset()
                 stats = EpisodeStats()
                 continue
+            if hold:
+                held_steps += 1
+                holding += 1
+                stats.held_steps += 1
+                weights.notices.say("hold", f"holding the robot: {hold} ({held_steps} steps held so far)", every=30.0)
+                publish(obs, "held")
+                if time.monotonic() - status_written > STATUS_EVERY_S:
+                    report(phase=f"holding the robot: {hold}")
+                continue
+            if holding:
+                weights.notices.say("resume", f"acting again with weights version {weights_version} after {holding} "
+                                              "held steps", every=10.0)
+                holding = 0
             client.send(transition_from_step(obs, action, reward, next_obs, terminated, truncated, info))
+            weights.sent(time.monotonic())
             stats.add(reward, info, time.perf_counter() - started)
             steps += 1
             obs = next_obs
-            if steps == first_step:  # the policy is compiled: the display drops its "compiling" phase
-                write_status(status_path, {"env_steps": steps, "episodes": episodes, "weights_version": weights_version})
+            publish(obs, "human" if info.get("intervened") else "policy", float(reward))
+            if steps == first_step or time.monotonic() - status_written > STATUS_EVERY_S:
+                report()  # the first one after compiling drops the display's "compiling" phase
             if terminated or truncated:
                 episodes += 1
                 summary = stats.summary()
@@ -158,31 +255,200 @@ def run_actor(cfg: ActorConfig, run_dir: Path, stop: threading.Event | None = No
                 summary["weights_version_at_start"] = stats.weights_version_at_start
                 logger.log(summary, steps)
                 with open(episodes_path, "a") as handle:
-                    handle.write(json.dumps({"env_steps": steps, "episode": episodes, **summary}) + "\n")
-                write_status(status_path, {
-                    "env_steps": steps, "episodes": episodes, "weights_version": weights_version,
+                    handle.write(json.dumps({"env_steps": steps, "episode": episodes, "time": time.time(), **summary}) + "\n")
+                last_episode = {
                     "success_rate": float(np.mean(recent_success)), "return": float(np.mean(recent_return)),
                     "intervention_rate": summary["episode/intervention_rate"],
                     "step_ms_p99": summary["timing/step_ms_p99"],
-                })
+                }
+                report()
                 if not cfg.quiet and episodes % cfg.log_every == 0:
                     print(summary_line("actor", {
                         "steps": steps, "episode": episodes, "return": round(summary["episode/return"], 3),
                         "success": int(summary["episode/success"]),
                         "success_rate20": round(float(np.mean(recent_success)), 2), "weights": weights_version,
+                        **({"held": stats.held_steps} if stats.held_steps else {}),
                     }), flush=True)
                 obs, _ = env.reset()
                 stats = EpisodeStats()
     finally:
-        write_status(status_path, {
-            "env_steps": steps, "episodes": episodes, "weights_version": weights.version, "done": True,
-            "success_rate": float(np.mean(recent_success)) if recent_success else 0.0,
-            "return": float(np.mean(recent_return)) if recent_return else 0.0,
-        })
+        report(done=True)
         client.close(flush_timeout=5.0)
         logger.close()
+        if console is not None:
+            console.close()
         env.close()
     return {"env_steps": steps, "episodes": episodes, "weights_version": weights.version}
+
+
+class ActorConsole:
+    """The actor's side of the training console: publishes steps to the hub and carries out the page's commands.
+
+    Publishing keeps references to the observation's frames (no copies, no encoding: the server's threads do
+    that); the learner's status and the robot's health are refreshed about once a second.
+    """
+
+    REFRESH_S = 1.0
+
+    def __init__(self, hub: ConsoleHub, env, run_dir: Path | None, who: str = "actor"):
+        self.hub = hub
+        self.who = who
+        self.env = env
+        self.base = franka_env_under(env)
+        self.marks = console_marks(env)
+        self.run_dir = run_dir
+        self.learner_status = None if run_dir is None else run_dir / "status" / "learner.json"
+        self.server = None
+        self.url: str | None = None
+        self.stopped = ""  # why the robot's safety stop is latched from the page ("" when not)
+        self.discarded = 0  # the newest episode marked discarded
+        self.health: dict = {}
+        self._refreshed = 0.0
+        box = None if self.base is None else self.base.task.safety_box
+        self.safety_box = None if box is None else {"low": [float(v) for v in box.position_low],
+                                                    "high": [float(v) for v in box.position_high]}
+
+    def serve(self, config) -> str | None:
+        """Start the page's server and print its address on a line of its own."""
+        from serl.console.server import ConsoleServer
+
+        self.server = ConsoleServer(self.hub, config, self.run_dir)
+        try:
+            self.url = self.server.start()
+        except OSError as err:  # a busy port must not cost the run: it goes on without the page
+            print(f"[{self.who}] {err}; running without the console page", flush=True)
+            self.server = None
+            return None
+        if self.url:
+            print(f"console: {self.server.page_url}", flush=True)
+        return self.url
+
+    @property
+    def holding(self) -> str:
+        """Why the robot holds for the page ("" to act)."""
+        if self.stopped:
+            return f"safety stop from the console ({self.stopped}); recover on the page to go on"
+        return "paused from the console" if self.hub.paused else ""
+
+    def apply_commands(self, episodes_path: Path, episodes: int, steps: int) -> str:
+        """Carry out the page's commands since the last step; "new episode" when the env must be reset."""
+        outcome = ""
+        for name in self.hub.commands():
+            if name in MARKS and self.marks is not None:
+                self.marks.mark(MARKS[name])
+            elif name == "discard":
+                self._discard(episodes_path, episodes, steps)
+            elif name == "safety_stop":
+                self.safety_stop()
+            elif name == "recover" and self.recover():
+                outcome = "new episode"  # the interrupted episode is dropped, as after a robot error
+        return outcome
+
+    def _discard(self, episodes_path: Path, episodes: int, steps: int) -> None:
+        if episodes <= self.discarded:
+            return
+        self.discarded = episodes
+        with open(episodes_path, "a") as handle:
+            handle.write(json.dumps({"discarded": episodes, "env_steps": steps}) + "\n")
+        print(f"[{self.who}] console: episode {episodes} marked discarded in {episodes_path.name} (its transitions "
+              "are in the learner's buffers already)", flush=True)
+
+    def recover(self) -> bool:
+        """The robot client's recover; True when it cleared a safety stop latched from the page."""
+        _recover(self.env)
+        if not self.stopped:
+            return False
+        print(f"[{self.who}] console: safety stop cleared; starting a new episode", flush=True)
+        self.stopped = ""
+        return True
+
+    def safety_stop(self) -> None:
+        """Latch the robot's safety stop; where the robot cannot, the actor itself sends nothing until recover."""
+        reason = "stopped from the console"
+        if self.base is None:
+            self.stopped = reason
+            return
+        try:
+            self.base.client.safety_stop(reason)
+        except (NotImplementedError, RuntimeError, ConnectionError, OSError) as err:
+            reason = f"the robot could not latch it ({err}); the actor sends nothing"
+        self.stopped = reason
+        print(f"[{self.who}] console: safety stop: {reason}", flush=True)
+
+    def hold(self) -> None:
+        """One control period held for the page: paused, the target is sent again (a live client for a real
+        arm's watchdog); stopped, nothing is sent (the robot refuses commands) and only the state is read."""
+        if not self.stopped:
+            _hold(self.env)
+            return
+        if self.base is None or self.base.state is None:
+            time.sleep(0.05)
+            return
+        try:
+            self.base.wait_period()
+            self.base.read_state()
+        except (RuntimeError, ConnectionError, OSError):
+            time.sleep(0.05)
+            return
+        if self.base.client.lockstep:
+            time.sleep(self.base.period)
+
+    def publish(self, obs, acting: str, *, steps: int, episode: int, episode_step: int, episode_return: float,
+                success: bool, reward: float = 0.0, weights_version: int = -1,
+                weights_age_s: float | None = None) -> None:
+        now = time.monotonic()
+        if now - self._refreshed > self.REFRESH_S:
+            self._refreshed = now
+            if self.learner_status is not None:
+                self.hub.publish_learner(read_status(self.learner_status))
+            self.health = self._health()
+        state = None if self.base is None else self.base.state
+        guard = dict(self.health)
+        if state is not None:
+            guard["errors"] = list(state.errors)
+            guard["safety_stop"] = any(str(e).startswith("safety_stop") for e in state.errors) or bool(self.stopped)
+        self.hub.publish(StepView(
+            step=steps, episode=episode, episode_step=episode_step, reward=reward, episode_return=episode_return,
+            success=success, acting=acting, frames=(frames := _frames(obs)), full_frames=self._full_frames(frames),
+            tcp_pose=None if state is None else [float(v) for v in state.tcp_pose],
+            target_pose=None if state is None else [float(v) for v in state.target_pose],
+            gripper=None if state is None else float(state.gripper_width),
+            guard=guard, safety_box=self.safety_box, weights_version=weights_version, weights_age_s=weights_age_s,
+        ))
+
+    def _full_frames(self, policy: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The cameras' full frames where they differ from what the policy sees (a crop or a resize)."""
+        raw = {} if self.base is None else self.base.camera_frames
+        full = {name: np.asarray(frame) for name, (frame, _) in raw.items()}
+        return {name: frame for name, frame in full.items()
+                if name not in policy or frame.shape != policy[name].shape}
+
+    def _health(self) -> dict:
+        """The robot's watchdog and safety state (once a second: over HTTP it is a round trip)."""
+        if self.base is None:
+            return {}
+        client = self.base.client
+        source = getattr(client, "health", None) or getattr(getattr(client, "guard", None), "health", None)
+        if source is None:
+            return {}
+        try:
+            health = source()
+        except (RuntimeError, ConnectionError, OSError, NotImplementedError):
+            return {}
+        return {key: health[key] for key in ("ok", "watchdog", "safety", "joint_reset_running") if key in health}
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def _frames(obs) -> dict[str, np.ndarray]:
+    """The camera images of an observation, flat (``{cam: img}``) or nested (``{"images": {...}}``)."""
+    if not isinstance(obs, dict):
+        return {}
+    images = obs.get("images") if isinstance(obs.get("images"), dict) else obs
+    return {name: image for name, image in images.items()
+            if isinstance(image, np.ndarray) and image.ndim == 3 and image.dtype == np.uint8}
 
 
 def _recover(env) -> None:
@@ -196,16 +462,49 @@ def _recover(env) -> None:
         print(f"[actor] recover failed: {err}", flush=True)
 
 
+class Notices:
+    """Console lines that repeat at most once per ``every`` s each: a robot held for hours must not flood the log."""
+
+    def __init__(self):
+        self._said: dict[str, float] = {}
+
+    def say(self, key: str, text: str, every: float) -> bool:
+        now = time.monotonic()
+        if key in self._said and now - self._said[key] < every:
+            return False
+        self._said[key] = now
+        print(f"[actor] {text}", flush=True)
+        return True
+
+
 class WeightsSlot:
     """The weights the actor uses: swapped in between steps whenever the transport holds newer ones."""
 
-    def __init__(self):
+    def __init__(self, notices: Notices | None = None):
         self.version = -1
         self.meta: dict[str, float] = {}
         self.received_at = 0.0
         self.at_step = 0
         self.gave_up = False
+        self.refused = 0
+        self.refused_since = 0  # refused versions newer than the weights in use
+        self.bad_version = -1  # the version whose policy gave a non-finite action: the robot holds until newer ones
+        self.first_sent_at: float | None = None
+        self.notices = notices or Notices()
         self._blob = None
+
+    def age(self, now: float) -> float | None:
+        """Seconds since the weights in use arrived; None before the first."""
+        return None if self.version < 0 else now - self.received_at
+
+    def sent(self, now: float) -> None:
+        """A transition acted with these weights went to the learner."""
+        if self.first_sent_at is None:
+            self.first_sent_at = now
+
+    def stale(self, now: float, threshold: float) -> bool:
+        """The learner said it trains, yet sent nothing newer for ``threshold`` s while transitions went out."""
+        return bool(self.meta.get("training")) and self.first_sent_at is not None and now - self.first_sent_at > threshold
 
     def owed_updates(self, step: int) -> float:
         """Updates the learner still owes, estimated from its last report plus the steps taken since
@@ -222,24 +521,70 @@ class WeightsSlot:
         try:
             agent, self.meta = decode_weights(agent, self._blob)
         except ValueError as err:
-            print(f"[actor] ignoring weights version {version}: {err}", flush=True)
+            self.refused += 1
+            self.refused_since += 1
+            going_on = f"acting on with version {self.version}" if self.version >= 0 else "waiting for good ones"
+            self.notices.say("refused", f"ignoring weights version {version} ({self.refused} refused so far; "
+                                        f"{going_on}): {err}", every=10.0)
             return agent
         self.version, self.received_at, self.at_step, self.gave_up = version, time.monotonic(), step, False
+        self.first_sent_at, self.refused_since = None, 0
         return agent
 
 
-def _wait_for_first_weights(client, weights: "WeightsSlot", agent, cfg: ActorConfig, stop: threading.Event):
+def _wait_for_first_weights(client, weights: WeightsSlot, agent, cfg: ActorConfig, stop: threading.Event,
+                            on_refused=lambda: None):
     """The learner's current weights (and, with them, its counters) before the first step; RuntimeError after
-    ``cfg.weights_timeout`` s without any."""
+    ``cfg.weights_timeout`` s without any. Once weights arrived but were refused the learner is there: the wait
+    goes on (robot untouched) until good ones arrive, calling ``on_refused`` after each refusal."""
     deadline = time.monotonic() + cfg.weights_timeout
+    refused = weights.refused
     while weights.version < 0 and not stop.is_set():
-        if time.monotonic() > deadline:
+        if weights.refused != refused:
+            refused = weights.refused
+            on_refused()
+        if time.monotonic() > deadline and not weights.refused:
             raise RuntimeError(
                 f"no weights from the learner at {cfg.net.host}:{cfg.net.port} within {cfg.weights_timeout:.0f} s; "
                 "is it running (see its log), and do both sides use the same env and agent options?")
         agent = weights.apply_newest(client, agent, 0)
         time.sleep(0.01)
     return agent
+
+
+def _hold_reason(weights: WeightsSlot, cfg: ActorConfig, now: float) -> str:
+    """Why the robot holds this period ("" to act); warns about stale weights and failing learner checkpoints."""
+    stale = weights.stale(now, cfg.stale_weights_s)
+    if stale:
+        going_on = ("holding the robot until newer weights arrive" if cfg.pause_on_stale_weights
+                    else f"acting on with weights version {weights.version}")
+        refused = f" ({weights.refused_since} newer versions refused)" if weights.refused_since else ""
+        weights.notices.say("stale", f"WARNING: no new weights for {weights.age(now):.0f} s{refused} although the "
+                                     f"learner said it trains and transitions went out (stale_weights_s="
+                                     f"{cfg.stale_weights_s:g}): is the learner stuck or gone? {going_on}",
+                            every=cfg.stale_weights_s)
+    if weights.meta.get("checkpoint_failing") == 1.0:
+        weights.notices.say("checkpoint", "WARNING: learner reports failing checkpoints (see its log)",
+                            every=cfg.stale_weights_s)
+    if weights.version == weights.bad_version:
+        return f"weights version {weights.version} gave a non-finite action; waiting for newer weights"
+    if stale and cfg.pause_on_stale_weights:
+        return f"the weights (version {weights.version}) are stale; waiting for newer weights"
+    return ""
+
+
+def _hold(env) -> None:
+    """One control period without an env step, the robot's target unchanged: the target is sent again (a
+    real-time robot's watchdog sees a live client), the period passes, and the state is read."""
+    base = franka_env_under(env)
+    if base is None or base.state is None:
+        time.sleep(0.05)  # no robot to hold (a gym env): only wait
+        return
+    base.client.set_target(base.state.target_pose)
+    base.wait_period()
+    base.read_state()
+    if base.client.lockstep:
+        time.sleep(base.period)  # a lockstep twin advances at once; newer weights take wall time
 
 
 def _episode_log_note(path: Path, steps: int) -> str:

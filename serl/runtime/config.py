@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal, Mapping
 
 from serl.agents.sac import SACConfig
+from serl.console.server import ConsoleConfig
 from serl.runtime.env_config import EnvConfig
 from serl.runtime.logging import LoggerKind
 
@@ -32,6 +33,10 @@ class NetConfig:
     """Transitions, handshake and heartbeats (ZeroMQ ROUTER)."""
     weights_port: int = 5589
     """Weight broadcast (ZeroMQ PUB)."""
+    keys: Path | None = None
+    """CURVE keys from `serl keys` (learner: DIR/learner, actor: DIR/NAME); needed to listen beyond loopback."""
+    insecure: bool = False
+    """Learner: listen beyond loopback without keys (anyone reaching the ports can send data and read weights)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +79,16 @@ class LearnerConfig:
     checkpoint_every: int = 2_000
     """Env steps between checkpoints (one is always written on exit)."""
     keep_checkpoints: int = 3
+    log_segment_bytes: int = 64 * 2**20
+    """Size of one file of the buffers' on-disk logs; whole files are deleted once the buffer dropped their data."""
+    max_pending_bytes: int = 1 << 30
+    """Received data held for insertion before actors are asked to resend later."""
     log_every: int = 200
     """Env steps between log / console lines."""
     max_env_steps: int = 0
     """Stop (with a checkpoint) after this many received env steps; 0 = run until interrupted."""
     resume: bool = False
-    """Continue from the run's latest checkpoint."""
+    """Continue from the run's replay logs and latest checkpoint."""
     quiet: bool = False
     """No console summary lines (serl train shows its own display)."""
 
@@ -87,7 +96,8 @@ class LearnerConfig:
         _check_grasp_penalty(self.env, self.agent)
         _require_positive(batch_size=self.batch_size, publish_every=self.publish_every,
                           checkpoint_every=self.checkpoint_every, log_every=self.log_every,
-                          buffer_capacity=self.buffer_capacity)
+                          buffer_capacity=self.buffer_capacity, log_segment_bytes=self.log_segment_bytes,
+                          max_pending_bytes=self.max_pending_bytes)
         if not 0.0 <= self.demo_ratio < 1.0:
             raise ValueError(f"demo_ratio: expected in [0, 1), got {self.demo_ratio}")
         if self.min_online_steps < 1:
@@ -102,15 +112,19 @@ class ActorConfig:
     run: RunConfig = RunConfig()
     net: NetConfig = NetConfig()
     agent: SACConfig = SACConfig()
-    teleop: Literal["none", "keyboard", "spacemouse", "gamepad", "scripted"] = "none"
-    """Teleop device for human interventions."""
+    teleop: Literal["none", "keyboard", "spacemouse", "gamepad", "scripted", "browser"] = "none"
+    """Teleop device for human interventions ("none" with the console on: the console page, "browser")."""
+    console: ConsoleConfig = ConsoleConfig()
+    """The training console: a page to watch, pause, mark episodes and take over (loopback unless a token is set)."""
     random_steps: int = 0
     """Uniform random actions for the first steps (before the policy acts)."""
     max_env_steps: int = 0
     """Stop after this many env steps; 0 = run until interrupted."""
     max_lag: int = 0
-    """While the learner trains, wait (10 s at most) when it owes this many updates (its reported backlog plus
-    the steps taken since); keeps the update-to-data ratio in fast sims. 0 = free-running (real robots)."""
+    """While the learner trains, wait (``lag_patience_s`` at most) when it owes this many updates (its reported
+    backlog plus the steps taken since); keeps the update-to-data ratio in fast sims. 0 = free-running (real robots)."""
+    lag_patience_s: float = 10.0
+    """How long one such wait may last before the actor acts on (a learner compiling on a loaded machine takes long)."""
     log_every: int = 1
     """Episodes between log lines."""
     max_robot_failures: int = 5
@@ -119,13 +133,22 @@ class ActorConfig:
     """Continue the learner's env-step and episode counters (max_env_steps is then the run's total)."""
     weights_timeout: float = 300.0
     """Seconds to wait for the learner's first weights before the first step (then give up with an error)."""
+    stale_weights_s: float = 120.0
+    """Warn when the learner trains but sent no newer weights for this many seconds while transitions went out."""
+    pause_on_stale_weights: bool = False
+    """Hold the robot (no env steps) while the weights are stale, until newer ones arrive."""
     quiet: bool = False
 
     def __post_init__(self):
         _check_grasp_penalty(self.env, self.agent)
-        _require_positive(log_every=self.log_every, weights_timeout=self.weights_timeout)
+        _require_positive(log_every=self.log_every, weights_timeout=self.weights_timeout,
+                          stale_weights_s=self.stale_weights_s)
+        if self.lag_patience_s <= 0:
+            raise ValueError("lag_patience_s: must be > 0")
         if self.max_lag < 0 or self.random_steps < 0 or self.max_env_steps < 0:
             raise ValueError("max_lag, random_steps, max_env_steps: must be >= 0")
+        if self.teleop == "browser" and not self.console.enabled:
+            raise ValueError("teleop: 'browser' is the console page; it needs the console (drop --console.no-enabled)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +213,23 @@ def run_config_hash(env: EnvConfig, agent: SACConfig) -> str:
     """Hash of what actor and learner must share: the env identity and the agent config."""
     blob = json.dumps({"env": env.identity(), "agent": to_jsonable(agent)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_config_digests(env: EnvConfig, agent: SACConfig) -> dict[str, str]:
+    """Per field of what ``run_config_hash`` hashes ("env.task", "agent.utd_ratio", …), a short digest, so a
+    handshake refusal can name the fields that differ; each env override counts as a field of its own."""
+    fields = {f"env.{k}": v for k, v in env.identity().items() if k != "overrides"}
+    try:
+        overrides = env.override_dict()
+    except ValueError:
+        overrides = None
+    if overrides is None or any(f"env.{k}" in fields for k in overrides):
+        fields["env.overrides"] = env.identity()["overrides"]
+    else:
+        fields.update({f"env.{k}": v for k, v in overrides.items()})
+    fields.update({f"agent.{k}": v for k, v in to_jsonable(agent).items()})
+    return {name: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+            for name, value in fields.items()}
 
 
 def from_dict(cls, data: Mapping):

@@ -43,12 +43,14 @@ class ObservationWrappers:
 
 def build_env(cfg: EnvConfig, seed: int | None = None, teleop: str = "none", *,
               teleop_options: Mapping[str, Any] | None = None,
-              observations: ObservationWrappers = ObservationWrappers()) -> gym.Env:
+              observations: ObservationWrappers = ObservationWrappers(), console: Any = None) -> gym.Env:
     """The task env with its observation wrappers, reward wrappers and, with a teleop device, interventions.
 
     ``robot_url`` None runs the MuJoCo twin in-process (LocalRobot); otherwise the env talks to a
     robot server over HTTP. ``gym:<id>`` tasks are gymnasium envs with flat observations. A teleop
     device (``make_teleop(teleop, env=..., **teleop_options)``) adds the ``InterventionWrapper`` outermost.
+    ``console`` (a ``ConsoleHub``) adds the page's success/failure marks (``ConsoleReward``, under the
+    interventions) and is the ``browser`` teleop's input.
     """
     if cfg.task_module:
         import_task_module(cfg.task_module)
@@ -60,8 +62,15 @@ def build_env(cfg: EnvConfig, seed: int | None = None, teleop: str = "none", *,
         from reward_classifiers.runtime import ClassifierReward  # the classifier's model code loads JAX and flax
 
         env = ClassifierReward(env, cfg.reward_classifier, k=cfg.classifier_k)
+    options = dict(teleop_options or {})
+    if console is not None:
+        from serl.console.reward import ConsoleMarks, ConsoleReward
+
+        env = ConsoleReward(env, ConsoleMarks())
+        if teleop == "browser":
+            options.setdefault("hub", console)
     if teleop != "none":
-        env = InterventionWrapper(env, make_teleop(teleop, env=env, **dict(teleop_options or {})))
+        env = InterventionWrapper(env, make_teleop(teleop, env=env, **options))
     return env
 
 

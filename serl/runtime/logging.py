@@ -58,12 +58,21 @@ def _is_scalar(value) -> bool:
         return False
 
 
-def write_status(path: Path, status: Mapping) -> None:
-    """Atomically replace a small JSON status file (read by ``serl train``'s progress display)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_status(path: Path, status: Mapping) -> bool:
+    """Atomically replace a small JSON status file (read by ``serl train``'s progress display).
+
+    Best effort: on a full or failing disk the old file stays and False comes back (the run goes on; its
+    console output says what failed).
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({**status, "time": time.time()}, default=_json_default))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({**status, "time": time.time()}, default=_json_default))
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
 
 
 def read_status(path: Path) -> dict:
@@ -103,8 +112,11 @@ class TrainProgress:
     COLUMNS = ("env steps", "episodes", "success (last 20)", "return", "updates", "updates/s", "weights",
                "online buffer", "demo buffer", "critic loss", "temperature")
 
-    def __init__(self, run_dir: Path, total_steps: int, live: bool, pixels: bool = False):
+    def __init__(self, run_dir: Path, total_steps: int, live: bool, pixels: bool = False,
+                 console_token: str | None = None):
         self.run_dir = run_dir
+        self.console_token = console_token
+        self.console_said = False
         self.total = total_steps
         self.pixels = pixels
         self.live = None
@@ -158,6 +170,7 @@ class TrainProgress:
     def update(self) -> None:
         learner = read_status(self.run_dir / "status" / "learner.json")
         actor = read_status(self.run_dir / "status" / "actor.json")
+        self._say_console(actor)
         self._say_cpu_rate(learner, actor)
         if self.live is not None:
             self.live.update(self._render(learner, actor))
@@ -179,6 +192,14 @@ class TrainProgress:
             self.last_print = time.monotonic()
             self.last_line = line
             print(line, flush=True)
+
+    def _say_console(self, actor: dict) -> None:
+        """Once: the actor's console address, on a line of its own (the actor's own output goes to its log)."""
+        if self.console_said or not actor.get("console"):
+            return
+        self.console_said = True
+        token = f"?token={self.console_token}" if self.console_token else ""
+        self._say(f"console: {actor['console']}{token}")
 
     def _say_cpu_rate(self, learner: dict, actor: dict) -> None:
         """Once: what a pixel run's measured update rate on the CPU means for wall time."""

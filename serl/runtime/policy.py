@@ -42,7 +42,7 @@ def encode_weights(agent: SACAgent, meta: Mapping[str, int | float]) -> bytes:
 
 
 def decode_weights(agent: SACAgent, blob: bytes) -> tuple[SACAgent, dict[str, float]]:
-    """Apply weights from :func:`encode_weights` to ``agent``; ValueError when they do not fit."""
+    """Apply weights from :func:`encode_weights` to ``agent``; ValueError when they do not fit or are not finite."""
     try:
         payload = flax.serialization.msgpack_restore(bytes(blob))
         current = policy_params(agent)
@@ -56,4 +56,13 @@ def decode_weights(agent: SACAgent, blob: bytes) -> tuple[SACAgent, dict[str, fl
     ]
     if mismatched:
         raise ValueError(f"weights: shapes differ from this agent's policy at {mismatched[:3]}")
+    # a learner fed bad data publishes NaN/inf weights; acting on them would send garbage to the robot
+    not_finite = [
+        jax.tree_util.keystr(path)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if not np.all(np.isfinite(np.asarray(leaf)))
+    ]
+    if not_finite:
+        raise ValueError(f"weights: {len(not_finite)} parameter arrays are not finite (NaN or inf), "
+                         f"e.g. {', '.join(not_finite[:3])}")
     return with_policy_params(agent, params), dict(payload.get("meta", {}))

@@ -21,7 +21,9 @@ Protocol (actor DEALER -> learner ROUTER; learner PUB -> actor SUB, conflated):
 - ``hello`` (actor id, session id, config hash, schema version, first seq still held) -> ``welcome``
   (highest batch seq the learner holds for that session, its weights version) or ``reject`` (reason).
 - ``batch`` (session, seq, n_items; one msgpack frame per transition follows) -> ``ack`` (highest contiguous
-  seq, status ok / duplicate / out_of_order / busy). The learner accepts only seq == acked + 1, so a batch is
+  seq, status ok / duplicate / out_of_order / busy / refused, with a reason for busy and refused). A consumer
+  callback that persists the batch before returning makes the ack durable; one that raises ``BatchRefused``
+  skips the batch for good (the actor counts it and moves on). The learner accepts only seq == acked + 1, so a batch is
   delivered at most once and in order; the actor keeps unacked batches and resends them after a timeout, a
   go-back reply or a re-handshake, so it is delivered at least once.
 - ``ping`` -> ``pong`` when idle (heartbeat); no reply within ``request_timeout_s`` -> new socket, new hello.
@@ -33,7 +35,7 @@ that names the difference (``HandshakeRejected``); malformed input raises ``Prot
 """
 
 from serl.transport.actor_client import ActorClient, ActorClientConfig, HandshakeRejected, TransportError
-from serl.transport.learner_server import LearnerServer, LearnerServerConfig, ReceivedBatch
+from serl.transport.learner_server import BatchRefused, LearnerServer, LearnerServerConfig, ReceivedBatch
 from serl.transport.link import ConnectionState, LearnerConnection
 from serl.transport.outbox import TransitionOutbox
 from serl.transport.schema import SCHEMA_VERSION, ProtocolError, SchemaMismatch, config_hash
@@ -42,6 +44,7 @@ from serl.transport.sessions import SessionTable
 __all__ = [
     "SCHEMA_VERSION",
     "ActorClient",
+    "BatchRefused",
     "ActorClientConfig",
     "ConnectionState",
     "HandshakeRejected",

@@ -9,14 +9,17 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from robot_servers.wire import packb
 from serl.transport.link import ConnectionState, LearnerConnection
 from serl.transport.outbox import TransitionOutbox
 from serl.transport.schema import ProtocolError, SchemaMismatch, decode_message, encode_message
+from serl.transport.security import ActorKeys
 
 log = logging.getLogger("serl.transport")
 
@@ -27,8 +30,11 @@ class TransportError(RuntimeError):
     """The transport cannot go on (for example the learner refused this actor)."""
 
 
-class HandshakeRejected(TransportError):
-    """The learner refused the handshake; the message names the difference (config hash, schema version)."""
+class HandshakeRejected(TransportError, ValueError):
+    """The learner refused the handshake; the message names the difference (config fields, schema version, key).
+
+    Also a ValueError: like a bad option, it is a setup error that the ``serl`` command reports in one line.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +43,8 @@ class ActorClientConfig:
 
     actor_id: str = "actor-0"
     config_hash: str = ""
+    config_digests: Mapping[str, str] = dataclasses.field(default_factory=dict)  # per config field, for refusals
+    keys: Path | None = None  # CURVE key folder (actor.key_secret, learner.key) made by `serl keys`
     host: str = "127.0.0.1"
     request_port: int = 5588
     weights_port: int = 5589
@@ -109,6 +117,8 @@ class ActorClient:
         self._sub: zmq.Socket | None = None
         self._poller: zmq.Poller | None = None
         self._stop = threading.Event()
+        self._keys = None if config.keys is None else ActorKeys.load(config.keys)
+        self._monitor: zmq.Socket | None = None  # handshake failures of the request socket (CURVE only)
         self._ctx = zmq.Context()
         self._thread = threading.Thread(target=self._run, name=f"serl-actor-transport-{config.actor_id}", daemon=True)
         self._thread.start()
@@ -184,6 +194,7 @@ class ActorClient:
                 "session": self.session,
                 **self._outbox.stats(),
                 "reconnects": self._counts["reconnects"],
+                "refused_batches": self._counts["refused_batches"],
                 "weights_version": -1 if weights is None else weights[1],
                 "connected": self._connected.is_set(),
             }
@@ -251,18 +262,26 @@ class ActorClient:
         sub.setsockopt(zmq.HEARTBEAT_IVL, int(cfg.heartbeat_interval_s * 1000))
         sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(cfg.request_timeout_s * 1000))
         sub.setsockopt(zmq.SUBSCRIBE, b"")
+        if self._keys is not None:
+            self._keys.secure(sub)
         sub.connect(f"tcp://{cfg.host}:{cfg.weights_port}")
         return sub
 
     def _replace_dealer(self) -> None:
         """A fresh request socket (the old one may hold requests to a dead learner), polled with the sub."""
         if self._dealer is not None:
+            if self._monitor is not None:
+                self._dealer.disable_monitor()
+                self._monitor.close(linger=0)
             self._dealer.close(linger=0)
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing into a dead connection: resends are our job
         sock.setsockopt(zmq.SNDHWM, 2 * self.config.max_inflight_batches + 8)
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_weights_bytes)
+        if self._keys is not None:
+            self._keys.secure(sock)
+            self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         sock.connect(f"tcp://{self.config.host}:{self.config.request_port}")
         self._dealer = sock
         self._poller = zmq.Poller()
@@ -331,16 +350,35 @@ class ActorClient:
             )
 
     def _send_hello(self, now: float) -> None:
+        if self._key_refused():
+            return
         with self._lock:
             first_seq = self._outbox.first_held_seq()
+        extra = {"config_digests": dict(self.config.config_digests)} if self.config.config_digests else {}
         message = encode_message(
             "hello", rid=self._link.next_rid(), actor_id=self.config.actor_id, session=self.session,
-            config_hash=self.config.config_hash, first_seq=first_seq,
+            config_hash=self.config.config_hash, first_seq=first_seq, **extra,
         )
         if self._send([message], now):
             self._link.on_hello_sent(now)
         else:
             self._link.on_hello_refused(now)
+
+    def _key_refused(self) -> bool:
+        """The learner's authenticator turned our CURVE key down (seen on the monitor): fail with that."""
+        while self._monitor is not None:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._fail(HandshakeRejected(
+                    f"learner at {self.config.host}:{self.config.request_port} refused actor "
+                    f"{self.config.actor_id!r}'s key (status {event['value']}): copy {self.config.keys}/actor.key "
+                    "into the learner's authorized/ folder (serl keys does) and restart the learner"
+                ))
+                return True
+        return False
 
     def _lose(self, why: str, now: float) -> None:
         """The learner stopped answering: new socket, re-handshake after a backoff; keep everything unacked."""
@@ -401,6 +439,10 @@ class ActorClient:
         if msg["session"] != self.session or not link.connected:
             return
         self._apply_acked(msg["acked"])
+        if msg["status"] == "refused":
+            self._counts["refused_batches"] += 1
+            self._warn("refused", f"the learner refused a batch ({self._counts['refused_batches']} so far) and "
+                                  f"will not take it: {msg.get('reason', '')}")
         if msg["status"] in ("busy", "out_of_order") and link.go_back_applies(msg["rid"]):
             # go back: resend everything unacked, in order, from the first missing batch
             with self._lock:

@@ -8,7 +8,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -23,6 +24,7 @@ from serl.transport.schema import (
     encode_message,
     short_hash,
 )
+from serl.transport.security import LearnerKeys, check_bind
 from serl.transport.sessions import ActorSession, BatchVerdict, SessionTable
 
 log = logging.getLogger("serl.transport")
@@ -32,15 +34,24 @@ _REQUESTS = frozenset({"hello", "batch", "ping", "get_weights"})
 
 @dataclasses.dataclass(frozen=True)
 class LearnerServerConfig:
-    """Where the learner listens and how much it holds; port 0 picks a free port."""
+    """Where the learner listens, whom it accepts and how much it holds; port 0 picks a free port.
+
+    ``keys``: folder with the learner's CURVE key pair and ``authorized/`` actor keys (``serl keys``); needed to
+    listen beyond loopback unless ``insecure``. ``config_digests``: per config field digests, so that a refusal
+    names the fields that differ.
+    """
 
     host: str = "127.0.0.1"
     request_port: int = 5588
     weights_port: int = 5589
     config_hash: str = ""
-    max_frame_bytes: int = 256 * 2**20
+    config_digests: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    keys: Path | None = None
+    insecure: bool = False
+    max_frame_bytes: int = 32 * 2**20  # one transition per frame: room for several full-resolution cameras
     max_queued_bytes: int = 1 << 30
     max_sessions_per_actor: int = 8
+    max_sessions: int = 2048
     actor_timeout_s: float = 5.0
     poll_interval_s: float = 0.02
 
@@ -48,12 +59,16 @@ class LearnerServerConfig:
         for name in ("request_port", "weights_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"LearnerServerConfig.{name} must be in 0..65535, got {getattr(self, name)}")
-        for name in ("max_frame_bytes", "max_queued_bytes", "max_sessions_per_actor"):
+        for name in ("max_frame_bytes", "max_queued_bytes", "max_sessions_per_actor", "max_sessions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LearnerServerConfig.{name} must be positive, got {getattr(self, name)}")
         for name in ("actor_timeout_s", "poll_interval_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"LearnerServerConfig.{name} must be > 0, got {getattr(self, name)}")
+
+
+class BatchRefused(ValueError):
+    """Raised by an ``on_batch`` callback for a batch it will never take; the actor is told why and moves on."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +94,8 @@ class LearnerServer:
         self.config = config
         self.learner_id = uuid.uuid4().hex
         self._callback = on_batch
+        check_bind(config.host, config.keys, config.insecure)
+        keys = None if config.keys is None else LearnerKeys.load(config.keys)
         self._ctx = zmq.Context()
         self._router = self._ctx.socket(zmq.ROUTER)
         self._pub = self._ctx.socket(zmq.PUB)
@@ -87,15 +104,18 @@ class LearnerServer:
         self._router.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes)
         self._router.setsockopt(zmq.RCVHWM, 1000)
         self._pub.setsockopt(zmq.SNDHWM, 2)
+        self._auth = None
         try:
+            if keys is not None:
+                self._auth = keys.secure(self._ctx, [self._router, self._pub])
             self.request_port = self._bind(self._router, config.request_port)
             self.weights_port = self._bind(self._pub, config.weights_port)
-        except zmq.ZMQError:
-            self._ctx.destroy(linger=0)
+        except Exception:
+            self._close_sockets()
             raise
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
-        self._sessions = SessionTable(config.max_sessions_per_actor)
+        self._sessions = SessionTable(config.max_sessions_per_actor, config.max_sessions)
         self._queue: collections.deque[tuple[ReceivedBatch, int]] = collections.deque()
         self._queued_bytes = 0
         self._pub_lock = threading.Lock()
@@ -134,7 +154,13 @@ class LearnerServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._pub_lock:
-            self._ctx.destroy(linger=0)
+            self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        if self._auth is not None:  # before the context: the authenticator's socket lives in it
+            self._auth.stop()
+            self._auth = None
+        self._ctx.destroy(linger=0)
 
     def drain(self, max_batches: int | None = None, timeout: float = 0.0) -> list[ReceivedBatch]:
         """Take received batches in arrival order; waits up to ``timeout`` s for the first one."""
@@ -256,12 +282,21 @@ class LearnerServer:
         self._warn("bad", f"learner transport: dropped a bad message: {reason}")
         self._reply(identity, "error", rid=rid, code="protocol", reason=reason)
 
+    def _config_difference(self, msg: dict) -> str:
+        """Why the actor's config hash differs: the differing fields when both sides sent digests."""
+        theirs, ours = msg.get("config_digests") or {}, self.config.config_digests
+        fields = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+        if theirs and ours and fields:
+            shown = ", ".join(fields[:20]) + (f" and {len(fields) - 20} more" if len(fields) > 20 else "")
+            return f"config differs from the learner's in: {shown}"
+        return (
+            f"config hash differs: actor {short_hash(msg['config_hash'])} "
+            f"vs learner {short_hash(self.config.config_hash)}"
+        )
+
     def _on_hello(self, identity: bytes, msg: dict, frames) -> None:
         if msg["config_hash"] != self.config.config_hash:
-            reason = (
-                f"config hash differs: actor {short_hash(msg['config_hash'])} "
-                f"vs learner {short_hash(self.config.config_hash)}"
-            )
+            reason = self._config_difference(msg)
             self._stats["rejected"] += 1
             self._warn("hash", f"learner transport: refused actor {msg['actor_id']!r}: {reason}")
             self._reply(identity, "reject", rid=msg["rid"], reason=reason)
@@ -315,18 +350,33 @@ class LearnerServer:
                 self._bad(identity, msg["rid"], f"batch {seq} from {msg['actor_id']!r}: {e}")
                 return
             batch = ReceivedBatch(msg["actor_id"], msg["session"], seq, transitions)
-            status = self._deliver(session, batch, sum(len(f.buffer) for f in frames[2:]))
+            status, reason = self._deliver(session, batch, sum(len(f.buffer) for f in frames[2:]))
             acked = session.acked
+            if reason:
+                self._reply(identity, "ack", rid=msg["rid"], session=msg["session"], seq=seq, acked=acked,
+                            status=status, reason=reason)
+                return
         self._reply(identity, "ack", rid=msg["rid"], session=msg["session"], seq=seq, acked=acked, status=status)
 
-    def _deliver(self, session: ActorSession, batch: ReceivedBatch, nbytes: int) -> str:
+    def _deliver(self, session: ActorSession, batch: ReceivedBatch, nbytes: int) -> tuple[str, str]:
         if self._callback is not None:
             try:
                 self._callback(batch)
+            except BatchRefused as err:
+                with self._lock:
+                    self._sessions.delivered(session, batch.seq)
+                self._stats["refused_batches"] += 1
+                self._stats["refused_transitions"] += len(batch.transitions)
+                self._warn("refused", f"learner: refused a batch from actor {batch.actor_id!r}: {err}")
+                return "refused", str(err)
+            except (OSError, BufferError) as err:  # a full disk, a consumer behind: the actor resends later
+                self._stats["callback_errors"] += 1
+                self._warn("busy", f"learner: cannot take batches now ({err}); actors will resend")
+                return "busy", str(err)
             except Exception:
                 log.exception("learner transport: on_batch callback failed; the actor will resend")
                 self._stats["callback_errors"] += 1
-                return "busy"
+                return "busy", "the learner failed to take the batch"
             with self._lock:
                 self._sessions.delivered(session, batch.seq)
         else:
@@ -337,7 +387,7 @@ class LearnerServer:
                 self._ready.notify()
         self._stats["batches"] += 1
         self._stats["transitions"] += len(batch.transitions)
-        return "ok"
+        return "ok", ""
 
     def _on_ping(self, identity: bytes, msg: dict, frames) -> None:
         with self._lock:

@@ -31,7 +31,12 @@ MESSAGE_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "error": {"rid": int, "code": str, "reason": str},
     "weights": {"learner_id": str, "version": int},  # plus "params": any pytree or bytes
 }
+# Fields a peer may leave out (older peers do not send them); checked only when present.
+OPTIONAL_FIELDS: dict[str, dict[str, type]] = {
+    "hello": {"config_digests": dict},  # config field name -> digest, to name the fields that differ
+}
 MAX_ITEMS_PER_BATCH = 100_000
+MAX_CONFIG_DIGESTS = 512
 
 
 class ProtocolError(ValueError):
@@ -98,6 +103,16 @@ def decode_message(data: bytes | memoryview, expect: frozenset[str] | None = Non
         value = msg[name]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ProtocolError(f"{msg_type} field {name!r} must be {kind.__name__}, got {type(value).__name__}")
+    for name, kind in OPTIONAL_FIELDS.get(msg_type, {}).items():
+        if name in msg and not isinstance(msg[name], kind):
+            raise ProtocolError(f"{msg_type} field {name!r} must be {kind.__name__}, got {type(msg[name]).__name__}")
+    digests = msg.get("config_digests") if msg_type == "hello" else None
+    if digests is not None and (
+        len(digests) > MAX_CONFIG_DIGESTS
+        or not all(isinstance(k, str) and isinstance(v, str) and len(k) <= 128 and len(v) <= 128
+                   for k, v in digests.items())
+    ):
+        raise ProtocolError(f"hello field 'config_digests' must map at most {MAX_CONFIG_DIGESTS} short str to str")
     if msg_type == "batch" and not 0 <= msg["n_items"] <= MAX_ITEMS_PER_BATCH:
         raise ProtocolError(f"batch field 'n_items' out of range: {msg['n_items']}")
     if msg_type in ("batch", "hello") and msg.get("seq", msg.get("first_seq")) < 0:

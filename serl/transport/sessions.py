@@ -39,14 +39,21 @@ class ActorSession:
 class SessionTable:
     """Per (actor id, session id): batches received and delivered, for exactly-once delivery across restarts.
 
-    Keeps at most ``max_sessions_per_actor`` sessions per actor (the least recently active go first, unless
-    they still have queued batches). Callers pass the time in and serialise access (not thread-safe).
+    Keeps at most ``max_sessions_per_actor`` sessions per actor and ``max_sessions`` in all (the least recently
+    active go first, unless they still have queued batches), so that neither memory nor the checkpointed
+    ``state_dict()`` grows with the number of actor ids ever seen. Callers pass the time in and serialise access
+    (not thread-safe).
     """
 
-    def __init__(self, max_sessions_per_actor: int):
+    def __init__(self, max_sessions_per_actor: int, max_sessions: int = 2048):
         self.max_sessions_per_actor = max_sessions_per_actor
-        self._sessions: dict[SessionKey, ActorSession] = {}
+        self.max_sessions = max_sessions
+        self._sessions: dict[SessionKey, ActorSession] = {}  # least recently active first
+        self._by_actor: dict[str, dict[str, None]] = {}  # per actor id, its session ids in the same order
         self._tick = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
 
     def handshake(self, key: SessionKey, first_seq: int, now: float) -> tuple[ActorSession, int]:
         """Register a hello whose actor still holds batches from ``first_seq`` on.
@@ -62,6 +69,7 @@ class SessionTable:
             if session.queued == 0:
                 session.delivered = session.acked
         self._prune(key[0])
+        self._cap(keep=key)
         return session, lost
 
     def handshaken(self, key: SessionKey, now: float) -> ActorSession | None:
@@ -117,24 +125,50 @@ class SessionTable:
                 or not isinstance(entry[2], int)
             ):
                 raise ValueError(f"transport state sessions[{i}] must be [actor_id, session, seq], got {entry!r}")
+            restored.pop((entry[0], entry[1]), None)  # a repeated key counts at its last position
             restored[(entry[0], entry[1])] = ActorSession(acked=entry[2], delivered=entry[2], tick=i)
         self._sessions = restored
-        self._tick = len(restored)
+        self._by_actor = {}
+        for actor_id, session_id in restored:
+            self._by_actor.setdefault(actor_id, {})[session_id] = None
+        self._tick = len(state["sessions"])
 
     def _touch(self, key: SessionKey, now: float) -> ActorSession:
-        session = self._sessions.get(key)
-        if session is None:
-            session = self._sessions[key] = ActorSession()
+        # re-insert at the end: dicts keep insertion order, so both stay sorted by activity at O(1) a touch
+        session = self._sessions.pop(key, None) or ActorSession()
+        self._sessions[key] = session
+        mine = self._by_actor.setdefault(key[0], {})
+        mine.pop(key[1], None)
+        mine[key[1]] = None
         self._tick += 1
         session.tick = self._tick
         session.last_seen = now
         return session
 
     def _by_activity(self) -> list[tuple[SessionKey, ActorSession]]:
-        return sorted(self._sessions.items(), key=lambda kv: kv[1].tick)
+        return list(self._sessions.items())
+
+    def _delete(self, key: SessionKey) -> None:
+        del self._sessions[key]
+        mine = self._by_actor[key[0]]
+        del mine[key[1]]
+        if not mine:
+            del self._by_actor[key[0]]
 
     def _prune(self, actor_id: str) -> None:
-        mine = sorted((s.tick, key) for key, s in self._sessions.items() if key[0] == actor_id)
-        for _, key in mine[: max(0, len(mine) - self.max_sessions_per_actor)]:
-            if self._sessions[key].queued == 0:
-                del self._sessions[key]
+        mine = list(self._by_actor.get(actor_id, ()))
+        for session_id in mine[: max(0, len(mine) - self.max_sessions_per_actor)]:
+            if self._sessions[(actor_id, session_id)].queued == 0:
+                self._delete((actor_id, session_id))
+
+    def _cap(self, keep: SessionKey) -> None:
+        """Evict the least recently active sessions with nothing queued until at most ``max_sessions`` remain."""
+        excess = len(self._sessions) - self.max_sessions
+        victims: list[SessionKey] = []
+        for key, session in self._sessions.items():
+            if len(victims) >= excess:
+                break
+            if session.queued == 0 and key != keep:
+                victims.append(key)
+        for key in victims:
+            self._delete(key)
