@@ -197,17 +197,21 @@ def test_the_address_is_printed_and_steps_are_published_with_frames(rig):
 
 def test_pause_holds_the_pose_and_sends_nothing_until_resume(rig):
     rig.hub.command("pause")
-    paused = rig.views_after(3, acting="paused")
-    rig.wait_for(lambda: len(rig.received()) == paused.step, "every transition sent before the pause")
-    sent = len(rig.received())
-    state = rig.robot.state()
-    pose, target = np.asarray(state.tcp_pose, float), np.asarray(state.target_pose, float)
-    rig.views_after(10, acting="paused")  # ten held control periods
-    state = rig.robot.state()
-    np.testing.assert_allclose(state.target_pose, target, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(state.tcp_pose)[:3], pose[:3], atol=2e-3)
-    assert len(rig.received()) == sent and rig.view().step == paused.step
-    rig.hub.command("resume")
+    try:
+        paused = rig.views_after(3, acting="paused")
+        rig.wait_for(lambda: len(rig.received()) == paused.step, "every transition sent before the pause")
+        sent = len(rig.received())
+        state = rig.robot.state()
+        pose, target = np.asarray(state.tcp_pose, float)[:3], np.asarray(state.target_pose, float)
+        rig.views_after(10, acting="paused")  # ten held control periods
+        state = rig.robot.state()
+        np.testing.assert_allclose(state.target_pose, target, atol=1e-6)  # the target holds
+        # the arm only settles onto that target (a step's motion may still be ending when the pause comes)
+        before, after = (np.linalg.norm(p - target[:3]) for p in (pose, np.asarray(state.tcp_pose)[:3]))
+        assert after <= before + 1e-3, (before, after)
+        assert len(rig.received()) == sent and rig.view().step == paused.step
+    finally:
+        rig.hub.command("resume")  # the rig is shared by the tests after this one
     rig.wait_for(lambda: len(rig.received()) >= sent + 5, "transitions after resume")
 
 
