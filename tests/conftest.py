@@ -26,3 +26,27 @@ def shared_compilation_cache(tmp_path_factory):
         os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
     else:
         os.environ["JAX_COMPILATION_CACHE_DIR"] = previous
+
+
+_EXIT_STATUS: list[int] = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """End the process with the tests' status once pytest is done, skipping interpreter teardown.
+
+    This one process hosts DDS participants, MuJoCo's EGL contexts, XLA and uvicorn threads; their native
+    exit handlers, run in whatever order teardown reaches them, crashed it now and then after every test had
+    passed. Each command the tests start as a subprocess still exits normally and has its status checked.
+    """
+    if _EXIT_STATUS:
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])
