@@ -21,9 +21,9 @@ from serl.data.transition import TransitionSpec
 SCALAR_KEYS = ("rewards", "masks", "dones")
 
 
-def _is_image(value) -> bool:
-    value = np.asarray(value)
-    return value.ndim == 3 and value.dtype == np.uint8
+def image_keys(observation: Mapping) -> tuple[str, ...]:
+    """The camera entries of a flat observation: (H, W, C) uint8 arrays, sorted by name."""
+    return tuple(sorted(k for k, v in observation.items() if np.ndim(v) == 3 and np.asarray(v).dtype == np.uint8))
 
 
 def atomic_savez(path: str | os.PathLike, **arrays) -> None:
@@ -62,7 +62,7 @@ class ReplayBuffer:
             raise ValueError("observation_example: expected a non-empty flat dict of arrays")
         self.capacity = int(capacity)
         self.action_dim = int(action_dim)
-        self.image_keys = tuple(sorted(k for k, v in observation_example.items() if _is_image(v)))
+        self.image_keys = image_keys(observation_example)
         self.low_dim_keys = tuple(sorted(k for k in observation_example if k not in self.image_keys))
         self.frame_capacity = self.capacity + max(1, int(np.ceil(self.capacity * frame_slack)))
         self.extra_keys = tuple(extra_keys)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from robot_servers import wire
+from serl.data.replay import image_keys
 
 MAGIC = b"SRL1"
 _HEAD = struct.Struct("<4sIQ")  # magic, crc32 of the payload, payload length
@@ -35,11 +36,6 @@ MAX_RECORD_BYTES = 1 << 31
 
 class ReplayLogError(RuntimeError):
     """A log that cannot be read as written (damaged before its last record, or not a replay log)."""
-
-
-def _is_image(value) -> bool:
-    value = np.asarray(value)
-    return value.ndim == 3 and value.dtype == np.uint8
 
 
 class _FrameCursor:
@@ -173,9 +169,7 @@ class ReplayLog:
                     t = dict(t)
                     if t.pop("shared_frame", False):
                         t["observations"] = {**t["observations"], **stored}
-                    if self._image_keys is None:
-                        self._image_keys = tuple(sorted(k for k, v in t["observations"].items() if _is_image(v)))
-                    stored = {k: t["next_observations"][k] for k in self._image_keys}
+                    stored = {k: t["next_observations"][k] for k in self._keys(t)}
                     transitions.append(t)
                 yield {**record, "transitions": transitions}
 
@@ -194,9 +188,7 @@ class ReplayLog:
             stored_frame = self._stored_frame
             encoded = []
             for t in transitions:
-                if self._image_keys is None:
-                    self._image_keys = tuple(sorted(k for k, v in t["observations"].items() if _is_image(v)))
-                keys = self._image_keys
+                keys = self._keys(t)
                 continued = cursor.continues(t["observations"], keys)
                 out = dict(t)
                 if keys and stored_frame is not None and continued:
@@ -227,13 +219,18 @@ class ReplayLog:
 
     def _advance(self, transitions: list[Mapping]) -> None:
         for t in transitions:
-            if self._image_keys is None:
-                self._image_keys = tuple(sorted(k for k, v in t["observations"].items() if _is_image(v)))
+            keys = self._keys(t)
             if t.get("shared_frame"):
                 t = {**t, "observations": {**t["observations"], **self._cursor.last_frame}}
-            continued = self._cursor.continues(t["observations"], self._image_keys)
-            self._cursor.advance(t, self._image_keys, continued)
+            continued = self._cursor.continues(t["observations"], keys)
+            self._cursor.advance(t, keys, continued)
             self._stored_frame = self._cursor.last_frame
+
+    def _keys(self, transition: Mapping) -> tuple[str, ...]:
+        """The camera keys, from the first transition seen (its next observation is always whole)."""
+        if self._image_keys is None:
+            self._image_keys = image_keys(transition["next_observations"])
+        return self._image_keys
 
     def _start_segment(self) -> None:
         if self._file is not None:
