@@ -34,7 +34,7 @@ from serl.runtime.policy import create_agent, encode_weights
 
 
 STATUS_EVERY_S = 2.0
-CHECKPOINT_RETRY_S = (10.0, 600.0)  # first and longest wait before retrying a failed checkpoint
+CHECKPOINT_RETRY_S = (10.0, 600.0)  # first and longest wait before retrying a failed checkpoint (doubling)
 
 
 @dataclasses.dataclass
@@ -134,7 +134,7 @@ class Learner:
         logged_after_checkpoint = self.counters.env_steps - int(meta.get("counters", {}).get("env_steps", 0))
         self.backlog = min(logged_after_checkpoint, cfg.max_backlog) if self.training else 0
         self.last_checkpoint = self.counters.env_steps
-        self.checkpoint_failure: tuple[float, str] | None = None  # (since, reason) while checkpoints fail
+        self.checkpoint_failure: tuple[float, str, float] | None = None  # (since, reason, wait) while they fail
         self.next_checkpoint_try = 0.0
         self.last_log = self.counters.env_steps
         self.metrics: dict[str, float] = {}
@@ -366,10 +366,9 @@ class Learner:
     def _checkpoint_failed(self, step: int, err) -> str:
         now = time.monotonic()
         first = self.checkpoint_failure is None
-        since = now if first else self.checkpoint_failure[0]
-        wait = CHECKPOINT_RETRY_S[0] if first else min(2 * max(self.next_checkpoint_try - since, CHECKPOINT_RETRY_S[0]),
-                                                         CHECKPOINT_RETRY_S[1])
-        self.checkpoint_failure = (since, str(err))
+        since, _, previous = (now, "", CHECKPOINT_RETRY_S[0] / 2) if first else self.checkpoint_failure
+        wait = min(2 * previous, CHECKPOINT_RETRY_S[1])
+        self.checkpoint_failure = (since, str(err), wait)
         self.next_checkpoint_try = now + wait
         note = f"checkpoint at env step {step} NOT written ({err}); training goes on, next try in {wait:.0f} s"
         print(f"[learner] {note}", flush=True)
