@@ -45,9 +45,11 @@ class Checkpointer:
             if os.path.isdir(folder):
                 for name in os.listdir(folder):
                     if pattern in name:
-                        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
-                        if os.path.exists(os.path.join(folder, name)):
-                            os.unlink(os.path.join(folder, name))
+                        path = os.path.join(folder, name)
+                        if os.path.isdir(path):
+                            shutil.rmtree(path)
+                        else:
+                            os.unlink(path)
 
     def _buffer_path(self, name: str, step: int) -> str:
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
