@@ -14,7 +14,7 @@ browser is) that decodes every JPEG.
   target at once), in control periods. Waiting for the next tick is part of it (uniform in one period).
 
 Targets: p50 frame latency ≤ 150 ms; the period p99 with a page ≤ 1.1× the period; input to target within
-one control period plus transport (p99 ≤ 1.1). Prints one JSON object. ``--quick``: two blocks of 2 s per condition.
+one control period plus transport (p99 ≤ 1.1). Prints one JSON object. ``--quick``: two blocks of 1 s per condition.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def percentile(values, q) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 blocks of 2 s per condition")
+    parser.add_argument("--quick", action="store_true", help="2 blocks of 1 s per condition")
     parser.add_argument("--blocks", type=int, default=6, help="blocks per condition (no page, one page), alternating")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per block")
     parser.add_argument("--presses", type=int, default=40, help="teleop key presses from a page")
@@ -197,7 +197,7 @@ def main() -> None:
     if args.teleop_page:
         url, events, period = args.teleop_page
         return teleop_client(url, int(events), float(period))
-    blocks, seconds = (2, 2.0) if args.quick else (args.blocks, args.seconds)
+    blocks, seconds = (2, 1.0) if args.quick else (args.blocks, args.seconds)
 
     config = ConsoleConfig(port=0)
     hub = config.hub()

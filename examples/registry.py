@@ -9,6 +9,7 @@ from examples.peg_insertion import config as peg_insertion
 from examples.ram_insertion import config as ram_insertion
 from examples.usb_insertion import config as usb_insertion
 from serl.envs.task_config import TaskConfig
+from serl.envs.task_cycles import register_cycle
 from serl.envs.tasks import register_task
 
 
@@ -25,8 +26,10 @@ def example_tasks() -> list[TaskConfig]:
 
 
 def register_examples() -> list[str]:
-    """Add the example tasks to the task registry (idempotent); returns their names."""
+    """Add the example tasks (and the object-relocation task cycle) to the registries (idempotent); returns the
+    tasks' names."""
     tasks = example_tasks()
     for task in tasks:
         register_task(task, overwrite=True)
+    register_cycle(object_relocation.CYCLE, overwrite=True)
     return [task.name for task in tasks]

@@ -1,6 +1,9 @@
 """A CI-sized task for the runtime tests: ``PandaReach``, the twin's PandaPickCube scene with the goal of moving
 the hand to a fixed point 10 cm lower than the reset pose (success within 3 cm; dense reward).
 
+``PandaReachTwice``: a task cycle of PandaReach and its copy ``PandaReachAgain`` (neither goal holds at the
+start, so they simply alternate), for the task-cycle runtime tests.
+
 Imported by actor and learner processes through ``--env.task-module`` (it registers the task). It learns in
 about a thousand env steps with scripted demos; lifting the cube (PandaPickCube) needs ~10k steps and is
 measured by benchmarks/sample_efficiency.py instead.
@@ -10,6 +13,8 @@ import dataclasses
 
 import numpy as np
 
+from serl.envs.task_cycles import TaskCycle, is_cycle, register_cycle
+from serl.envs.task_config import ResetHookSpec
 from serl.envs.tasks import PANDA_PICK_CUBE, list_tasks, register_task
 
 GOAL = np.array([0.5, 0.0, 0.10])  # base frame, m
@@ -72,3 +77,8 @@ def record_reach_demos(path, episodes: int = 10, seed: int = 0, noise: float = 0
             writer.write(recorder.finish())
     env.close()
     return transitions
+if "PandaReachAgain" not in list_tasks():
+    register_task(dataclasses.replace(REACH, name="PandaReachAgain"), lambda task: ReachReward())
+if not is_cycle("PandaReachTwice"):
+    register_cycle(TaskCycle("PandaReachTwice", ("PandaReach", "PandaReachAgain"),
+                             fallback_hooks=(ResetHookSpec("scene_reset"),)))

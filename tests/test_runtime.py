@@ -198,3 +198,30 @@ def test_train_improves_success_on_the_twin(tmp_path):
     assert loaded and int(loaded.group(1)) > 0
     assert trained["success_rate"] >= before["success_rate"] + 0.4, (before, trained)
     assert trained["mean_return"] > before["mean_return"]
+
+
+def test_eval_ends_an_episode_at_a_robot_fault_as_a_failure_and_goes_on():
+    """A policy that trips the robot's stop (here: a latched safety stop) fails its episode; the robot is
+    recovered and the next episode runs."""
+    import numpy as np
+
+    from serl.cli.eval import evaluate_policy
+    from serl.envs.tasks import make_sim_env
+
+    env = make_sim_env("PandaPickCube", seed=0, wrap=True, max_episode_steps=5)
+
+    class StopsOnce:
+        calls = 0
+
+        def eval_actions(self, obs):
+            self.calls += 1
+            if self.calls == 2:
+                env.unwrapped.client.safety_stop("a violent policy")
+            return np.zeros(env.action_space.shape, np.float32)
+
+    try:
+        result = evaluate_policy(StopsOnce(), env, episodes=2, seed=0)
+    finally:
+        env.close()
+    assert result["robot_faults"] == 1 and "a violent policy" in result["first_fault"], result
+    assert result["mean_length"] == (1 + 5) / 2 and result["success_rate"] == 0.0

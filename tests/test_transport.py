@@ -455,17 +455,20 @@ def test_configs_refuse_bad_values_naming_the_field(make, match):
         make()
 
 
-def test_old_sessions_of_an_actor_are_pruned_from_the_dedup_table(learner):
+def test_old_sessions_of_an_actor_are_pruned_from_the_dedup_table():
+    learner = make_learner(cfg={"actor_timeout_s": 1e-3})  # each earlier session is silent, not a live holder
     ctx = zmq.Context()
     try:
         sock = raw_dealer(ctx, learner.request_port)
         for k in range(12):
+            time.sleep(0.002)  # past the actor timeout: the previous session is no live holder of the id
             sock.send(encode_message("hello", rid=k, actor_id="robot", session=f"s{k}", config_hash=HASH, first_seq=0))
             assert reply(sock)["type"] == "welcome"
         sessions = [entry[1] for entry in learner.state_dict()["sessions"]]
         assert sessions == [f"s{k}" for k in range(4, 12)]  # max_sessions_per_actor = 8, newest kept
     finally:
         ctx.destroy(linger=0)
+        learner.close()
 
 
 def test_actor_ignores_garbage_on_the_weights_socket_and_keeps_valid_weights(learner, caplog):

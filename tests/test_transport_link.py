@@ -95,3 +95,14 @@ def test_weights_requests_are_rate_limited():
     assert link.weights_request_due(0.0)
     link.on_weights_requested(0.0)
     assert not link.weights_request_due(0.99) and link.weights_request_due(1.0)
+
+
+def test_a_hello_refused_for_an_actor_id_in_use_is_sent_again_after_the_given_wait():
+    link = make_link()
+    link.next_rid()
+    link.on_send(0.0, delivered=True)
+    link.on_hello_sent(0.0)
+    link.on_hello_rejected(0.2, retry_in=0.5)
+    assert link.state is ConnectionState.DISCONNECTED and not link.hello_overdue(5.0)
+    assert not link.hello_due(0.69) and link.hello_due(0.7)
+    assert not link.reply_overdue(5.0)  # no reply is due from a refused hello

@@ -5,6 +5,7 @@ import json
 import time
 import uuid
 
+import numpy as np
 import pytest
 import zmq
 
@@ -74,6 +75,24 @@ def test_alive_reports_the_newest_handshaken_session_per_actor():
     alive = table.alive(now=10.0, timeout_s=7.0)
     assert alive == {"robot": {"session": "new", "acked": -1, "seconds_since_seen": 6.0, "alive": True}}
     assert not table.alive(now=12.0, timeout_s=7.0)["robot"]["alive"]
+
+
+def test_an_actor_id_is_held_by_its_session_while_it_is_heard_from():
+    table = SessionTable(max_sessions_per_actor=8)
+    table.handshake(("robot", "first"), first_seq=0, now=0.0)
+    table.handshaken(("robot", "first"), now=2.0)  # a batch or a ping
+    assert table.live_holder(("robot", "second"), now=2.5, timeout_s=5.0) == ("first", 0.5)
+    assert table.live_holder(("robot", "first"), now=2.5, timeout_s=5.0) is None  # its own reconnect
+    assert table.live_holder(("arm", "second"), now=2.5, timeout_s=5.0) is None  # another id
+    assert table.live_holder(("robot", "second"), now=7.0, timeout_s=5.0) is None  # silent for the timeout: dead
+    table.handshake(("robot", "second"), first_seq=0, now=7.0)
+    assert table.live_holder(("robot", "third"), now=8.0, timeout_s=5.0) == ("second", 1.0)  # the newest holds it
+
+
+def test_sessions_restored_from_a_checkpoint_never_hold_an_actor_id():
+    table = SessionTable(max_sessions_per_actor=8)
+    table.load_state_dict({"format": 1, "sessions": [["robot", "before-the-restart", 7]]})
+    assert table.live_holder(("robot", "new"), now=0.0, timeout_s=5.0) is None
 
 
 def test_state_round_trips_and_resumes_dedup():
@@ -161,4 +180,36 @@ def test_fifty_thousand_hellos_over_the_socket_leave_a_small_checkpoint():
         print(f"50k hellos over ZeroMQ: {len(state['sessions'])} sessions, state_dict {state_bytes} bytes as JSON")
     finally:
         ctx.destroy(linger=0)
+        server.close()
+
+
+def test_a_refused_hello_is_retried_until_the_holder_is_silent_then_the_actor_gets_in():
+    from serl.transport import ActorClient, ActorClientConfig, HandshakeRejected
+
+    server = LearnerServer(LearnerServerConfig(request_port=0, weights_port=0, config_hash="h",
+                                               actor_timeout_s=1.0)).start()
+
+    def client(**kw) -> ActorClient:
+        return ActorClient(ActorClientConfig(actor_id="robot", config_hash="h", request_port=server.request_port,
+                                             weights_port=server.weights_port, flush_interval_s=0.01, **kw))
+
+    holder = client(heartbeat_interval_s=0.1)  # heard from ten times per timeout
+    second = None
+    try:
+        assert holder.wait_connected(30)
+        second = client()
+        with pytest.raises(HandshakeRejected, match=r"actor id 'robot' is in use by a live actor \(session "
+                                                    f"{holder.session[:8]}…"):
+            second.wait_connected(60)  # the holder pings all along: refused for good after the retries
+        second.close()
+        assert holder.connected
+        successor = second = client()
+        holder.close()  # gone without a word, as after a kill
+        assert successor.wait_connected(30)
+        successor.send({"state": np.zeros(2, np.float32)})
+        assert successor.flush(30) and server.stats()["rejected_ids_in_use"] >= 2
+    finally:
+        holder.close()
+        if second is not None:
+            second.close()
         server.close()

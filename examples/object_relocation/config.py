@@ -11,6 +11,7 @@ from examples.common import COMPLIANT, PRECISE, REAL_RESET, box_around, on_twin
 from robot_servers.control.pose import DOWN_QUAT
 from robot_servers.limits import MAX_GRIPPER_WIDTH
 from serl.envs.task_config import CameraSpec, ResetHookSpec, TaskConfig
+from serl.envs.task_cycles import TaskCycle
 
 BIN_A = (0.45, -0.15, 0.12, *DOWN_QUAT)  # TCP poses above the bin centres: measure on your setup
 BIN_B = (0.45, 0.15, 0.12, *DOWN_QUAT)
@@ -41,6 +42,15 @@ def config(direction: Literal["forward", "backward"] = "forward") -> TaskConfig:
 
 FORWARD = config("forward")
 BACKWARD = config("backward")
+
+CYCLE = TaskCycle(
+    name="ObjectRelocation",
+    tasks=(FORWARD.name, BACKWARD.name),
+    fallback_hooks=(ResetHookSpec("wait_for_human", (
+        ("prompt", "Neither direction can go on: put the object back in bin A, then press Enter."),)),),
+)
+"""One actor alternates forward and backward, each with its own learner and classifier (docs/reset_free.md);
+when neither can go on, a person puts the object back."""
 
 
 def sim_config() -> TaskConfig:

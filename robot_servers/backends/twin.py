@@ -9,7 +9,8 @@ arm's firmware does. Two clocks:
 - ``lockstep=False`` (robot server): a background thread steps physics paced to the wall clock.
 
 Scenes: ``empty``; ``pick_cube`` (``reset_scene`` puts the cube at a random table position and
-yaw); ``peg_insertion`` (``reset_scene`` puts the hole block at a random pose and the peg in the
+yaw); ``relocate`` (the same cube and two marked regions A and B; ``reset_scene`` puts the cube in
+region A, or ``region="B"``, at a random yaw); ``peg_insertion`` (``reset_scene`` puts the hole block at a random pose and the peg in the
 closed hand at the current TCP, sticking 57 mm out of the fingertips — call it with the arm at its
 reset pose). ``scene`` gives object poses (xyz + quat xyzw); the hole's pose is its bottom centre.
 
@@ -49,6 +50,7 @@ JOINT_RESET_TOLERANCE = 5e-4  # rad; the servo settles well inside the 1 mrad sp
 CUBE_XY_CENTER = (0.5, 0.0)
 CUBE_XY_RANGE = 0.1  # ± m
 CUBE_YAW_RANGE = np.pi / 4
+REGION_XY_NOISE = 0.01  # ± m around a relocation region's centre
 HOLE_XY_CENTER = (0.55, 0.0)
 HOLE_XY_RANGE = 0.04
 HOLE_YAW_RANGE = 0.2
@@ -63,7 +65,7 @@ class TwinConfig:
     """Twin settings. ``crops`` maps camera name → (top, left, height, width) on a ``render_size`` frame."""
 
     robot: str = "panda"  # "panda" | "fr3"
-    scene: str = "pick_cube"  # "empty" | "pick_cube" | "peg_insertion"
+    scene: str = "pick_cube"  # "empty" | "pick_cube" | "peg_insertion" | "relocate"
     cameras: tuple[str, ...] = ("wrist", "front")
     image_size: tuple[int, int] = (128, 128)  # (H, W) returned by the cameras
     render_size: tuple[int, int] | None = None  # (H, W) rendered before crop; None = image_size
@@ -464,12 +466,21 @@ class TwinBackend(SimulatedBackend):
                 for name, body in self._object_bodies.items()
             }
 
-    def reset_scene(self, seed: int | None = None) -> None:
-        """Random object poses (see module doc); deterministic for a given seed."""
+    def reset_scene(self, seed: int | None = None, region: str = "A") -> None:
+        """Random object poses (see module doc); deterministic for a given seed.
+
+        ``region``: ``relocate`` only, the region (``models.RELOCATE_REGIONS``) the cube is put in.
+        """
         rng = self._rng if seed is None else np.random.default_rng(seed)
+        if self.config.scene == "relocate" and region not in models.RELOCATE_REGIONS:
+            raise ValueError(f"region: unknown region {region!r}; choose one of {sorted(models.RELOCATE_REGIONS)}")
         with self._lock:
             model, data = self.model, self.data
-            if "cube" in self._object_bodies:
+            if self.config.scene == "relocate":
+                xy = np.asarray(models.RELOCATE_REGIONS[region]) + rng.uniform(-REGION_XY_NOISE, REGION_XY_NOISE, 2)
+                yaw = rng.uniform(-CUBE_YAW_RANGE, CUBE_YAW_RANGE)
+                self._set_free_body("cube", [*xy, models.TABLE_TOP + models.CUBE_HALF], euler_to_quat([0, 0, yaw]))
+            elif "cube" in self._object_bodies:
                 xy = np.asarray(CUBE_XY_CENTER) + rng.uniform(-CUBE_XY_RANGE, CUBE_XY_RANGE, 2)
                 yaw = rng.uniform(-CUBE_YAW_RANGE, CUBE_YAW_RANGE)
                 self._set_free_body("cube", [*xy, models.TABLE_TOP + models.CUBE_HALF], euler_to_quat([0, 0, yaw]))

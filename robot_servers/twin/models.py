@@ -115,6 +115,10 @@ PEG_HALF_LENGTH = 0.045
 HOLE_CLEARANCE = 0.0015  # m per side (3 mm total)
 HOLE_DEPTH = 0.04
 TABLE_TOP = 0.0  # the robot stands on the table surface
+# Relocation: the cube is carried between two marked table regions (xy centres, base frame).
+RELOCATE_REGIONS = {"A": (0.5, -0.06), "B": (0.5, 0.06)}
+REGION_RADIUS = 0.04  # m
+REGION_COLORS = {"A": "0.15 0.45 0.9 1", "B": "0.95 0.75 0.1 1"}
 
 
 def _link_xml(name: str, link: ArmLink, inner: str, capsule_class: str) -> str:
@@ -164,6 +168,20 @@ def _scene_xml(scene: str) -> str:
   <freejoint name="cube"/>
   <geom name="cube" class="object" type="box" size="{CUBE_HALF} {CUBE_HALF} {CUBE_HALF}" mass="0.05" material="cube"/>
 </body>"""
+    if scene == "relocate":
+        # flat discs 1 mm proud of the table (visual only) so both cameras see them; the cube starts on A
+        discs = "\n".join(
+            f'<geom name="region_{name}" type="cylinder" size="{REGION_RADIUS} 0.0005" '
+            f'pos="{x} {y} {TABLE_TOP + 0.0005}" rgba="{REGION_COLORS[name]}" contype="0" conaffinity="0"/>'
+            for name, (x, y) in RELOCATE_REGIONS.items()
+        )
+        x, y = RELOCATE_REGIONS["A"]
+        return f"""
+{discs}
+<body name="cube" pos="{x} {y} {TABLE_TOP + CUBE_HALF}">
+  <freejoint name="cube"/>
+  <geom name="cube" class="object" type="box" size="{CUBE_HALF} {CUBE_HALF} {CUBE_HALF}" mass="0.05" material="cube"/>
+</body>"""
     if scene == "peg_insertion":
         inner = PEG_HALF + HOLE_CLEARANCE
         wall = 0.03
@@ -188,7 +206,7 @@ def _scene_xml(scene: str) -> str:
     raise ValueError(f"scene: unknown scene {scene!r}; choose one of {SCENES}")
 
 
-SCENES = ("empty", "pick_cube", "peg_insertion")
+SCENES = ("empty", "pick_cube", "peg_insertion", "relocate")
 
 # Wrist: beside the hand, looking past the fingertips (as a wrist-mounted RealSense D405).
 WRIST_CAMERA = '<camera name="wrist" pos="-0.07 0 0.06" xyaxes="0 -1 0 -0.753 0 0.659" fovy="70"/>'

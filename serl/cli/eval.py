@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from serl.agents.checkpoint import Checkpointer
+from serl.envs.franka_env import franka_env_under
 from serl.runtime import enable_compilation_cache
 from serl.runtime.config import EvalConfig, LearnerConfig, from_dict
 from serl.runtime.envs import build_env, observation_example
@@ -27,14 +28,23 @@ def load_run(run_dir: Path) -> LearnerConfig:
 
 
 def evaluate_policy(agent, env, episodes: int, seed: int) -> dict:
-    """Deterministic rollouts; success = any step with ``info['succeed']``."""
-    returns, successes, lengths = [], [], []
+    """Deterministic rollouts; success = any step with ``info['succeed']``. A robot fault (a reflex, a safety
+    stop) ends its episode as a failure, counted in ``robot_faults``, and the robot is recovered for the next."""
+    returns, successes, lengths, faults = [], [], [], []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
         done, total, success, length = False, 0.0, False, 0
         while not done:
             action = np.asarray(agent.eval_actions(obs), dtype=np.float32)
-            obs, reward, terminated, truncated, info = env.step(action)
+            try:
+                obs, reward, terminated, truncated, info = env.step(action)
+            except RuntimeError as err:
+                faults.append(str(err))
+                base = franka_env_under(env)
+                if base is None:
+                    raise
+                base.client.recover()
+                break
             total += float(reward)
             success |= bool(info.get("succeed", False))
             length += 1
@@ -47,6 +57,8 @@ def evaluate_policy(agent, env, episodes: int, seed: int) -> dict:
         "success_rate": float(np.mean(successes)),
         "mean_return": float(np.mean(returns)),
         "mean_length": float(np.mean(lengths)),
+        "robot_faults": len(faults),
+        **({"first_fault": faults[0]} if faults else {}),
     }
 
 

@@ -125,16 +125,18 @@ class Progress:
         return time.monotonic() - self.started
 
 
-def recording_env(cfg: RecordDemosConfig, hub=None) -> InterventionWrapper:
+def recording_env(cfg: RecordDemosConfig, hub=None, robot=None) -> InterventionWrapper:
     """The task env (twin in-process or over HTTP) with the observation wrappers the demos are stored in
-    (not flattened) and the teleop device outermost (``hub``: the console's, for the browser teleop)."""
+    (not flattened) and the teleop device outermost (``hub``: the console's, for the browser teleop; ``robot``:
+    the robot client of an env built before, for the next task of a cycle)."""
     env_cfg = EnvConfig(task=cfg.task, pixels=cfg.pixels, robot_url=cfg.robot_url, robot_token=cfg.robot_token,
                         overrides=cfg.overrides)
     options = {"noise": cfg.noise, "seed": cfg.seed} if cfg.teleop == "scripted" else {}
     if cfg.teleop == "browser":
         options["hub"] = hub
     stored = ObservationWrappers(relative_frame=cfg.relative_frame, euler=cfg.euler, flat=False)
-    env = build_env(env_cfg, seed=cfg.seed, teleop=cfg.teleop, teleop_options=options, observations=stored)
+    env = build_env(env_cfg, seed=cfg.seed, teleop=cfg.teleop, teleop_options=options, observations=stored,
+                    robot=robot)
     if franka_env_under(env) is None:
         env.close()
         raise ValueError(f"task: record-demos records FrankaEnv tasks, got {cfg.task!r}")
@@ -246,7 +248,18 @@ def _status(env: gym.Env) -> dict[str, str]:
 
 
 def record_demos(cfg: RecordDemosConfig) -> None:
-    """Run the recording loop until ``n`` episodes are kept, the attempts run out, or the user quits."""
+    """Run the recording loop until ``n`` episodes are kept, the attempts run out, or the user quits. A task
+    cycle's name records its tasks in turn (scripted, ``record_cycle_demos``), one file per task beside ``out``."""
+    from serl.envs.task_cycles import get_cycle, is_cycle
+
+    if is_cycle(cfg.task):
+        if cfg.teleop != "scripted" or cfg.robot_url is not None:
+            raise ValueError(f"task: the cycle {cfg.task} is recorded by the scripted expert on the in-process twin "
+                             "(--teleop scripted, no --robot-url)")
+        outs = {task: cfg.out.with_name(f"{cfg.out.stem}_{task}{cfg.out.suffix}") for task in get_cycle(cfg.task).tasks}
+        record_cycle_demos(cfg.task, outs, cfg.n, seed=cfg.seed, noise=cfg.noise, pixels=cfg.pixels,
+                           overrides=cfg.overrides)
+        return
     hub = console = None
     if cfg.console:
         from serl.console.server import ConsoleConfig
@@ -377,6 +390,66 @@ def record_demos(cfg: RecordDemosConfig) -> None:
         writer.close()
     print(f"[record-demos] kept {progress.kept} episode(s) ({progress.successes} successful of {progress.attempts}) "
           f"in {progress.elapsed():.1f} s → {cfg.out} (now {episode_count(cfg.out)} in the file)", flush=True)
+
+
+@dataclasses.dataclass
+class _DemoLane:
+    task: str
+    env: InterventionWrapper
+    writer: EpisodeWriter
+    steps: int = 0
+    episodes: int = 0
+    kept: int = 0
+
+
+def record_cycle_demos(cycle_name: str, outs: dict[str, Path], n: int, *, seed: int = 0, noise: float = 0.1,
+                       pixels: bool = False, overrides: tuple[str, ...] = ()) -> dict[str, int]:
+    """Scripted demos of every task of a twin task cycle, recorded as the cycle trains: in turn, on one twin,
+    without scene resets (each task starts where the previous one left the scene). Writes ``n`` successful
+    episodes per task to ``outs[task]``; returns the kept count per task."""
+    from serl.envs.task_cycles import get_cycle
+    from serl.runtime.cycle import CycleTurns
+
+    cycle = get_cycle(cycle_name)
+    lanes: list[_DemoLane] = []
+    try:
+        for task in cycle.tasks:
+            cfg = RecordDemosConfig(task=task, n=n, teleop="scripted", out=outs[task], seed=seed, noise=noise,
+                                    pixels=pixels, overrides=overrides, display=False)
+            robot = franka_env_under(lanes[0].env).client if lanes else None
+            env = recording_env(cfg, robot=robot)
+            lanes.append(_DemoLane(task, env, EpisodeWriter(cfg.out, config=file_config(cfg, env))))
+        turns = CycleTurns(cycle_name, lanes, None, seed)
+        action = np.zeros(lanes[0].env.action_space.shape, dtype=lanes[0].env.action_space.dtype)
+        lane, obs = turns.next_episode(None, False)
+        attempts = 0
+        while any(each.kept < n for each in lanes) and attempts < 3 * n * len(lanes):
+            recorder = EpisodeRecorder(task=lane.task, source="scripted")
+            recorder.start(obs)
+            done = False
+            while not done:
+                obs, reward, terminated, truncated, info = lane.env.step(action)
+                recorder.add(info["executed_action"], reward, obs, terminated, truncated, info)
+                lane.steps += 1
+                done = terminated or truncated
+            attempts += 1
+            lane.episodes += 1
+            success = bool(info.get("succeed"))
+            episode = recorder.finish(success=success, teleop="scripted", seed=seed + attempts)
+            if success and lane.kept < n:
+                lane.writer.write(episode)
+                lane.kept += 1
+            lane, obs = turns.next_episode(lane, success)
+    finally:
+        for each in lanes:
+            each.writer.close()
+        for each in reversed(lanes):
+            each.env.close()
+    kept = {each.task: each.kept for each in lanes}
+    files = ", ".join(f"{count} → {outs[task]}" for task, count in kept.items())
+    print(f"[record-demos] {cycle_name}: {attempts} episodes in turn, {turns.fallbacks} fallback(s); kept {files}",
+          flush=True)
+    return kept
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,8 @@ from serl.console.curves import WINDOW, is_run_dir, read_curves, write_summary_p
 
 @dataclasses.dataclass(frozen=True)
 class SummaryConfig:
-    """Plot a run's success rate, return, episode length and intervention rate against env steps."""
+    """Plot a run's success rate, return, episode length and intervention rate against env steps (with several
+    actors: the total and a thin curve per actor)."""
 
     run_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
     """The run's folder, e.g. runs/PandaPickCube/<run name>."""
@@ -27,7 +28,9 @@ def summary(cfg: SummaryConfig) -> int:
     if path is None:
         print(f"serl summary: {cfg.run_dir} has no episodes yet; nothing to plot", file=sys.stderr)
         return 1
-    last = read_curves(cfg.run_dir, max_points=1)["last"]
-    print(f"wrote {path} (success {last['success_rate']:.0%} over the last {WINDOW} episodes at env step "
+    curves = read_curves(cfg.run_dir, max_points=1)
+    last, actors = curves["last"], curves.get("actors", {})
+    over = f" of {len(actors)} actors ({', '.join(actors)})" if actors else ""
+    print(f"wrote {path} (success {last['success_rate']:.0%} over the last {WINDOW} episodes{over} at env step "
           f"{last['env_steps']:.0f})")
     return 0

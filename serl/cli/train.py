@@ -1,8 +1,9 @@
 """``serl train``, ``serl learner`` and ``serl actor``.
 
-``serl train <task>`` records scripted demos when none are given, starts the learner and the actor as
-separate processes (optionally a twin robot server the actor talks to over HTTP), shows one progress
-display for all of them, and on Ctrl-C stops them in order: actor, then learner (which checkpoints).
+``serl train <task>`` records scripted demos when none are given, starts the learner and one actor (or, with
+``--actors N``, N actors) as separate processes (optionally a twin robot server per actor, over HTTP), shows one
+progress display for all of them, and on Ctrl-C stops them in order: actors, then learner (which checkpoints),
+then robot servers.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import tyro
 from serl.agents.sac import SACConfig
 from serl.cli.eval import evaluate
 from serl.console.server import TOKEN_ENV, ConsoleConfig
-from serl.cli.record_demos import RecordDemosConfig, record_demos
+from serl.cli.record_demos import RecordDemosConfig, record_cycle_demos, record_demos
+from serl.envs.task_cycles import TaskCycle, get_cycle, is_cycle
 from serl.runtime import actor as actor_process
 from serl.runtime import learner as learner_process
 from serl.runtime.config import (
@@ -55,6 +57,8 @@ ActorCommand = ActorConfig
 TASK_DEFAULTS: dict[str, dict] = {
     "PandaPickCube": {"overrides": ("reward_shaping=true", "rotation_actions=false", "object_state=position"),
                       "agent": {"grasp_critic": True}},
+    "PandaRelocateFwBw": {"overrides": ("reward_shaping=true", "rotation_actions=false", "object_state=position"),
+                          "agent": {"grasp_critic": True}},
 }
 
 
@@ -107,7 +111,11 @@ class TrainConfig:
     lag_patience_s: float = 300.0
     """Longest such wait: the twin loses nothing by waiting, so a slow machine learns as a fast one does."""
     robot_server: bool = False
-    """Start a twin robot server and let the actor use it over HTTP (default: twin in the actor's process)."""
+    """Start a twin robot server and let the actor use it over HTTP (default: twin in the actor's process); with
+    several actors, one server per actor."""
+    actors: int = 1
+    """Actor processes feeding the one learner: ids 1..N, seeds run.seed + 0..N-1, --env-steps split among them,
+    the console page served by actor 1 only (1 = one actor as `serl actor`: no id)."""
     resume: bool = False
     """Continue the run named by --run.name (or the task's latest run) from its checkpoint."""
     eval_episodes: int = 0
@@ -122,6 +130,13 @@ class TrainConfig:
     def __post_init__(self):
         if self.env_steps <= 0:
             raise ValueError(f"env_steps: must be positive, got {self.env_steps}")
+        if self.actors < 1:
+            raise ValueError(f"actors: must be >= 1, got {self.actors}")
+        if self.env_steps < self.actors:
+            raise ValueError(f"env_steps: {self.actors} actors need at least one env step each, got {self.env_steps}")
+        if self.resume and self.actors > 1:
+            raise ValueError("actors: --resume runs one actor (the learner counts env steps over all actors, and an "
+                             "actor resumes from that total); resume with --actors 1")
         if self.num_demos < 0:
             raise ValueError(f"num_demos: must be >= 0, got {self.num_demos}")
         if not self.demo_noise >= 0:
@@ -191,8 +206,26 @@ def _record_demos(cfg: TrainConfig, env: EnvConfig, path: Path) -> Path:
     return path
 
 
+def actor_ids(count: int) -> list[str]:
+    """The ids of ``count`` actors: "" for one (named ``<host>-<pid>`` at the learner), "1".."N" for several."""
+    return [""] if count == 1 else [str(i) for i in range(1, count + 1)]
+
+
+def split_budget(total: int, parts: int) -> list[int]:
+    """``total`` env steps over ``parts`` actors, the remainder to the first ones."""
+    share, extra = divmod(total, parts)
+    return [share + (i < extra) for i in range(parts)]
+
+
+def child_name(kind: str, actor_id: str) -> str:
+    """A child's name, its log's (``logs/<name>.log``) and its launch file's: ``actor``, ``actor-2``, …"""
+    return f"{kind}-{actor_id}" if actor_id else kind
+
+
 class Children:
-    """The processes ``serl train`` started; stopped in reverse dependency order."""
+    """The processes ``serl train`` started; stopped in dependency order: actors, learner, robot servers."""
+
+    STOP_ORDER = ("actor", "learner", "robot_server")
 
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
@@ -207,35 +240,183 @@ class Children:
         self.procs[name] = proc
         return proc
 
-    def stop(self, name: str, timeout: float = 60.0, hurry=lambda: False) -> int | None:
-        """SIGINT, then SIGTERM, then SIGKILL, each after a grace period (cut short once ``hurry()``);
-        returns the exit code."""
-        proc = self.procs.get(name)
-        if proc is None:
-            return None
+    def launch(self, name: str, cfg, run_dir: Path) -> subprocess.Popen:
+        """Write ``cfg`` to ``launch/<name>.json`` and start it (``serl.runtime.launch``) as child ``name``."""
+        kind = "learner" if isinstance(cfg, LearnerConfig) else "actor"
+        path = run_dir / "launch" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(to_jsonable(cfg)))
+        return self.start(name, _launch(kind, path, run_dir))
+
+    def named(self, kind: str) -> list[str]:
+        """The children of one kind ("actor" holds ``actor`` and ``actor-<id>``), in start order."""
+        return [name for name in self.procs if name == kind or name.startswith(f"{kind}-")]
+
+    def stop(self, *names: str, timeout: float = 60.0, hurry=lambda: False) -> int | None:
+        """SIGINT, then SIGTERM, then SIGKILL to all ``names`` together, each after a grace period (cut short once
+        ``hurry()``); returns the exit code of the last one."""
+        procs = [self.procs[name] for name in names if name in self.procs]
         for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-            if proc.poll() is not None:
+            running = [proc for proc in procs if proc.poll() is None]
+            if not running:
                 break
-            proc.send_signal(sig)
+            for proc in running:
+                proc.send_signal(sig)
             deadline = time.monotonic() + wait
-            while proc.poll() is None and time.monotonic() < deadline and not (hurry() and sig != signal.SIGKILL):
+            while (any(proc.poll() is None for proc in running) and time.monotonic() < deadline
+                   and not (hurry() and sig != signal.SIGKILL)):
                 time.sleep(0.05)
-        return proc.poll()
+        return procs[-1].poll() if procs else None
 
     def stop_all(self) -> None:
-        for name in ("actor", "learner", "robot_server"):
-            self.stop(name)
+        for kind in self.STOP_ORDER:
+            self.stop(*self.named(kind))
+
+    def __enter__(self) -> "Children":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()
+
+
+class Interrupts:
+    """SIGINT and SIGTERM while ``serl train`` runs its children: true after the first (stop them in order, with
+    checkpoints); ``hurry()`` after a second (stop at once)."""
+
+    def __enter__(self) -> "Interrupts":
+        self.times: list[float] = []
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, *_) -> None:
+        self.times.append(time.monotonic())
+        if len(self.times) == 2:
+            print("[train] second interrupt: stopping at once, without waiting for a checkpoint", flush=True)
+
+    def __bool__(self) -> bool:
+        return bool(self.times)
+
+    def hurry(self) -> bool:
+        return len(self.times) > 1
+
+
+def outcome(run_dir: Path, interrupted: bool, failed: list[str], then: str, done: str) -> int:
+    """The last line of ``serl train`` and its exit code: 130 interrupted (``then``: what a restart does), 1 when a
+    child failed, 0 done."""
+    if interrupted:
+        print(f"[train] interrupted; logs in {run_dir / 'logs'}; {then}", flush=True)
+        return 130
+    if failed:
+        print(f"[train] {', '.join(failed)} failed; see {run_dir / 'logs'}", file=sys.stderr, flush=True)
+        return 1
+    print(f"[train] done; {done}", flush=True)
+    return 0
 
 
 def _launch(kind: str, config_path: Path, run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "serl.runtime.launch", kind, str(config_path), str(run_dir)]
 
 
+def record_demos_for_run(cfg: TrainConfig, env: EnvConfig, run_dir: Path) -> Path | None:
+    """The run's demo file: ``cfg.demos``, or ``num_demos`` scripted demos recorded once into ``run_dir``;
+    KeyboardInterrupt while recording leaves no half-recorded file."""
+    if cfg.demos is not None or cfg.num_demos == 0:
+        return cfg.demos
+    if cfg.task.startswith("gym:"):
+        print("[train] gym: tasks have no scripted expert; training without demos (--demos FILE to give some)",
+              flush=True)
+        return None
+    demos = run_dir / "demos.h5"
+    if not demos.exists():
+        print(f"[train] recording {cfg.num_demos} scripted demos → {demos}", flush=True)
+        partial = run_dir / "demos.partial.h5"
+        partial.unlink(missing_ok=True)
+        _record_demos(cfg, env, partial)
+        os.replace(partial, demos)  # a later --resume never picks up a half-recorded demo set
+    return demos
+
+
+def learner_config(cfg: TrainConfig, env: EnvConfig, run: RunConfig, net: NetConfig, demos: Path | None) -> LearnerConfig:
+    """The learner ``serl train`` starts: quiet, no step limit of its own (the actors have the budget)."""
+    return LearnerConfig(
+        env=env, run=run, net=net, agent=cfg.agent, demos=demos, batch_size=cfg.batch_size,
+        min_online_steps=cfg.min_online_steps, publish_every=cfg.publish_every,
+        checkpoint_every=cfg.checkpoint_every, max_env_steps=0, resume=cfg.resume, quiet=True,
+    )
+
+
+def actor_configs(cfg: TrainConfig, envs: list[EnvConfig], run: RunConfig, net: NetConfig) -> list[ActorConfig]:
+    """One actor per env in ``envs``: ids from ``actor_ids``, seeds ``run.seed + i``, the budget split, and the
+    console page served by the first one only (so N pages never collide on one port)."""
+    ids, budgets = actor_ids(len(envs)), split_budget(cfg.env_steps, len(envs))
+    return [
+        ActorConfig(
+            env=env, run=dataclasses.replace(run, seed=run.seed + i), net=net, agent=cfg.agent,
+            random_steps=cfg.random_steps, max_env_steps=budget, max_lag=cfg.max_lag,
+            lag_patience_s=cfg.lag_patience_s, resume=cfg.resume, quiet=True, actor_id=actor_id,
+            console=cfg.console if i == 0 else dataclasses.replace(cfg.console, enabled=False),
+        )
+        for i, (env, actor_id, budget) in enumerate(zip(envs, ids, budgets))
+    ]
+
+
+def start_robot_servers(cfg: TrainConfig, env: EnvConfig, children: Children) -> list[EnvConfig]:
+    """Per actor, its env: with ``--robot-server`` one served lockstep twin each (``robot_server[-<id>]``), else
+    the twin in the actor's own process."""
+    if not cfg.robot_server:
+        return [env] * cfg.actors
+    envs = []
+    for actor_id in actor_ids(cfg.actors):
+        name, port = child_name("robot_server", actor_id), free_port()
+        proc = children.start(name, _robot_server_args(cfg, port))
+        _wait_http(f"http://127.0.0.1:{port}", proc)
+        envs.append(dataclasses.replace(env, robot_url=f"http://127.0.0.1:{port}"))
+    return envs
+
+
+def watch_children(children: Children, progress: TrainProgress, signals: "Interrupts") -> None:
+    """Update the display until every actor exited, the learner exited or a signal came; an actor that fails
+    while others act on is reported in one line and the others go on."""
+    actors, learner_proc = children.named("actor"), children.procs["learner"]
+    reported: set[str] = set()
+    try:
+        while not signals:
+            progress.update()
+            if learner_proc.poll() is not None:
+                break
+            ended = [name for name in actors if children.procs[name].poll() is not None]
+            for name in ended:
+                code = children.procs[name].returncode
+                if name not in reported and code != 0 and len(actors) > 1:
+                    acting = len(actors) - len(ended)
+                    progress.say(f"[train] {name} exited with code {code} ({acting} of {len(actors)} actors act on); "
+                                 f"see {children.log_dir / f'{name}.log'}")
+                reported.add(name)
+            if len(ended) == len(actors):
+                break
+            time.sleep(0.25)
+        progress.update()
+    finally:
+        progress.close()
+
+
 def train(cfg: TrainConfig) -> int:
     """``serl train``: returns 0 when training ran to the end, 130 when interrupted, 1 when a child failed.
 
-    A wrong task or config raises ValueError before anything is written.
+    A wrong task or config raises ValueError before anything is written. A task cycle (``PandaRelocateFwBw``)
+    trains its tasks in turn without scene resets (``train_cycle``).
     """
+    if cfg.task_module:  # it may register the task cycle named
+        try:
+            import_task_module(cfg.task_module)
+        except ModuleNotFoundError as err:
+            raise ValueError(f"task_module: {err}") from None
+    if is_cycle(cfg.task):
+        return train_cycle(cfg)
     cfg = apply_task_defaults(cfg)
     env = EnvConfig(task=cfg.task, pixels=cfg.pixels, overrides=cfg.overrides, task_module=cfg.task_module,
                     grasp_penalty=cfg.grasp_penalty)
@@ -248,102 +429,188 @@ def train(cfg: TrainConfig) -> int:
         cfg.net, port=cfg.net.port or free_port(), weights_port=cfg.net.weights_port or free_port()
     )
     write_config(run_dir, dataclasses.replace(cfg, run=run, net=net), "train_config.json")
-
-    demos = cfg.demos
-    if demos is None and cfg.num_demos > 0 and cfg.task.startswith("gym:"):
-        print("[train] gym: tasks have no scripted expert; training without demos (--demos FILE to give some)",
-              flush=True)
-    elif demos is None and cfg.num_demos > 0:
-        demos = run_dir / "demos.h5"
-        if not demos.exists():
-            print(f"[train] recording {cfg.num_demos} scripted demos → {demos}", flush=True)
-            partial = run_dir / "demos.partial.h5"
-            partial.unlink(missing_ok=True)
-            try:
-                _record_demos(cfg, env, partial)
-            except KeyboardInterrupt:
-                print("[train] interrupted while recording demos; no checkpoint (training had not started)", flush=True)
-                return 130
-            os.replace(partial, demos)  # a later --resume never picks up a half-recorded demo set
-
-    signals = []
-
-    def on_signal(*_):
-        signals.append(time.monotonic())
-        if len(signals) == 2:
-            print("[train] second interrupt: stopping at once, without waiting for a checkpoint", flush=True)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    children = Children(run_dir / "logs")
     try:
-        actor_env = env
-        if cfg.robot_server:
-            port = free_port()
-            children.start("robot_server", _robot_server_args(cfg, port))
-            actor_env = dataclasses.replace(env, robot_url=f"http://127.0.0.1:{port}")
-            _wait_http(f"http://127.0.0.1:{port}", children.procs["robot_server"])
+        demos = record_demos_for_run(cfg, env, run_dir)
+    except KeyboardInterrupt:
+        print("[train] interrupted while recording demos; no checkpoint (training had not started)", flush=True)
+        return 130
 
-        learner_cfg = LearnerConfig(
-            env=env, run=run, net=net, agent=cfg.agent, demos=demos, batch_size=cfg.batch_size,
-            min_online_steps=cfg.min_online_steps, publish_every=cfg.publish_every,
-            checkpoint_every=cfg.checkpoint_every, max_env_steps=0, resume=cfg.resume, quiet=True,
-        )
-        actor_cfg = ActorConfig(
-            env=actor_env, run=run, net=net, agent=cfg.agent, random_steps=cfg.random_steps,
-            max_env_steps=cfg.env_steps, max_lag=cfg.max_lag, lag_patience_s=cfg.lag_patience_s, resume=cfg.resume, quiet=True, console=cfg.console,
-        )
-        launch_dir = run_dir / "launch"
-        launch_dir.mkdir(exist_ok=True)
-        (launch_dir / "learner.json").write_text(json.dumps(to_jsonable(learner_cfg)))
-        (launch_dir / "actor.json").write_text(json.dumps(to_jsonable(actor_cfg)))
-        for name in ("learner.json", "actor.json"):
-            (run_dir / "status" / name).unlink(missing_ok=True)
-        learner_proc = children.start("learner", _launch("learner", launch_dir / "learner.json", run_dir))
-        actor_proc = children.start("actor", _launch("actor", launch_dir / "actor.json", run_dir))
-        (launch_dir / "pids.json").write_text(json.dumps({name: p.pid for name, p in children.procs.items()}))
+    with Interrupts() as signals, Children(run_dir / "logs") as children:
+        actor_envs = start_robot_servers(cfg, env, children)
+        learner_cfg = learner_config(cfg, env, run, net, demos)
+        actor_cfgs = actor_configs(cfg, actor_envs, run, net)
+        status_dir = run_dir / "status"
+        for path in [status_dir / "learner.json", *status_dir.glob("actor*.json")]:
+            path.unlink(missing_ok=True)  # a resumed run's display starts from this run's figures
+        learner_proc = children.launch("learner", learner_cfg, run_dir)
+        for actor_cfg in actor_cfgs:
+            children.launch(child_name("actor", actor_cfg.actor_id), actor_cfg, run_dir)
+        (run_dir / "launch" / "pids.json").write_text(json.dumps({name: p.pid for name, p in children.procs.items()}))
 
         progress = TrainProgress(run_dir, cfg.env_steps, live=cfg.display and sys.stdout.isatty(), pixels=cfg.pixels,
-                                 console_token=cfg.console.token or os.environ.get(TOKEN_ENV))
-        try:
-            while not signals:
-                progress.update()
-                if actor_proc.poll() is not None or learner_proc.poll() is not None:
-                    break
-                time.sleep(0.25)
-            progress.update()
-        finally:
-            progress.close()
+                                 console_token=cfg.console.token or os.environ.get(TOKEN_ENV), actors=cfg.actors)
+        watch_children(children, progress, signals)
 
         failed = [name for name, proc in children.procs.items() if proc.poll() not in (None, 0)]
-        compiling = bool(read_status(run_dir / "status" / "learner.json").get("phase")) and learner_proc.poll() is None
+        compiling = bool(read_status(status_dir / "learner.json").get("phase")) and learner_proc.poll() is None
         # a compiling learner saves once the compile returns; killing it after a minute would lose the checkpoint
         grace = COMPILE_GRACE_S if compiling else 60.0
         if signals:
             wait = (f"it is compiling its first update, minutes on a CPU with --pixels: waiting up to {grace / 60:.0f} "
                     "min" if compiling else "up to a minute")
-            print(f"[train] stopping: the actor, then the learner, which finishes its update and writes a checkpoint "
+            who = "the actor" if cfg.actors == 1 else "the actors"
+            print(f"[train] stopping: {who}, then the learner, which finishes its update and writes a checkpoint "
                   f"({wait}; Ctrl-C again to stop at once without one)", flush=True)
-        hurry = lambda: len(signals) > 1  # noqa: E731
-        children.stop("actor", hurry=hurry)
-        learner_code = children.stop("learner", timeout=grace, hurry=hurry)
-        children.stop("robot_server", hurry=hurry)
+        children.stop(*children.named("actor"), hurry=signals.hurry)
+        learner_code = children.stop("learner", timeout=grace, hurry=signals.hurry)
+        children.stop(*children.named("robot_server"), hurry=signals.hurry)
         print(f"[train] {checkpoint_report(run_dir, learner_code)}", flush=True)
         write_summary(run_dir, "train")
+        then = "`--resume` continues this run" if checkpoint_steps_on_disk(run_dir) else "nothing to resume from yet"
+        code = outcome(run_dir, bool(signals), failed, then, f"TensorBoard logs in {run_dir / 'tb'}")
+    if code == 0 and cfg.eval_episodes:
+        evaluate(EvalConfig(run_dir=run_dir, episodes=cfg.eval_episodes))
+    return code
+
+
+# ----------------------------------------------------------------------------- task cycles
+# One actor runs the cycle's tasks in turn on one twin, never resetting the scene but for counted fallbacks; each
+# task has its own learner process. One learner per task rather than one for all: each task is then an ordinary
+# run in RUN/<task>/ (its buffers, demos, checkpoints, --resume, serl eval), the learner has no notion of cycles,
+# and since the actor feeds one task at a time only that task's learner updates, so the CPU cost is one learner's.
+
+
+def train_cycle(cfg: TrainConfig) -> int:
+    """As ``serl train`` for one task: 0 when the budget (env steps over all tasks) is spent, 130 when
+    interrupted, 1 when a child failed."""
+    cycle = get_cycle(cfg.task)
+    if cfg.actors != 1:
+        raise ValueError(f"actors: the tasks of {cycle.name} share one robot, so one actor runs them")
+    if cfg.robot_server:
+        raise ValueError(f"robot_server: {cycle.name} runs its twin in the actor's process")
+    if cfg.demos is not None:
+        raise ValueError(f"demos: {cycle.name} takes one demo file per task, RUN/<task>/demos.h5 (recorded when "
+                         "missing)")
+    cfg = apply_task_defaults(cfg)
+    template = EnvConfig(task=cycle.name, pixels=cfg.pixels, overrides=cfg.overrides, task_module=cfg.task_module,
+                         grasp_penalty=cfg.grasp_penalty)
+    envs = {task: dataclasses.replace(template, task=task) for task in cycle.tasks}
+    for env in envs.values():
+        check_task(env)
+    run, run_dir = _cycle_run_dir(cfg, cycle)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    nets = {task: dataclasses.replace(cfg.net, port=free_port(), weights_port=free_port()) for task in cycle.tasks}
+    write_config(run_dir, dataclasses.replace(cfg, run=run), "train_config.json",
+                 extra={"cycle": {task: dataclasses.asdict(net) for task, net in nets.items()}})
+    try:
+        demos = _cycle_demos(cfg, cycle.name, {task: run_dir / task for task in cycle.tasks})
+    except KeyboardInterrupt:
+        print("[train] interrupted while recording demos; no checkpoint (training had not started)", flush=True)
+        return 130
+
+    with Interrupts() as signals, Children(run_dir / "logs") as children:
+        for task in cycle.tasks:
+            for name in ("learner.json", "actor.json"):
+                (run_dir / task / "status" / name).unlink(missing_ok=True)
+            children.launch(f"learner-{task}", learner_config(cfg, envs[task], run, nets[task], demos.get(task)),
+                            run_dir / task)
+        actor = children.launch("actor", ActorConfig(
+            env=template, run=run, net=nets[cycle.tasks[0]], agent=cfg.agent, cycle=cycle.name,
+            cycle_ports=tuple(port for task in cycle.tasks for port in (nets[task].port, nets[task].weights_port)),
+            random_steps=cfg.random_steps,
+            max_env_steps=cfg.env_steps, max_lag=cfg.max_lag, lag_patience_s=cfg.lag_patience_s,
+            resume=cfg.resume, quiet=True, console=cfg.console,
+        ), run_dir)
+        progress = CycleProgress(run_dir, cycle.tasks, cfg.env_steps,
+                                 console_token=cfg.console.token or os.environ.get(TOKEN_ENV))
+        learners = children.named("learner")
+        while not signals and actor.poll() is None and all(children.procs[n].poll() is None for n in learners):
+            progress.update()
+            time.sleep(0.5)
+        progress.update(force=True)
+        failed = [name for name, proc in children.procs.items() if proc.poll() not in (None, 0)]
         if signals:
-            then = "`--resume` continues this run" if checkpoint_steps_on_disk(run_dir) else "nothing to resume from yet"
-            print(f"[train] interrupted; logs in {run_dir / 'logs'}; {then}", flush=True)
-            return 130
-        if failed:
-            print(f"[train] {', '.join(failed)} failed; see {run_dir / 'logs'}", file=sys.stderr, flush=True)
-            return 1
-        print(f"[train] done; TensorBoard logs in {run_dir / 'tb'}", flush=True)
-        if cfg.eval_episodes:
-            evaluate(EvalConfig(run_dir=run_dir, episodes=cfg.eval_episodes))
-        return 0
-    finally:
-        children.stop_all()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            print("[train] stopping: the actor, then the learners, which write their checkpoints (Ctrl-C again to stop "
+                  "at once without them)", flush=True)
+        children.stop("actor", hurry=signals.hurry)
+        for task in cycle.tasks:
+            code = children.stop(f"learner-{task}", hurry=signals.hurry)
+            print(f"[train] {task}: {checkpoint_report(run_dir / task, code)}", flush=True)
+            write_summary(run_dir / task, "train")
+        return outcome(run_dir, bool(signals), failed, "`--resume` continues this run",
+                       f"each task's run is in {run_dir}/<task>/")
+
+
+def _cycle_run_dir(cfg: TrainConfig, cycle: TaskCycle) -> tuple[RunConfig, Path]:
+    """The cycle's run (``RUN/<cycle>/<name>/``, its tasks' runs inside): named, the latest with --resume, or new."""
+    name = cfg.run.name or (latest_run(cfg.run.root, cycle.name, "train_config.json") if cfg.resume else None)
+    run = dataclasses.replace(cfg.run, name=name or default_run_name())
+    run_dir = run.directory(cycle.name)
+    if cfg.resume:
+        missing = [task for task in cycle.tasks if not (run_dir / task / "config.json").exists()]
+        if missing:
+            where = run_dir if name else run_dir.parent
+            raise ValueError(f"--resume: no run of {cycle.name} to continue in {where} (missing: {', '.join(missing)})")
+    return run, run_dir
+
+
+def _cycle_demos(cfg: TrainConfig, cycle: str, lane_dirs: dict[str, Path]) -> dict[str, Path]:
+    """Per task, ``RUN/<task>/demos.h5``: ``num_demos`` scripted demos each, recorded in turn when missing."""
+    if cfg.num_demos == 0:
+        return {}
+    paths = {task: directory / "demos.h5" for task, directory in lane_dirs.items()}
+    if all(path.exists() for path in paths.values()):
+        return paths
+    partial = {task: directory / "demos.partial.h5" for task, directory in lane_dirs.items()}
+    for task, path in partial.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+    print(f"[train] recording {cfg.num_demos} scripted demos per task, in turn → {', '.join(map(str, paths.values()))}",
+          flush=True)
+    kept = record_cycle_demos(cycle, partial, cfg.num_demos, seed=cfg.run.seed, noise=cfg.demo_noise,
+                              pixels=cfg.pixels, overrides=cfg.overrides)
+    short = {task: count for task, count in kept.items() if count < cfg.num_demos}
+    if short:
+        raise RuntimeError(f"the scripted expert kept too few demos: {short} of {cfg.num_demos} each")
+    for task, path in partial.items():
+        os.replace(path, paths[task])  # a later --resume never picks up a half-recorded demo set
+    return paths
+
+
+class CycleProgress:
+    """One line every few seconds: per task its env steps, episodes, success (last 20) and learner updates, and
+    the cycle's fallbacks."""
+
+    EVERY_S = 5.0
+
+    def __init__(self, run_dir: Path, tasks: tuple[str, ...], total: int, console_token: str | None = None):
+        self.run_dir = run_dir
+        self.tasks = tasks
+        self.total = total
+        self.console_token = console_token
+        self.console_said = False
+        self.printed = 0.0
+        self.last_line = ""
+
+    def update(self, force: bool = False) -> None:
+        parts, steps = [], 0
+        for task in self.tasks:
+            actor = read_status(self.run_dir / task / "status" / "actor.json")
+            learner = read_status(self.run_dir / task / "status" / "learner.json")
+            steps += actor.get("env_steps", 0)
+            if actor.get("console") and not self.console_said:
+                self.console_said = True
+                token = f"?token={self.console_token}" if self.console_token else ""
+                print(f"console: {actor['console']}{token}", flush=True)
+            parts.append(f"{task}: steps={actor.get('env_steps', 0)} episodes={actor.get('episodes', 0)} "
+                         f"success20={actor.get('success_rate', 0.0):.0%} updates={learner.get('updates', 0)}"
+                         + (f" ({actor['phase']})" if actor.get("phase") else ""))
+        cycle = read_status(self.run_dir / "status" / "cycle.json")
+        line = f"[train] {steps}/{self.total} env steps | " + " | ".join(parts) + \
+            f" | fallbacks={cycle.get('fallbacks', 0)}"
+        if line != self.last_line and (force or time.monotonic() - self.printed > self.EVERY_S):
+            self.printed, self.last_line = time.monotonic(), line
+            print(line, flush=True)
 
 
 def checkpoint_steps_on_disk(run_dir: Path) -> list[int]:

@@ -33,18 +33,52 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _episodes(lines: Iterable[str]) -> tuple[list[dict], int]:
-    """The kept episode records, in order, and how many were discarded."""
-    kept: list[dict] = []
-    discarded = 0
-    pending: set[int] = set()  # markers for an episode whose line has not been read
-    for line in lines:
+def _records(lines: Iterable[str]) -> list[tuple[int, dict]]:
+    """The log's JSON objects with their line numbers."""
+    records = []
+    for number, line in enumerate(lines):
         try:
             record = json.loads(line)
         except ValueError:  # a torn last line (the actor is writing it) or a damaged one
             continue
-        if not isinstance(record, dict):
-            continue
+        if isinstance(record, dict):
+            records.append((number, record))
+    return records
+
+
+def _episodes(lines: Iterable[str]) -> tuple[list[dict], int, dict[str, list[dict]]]:
+    """The kept episodes in log order, how many were discarded, and, when several actors wrote the log
+    (``"actor"`` in its lines), per actor id its own episodes; then ``env_steps`` is the total over all actors
+    at each episode's end (each actor counted at its latest episode end) and ``actor_env_steps`` the actor's own."""
+    groups: dict[str, list[tuple[int, dict]]] = {}
+    records = _records(lines)
+    for number, record in records:
+        groups.setdefault(str(record.get("actor", "")), []).append((number, record))
+    if len(groups) <= 1:
+        kept, discarded = _actor_episodes(records)
+        return kept, discarded, {}
+    per_actor: dict[str, list[dict]] = {}
+    discarded = 0
+    for actor, group in groups.items():
+        kept, dropped = _actor_episodes(group)
+        discarded += dropped
+        if kept:
+            per_actor[actor] = kept
+    latest: dict[str, float] = {}
+    merged = sorted((episode for kept in per_actor.values() for episode in kept), key=lambda e: e["line"])
+    for episode in merged:
+        latest[episode["actor"]] = episode["actor_env_steps"] = episode["env_steps"]
+        episode["env_steps"] = sum(latest.values())
+    merged = [{**episode, "episode": number} for number, episode in enumerate(merged, 1)]
+    return merged, discarded, per_actor
+
+
+def _actor_episodes(records: Iterable[tuple[int, dict]]) -> tuple[list[dict], int]:
+    """One actor's kept episode records, in order, and how many were discarded."""
+    kept: list[dict] = []
+    discarded = 0
+    pending: set[int] = set()  # markers for an episode whose line has not been read
+    for line, record in records:
         marker = record.get("discarded")
         if "env_steps" not in record and marker is not None and marker is not True:
             number = _number(marker)
@@ -75,7 +109,7 @@ def _episodes(lines: Iterable[str]) -> tuple[list[dict], int]:
             "episode": episode, "env_steps": steps, "success": success,
             "return": _number(record.get("episode/return")), "length": _number(record.get("episode/length")),
             "intervention_rate": _number(record.get("episode/intervention_rate", 0.0)),
-            "time": _number(record.get("time")),
+            "time": _number(record.get("time")), "line": line, "actor": str(record.get("actor", "")),
         })
     return kept, discarded
 
@@ -120,7 +154,7 @@ def _series(episodes: list[dict], max_points: int, with_time: bool) -> dict[str,
 def read_curves(run_dir: Path, max_points: int = MAX_POINTS) -> dict[str, Any]:
     """The run's curves against env steps (``by_steps``) and wall time (``by_time``), JSON-able."""
     run_dir = Path(run_dir)
-    episodes, discarded = _episodes(_read_lines(run_dir / "episodes.jsonl"))
+    episodes, discarded, per_actor = _episodes(_read_lines(run_dir / "episodes.jsonl"))
     _with_rolling_success(episodes)
     timed = [e for e in episodes if e["time"] is not None]
     if not episodes:
@@ -132,6 +166,9 @@ def read_curves(run_dir: Path, max_points: int = MAX_POINTS) -> dict[str, Any]:
     else:
         note = None
     last = episodes[-1] if episodes else None
+    several = {"actors": {actor: {"episodes": len(kept), "by_steps": _series(_with_rolling_success(kept), max_points,
+                                                                              with_time=False)}
+                          for actor, kept in per_actor.items()}} if per_actor else {}
     return {
         "task": run_dir.parent.name,
         "name": run_dir.name,
@@ -147,7 +184,14 @@ def read_curves(run_dir: Path, max_points: int = MAX_POINTS) -> dict[str, Any]:
         "by_time": _series(timed, max_points, with_time=True) if timed else None,
         "wall_time": bool(timed) and len(timed) == len(episodes),
         "wall_time_note": note,
+        **several,
     }
+
+
+def episode_records(run_dir: Path) -> list[dict]:
+    """The run's kept episodes in log order: ``env_steps`` (over all actors), ``success``, ``return``, ``length``,
+    ``actor`` ("" for an actor without an id), and with several actors ``actor_env_steps``."""
+    return _episodes(_read_lines(Path(run_dir) / "episodes.jsonl"))[0]
 
 
 def _count_episodes(path: Path, stat: os.stat_result) -> int:
@@ -189,7 +233,7 @@ def _last_success_rate(path: Path, size: int) -> float | None:
             lines = handle.read().decode(errors="replace").splitlines()
         if start:
             lines = lines[1:]  # starts mid-line
-        episodes, _ = _episodes(lines)
+        episodes, _, _ = _episodes(lines)
         if len(episodes) >= WINDOW or not start:
             break
         start = max(0, start - 4 * _TAIL_BYTES)
@@ -212,8 +256,8 @@ def list_runs(root: Path, task: str | None = None) -> list[dict[str, Any]]:
                 stat = log.stat()
             except FileNotFoundError:
                 stat = None
-            modified = [p.stat().st_mtime for p in (run_dir / "config.json", run_dir / "status" / "actor.json",
-                                                     run_dir / "status" / "learner.json") if p.exists()]
+            modified = [p.stat().st_mtime for p in (run_dir / "config.json", run_dir / "status" / "learner.json",
+                                                     *(run_dir / "status").glob("actor*.json")) if p.exists()]
             if stat is not None:
                 modified.append(stat.st_mtime)
             runs.append({
@@ -230,7 +274,7 @@ def list_runs(root: Path, task: str | None = None) -> list[dict[str, Any]]:
 
 def write_summary_png(run_dir: Path) -> Path | None:
     """``run_dir/summary.png``: success rate, return, length and intervention rate against env steps (atomic
-    replace); None when the run has no episodes."""
+    replace), with several actors the total and a thin curve per actor; None when the run has no episodes."""
     run_dir = Path(run_dir)
     curves = read_curves(run_dir)
     if not curves["episodes"]:
@@ -243,13 +287,17 @@ def write_summary_png(run_dir: Path) -> Path | None:
     axes = fig.subplots(2, 2, squeeze=False).ravel()
     labels = {"success_rate": f"success (rolling {WINDOW} episodes)", "return": "return",
               "length": "episode length (steps)", "intervention_rate": "intervention rate"}
+    actors = curves.get("actors", {})
     for ax, key in zip(axes, SERIES):
-        points = [(x, y) for x, y in zip(series["env_steps"], series[key]) if y is not None]
-        ax.plot([x for x, _ in points], [y for _, y in points], color="tab:blue", linewidth=1.2)
-        ax.set(xlabel="env steps", ylabel=labels[key])
+        for actor, own in actors.items():
+            _plot(ax, own["by_steps"], key, linewidth=0.7, alpha=0.6, label=f"actor {actor}" if actor else "actor")
+        _plot(ax, series, key, color="tab:blue", linewidth=1.2, label="all actors" if actors else None)
+        ax.set(xlabel="env steps (all actors)" if actors else "env steps", ylabel=labels[key])
         ax.grid(alpha=0.3)
         if key in ("success_rate", "intervention_rate"):
             ax.set_ylim(-0.02, 1.02)
+    if actors:
+        axes[0].legend(loc="best", fontsize=7)
     discarded = f", {curves['discarded']} discarded" if curves["discarded"] else ""
     fig.suptitle(f"{curves['task']} / {curves['name']}: {curves['episodes']} episodes{discarded}")
     fig.tight_layout()
@@ -263,3 +311,8 @@ def write_summary_png(run_dir: Path) -> Path | None:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _plot(ax, series: dict[str, list], key: str, **style) -> None:
+    points = [(x, y) for x, y in zip(series["env_steps"], series[key]) if y is not None]
+    ax.plot([x for x, _ in points], [y for _, y in points], **style)

@@ -9,6 +9,8 @@ demos are not all identical. Used by ``serl record-demos --teleop scripted`` and
 
 - ``PandaPickCube``: above the cube (yaw aligned to its faces when the task rotates) → down → close → lift.
 - ``PandaPegInsertion``: peg tip above the hole (yaw aligned) → down into the hole.
+- ``PandaRelocateFw`` / ``PandaRelocateBw`` (scene ``relocate``): grasp as for the pick → lift → carry above the
+  goal region (the reward's ``goal_xy``) → lower until the cube rests on the table → open.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from robot_servers.control.pose import (
     quat_multiply,
     quat_to_euler,
 )
-from robot_servers.twin.models import HOLE_DEPTH  # geometry only; does not import mujoco
+from robot_servers.twin.models import CUBE_HALF, HOLE_DEPTH, TABLE_TOP  # geometry only; does not import mujoco
 from serl.devices.base import Teleop, TeleopCommand
 from serl.envs.franka_env import franka_env_under
 from serl.envs.rewards import peg_tip
@@ -40,6 +42,7 @@ class ExpertConfig:
     approach_height: float = 0.05  # m above the cube / hole top before going down
     lift_height: float = 0.16  # m the cube is lifted (the task needs 0.1)
     grasp_steps: int = 4  # steps the gripper is given to close
+    carry_height: float = 0.04  # m the cube is carried above the table (relocation)
 
 
 def _wrap(angle: float, period: float) -> float:
@@ -65,8 +68,15 @@ class ScriptedExpert(Teleop):
             raise ValueError("ScriptedExpert needs a FrankaEnv under the wrappers")
         self.base = base
         task = base.task
-        if task.scene not in ("pick_cube", "peg_insertion"):
+        if task.scene not in ("pick_cube", "peg_insertion", "relocate"):
             raise ValueError(f"ScriptedExpert: no script for scene {task.scene!r} (task {task.name})")
+        self.goal_xy: np.ndarray | None = None
+        if task.scene == "relocate":
+            goal = getattr(base.reward_fn, "goal_xy", None)
+            if goal is None:
+                raise ValueError(f"ScriptedExpert: task {task.name} (scene 'relocate') needs a reward with a goal_xy "
+                                 f"(serl.envs.rewards.RelocateReward), got {type(base.reward_fn).__name__}")
+            self.goal_xy = np.asarray(goal, dtype=np.float64)
         self.task = task
         self.expert_config = config
         self.rng = np.random.default_rng(config.seed)
@@ -83,7 +93,7 @@ class ScriptedExpert(Teleop):
         """(target position, target orientation, gripper command) for the current phase."""
         cfg = self.expert_config
         yaw = _gripper_yaw(tcp[3:])
-        if self.task.scene == "pick_cube":
+        if self.task.scene in ("pick_cube", "relocate"):
             cube = scene["cube"]
             if self.initial_cube_z is None:
                 self.initial_cube_z = float(cube[2])
@@ -109,6 +119,8 @@ class ScriptedExpert(Teleop):
                 if self.phase_steps >= cfg.grasp_steps:
                     self._enter("lift")
                 return np.array([cube[0], cube[1], cube[2] - 0.004]), orientation, "close"
+            if self.task.scene == "relocate":
+                return self._relocate_target(tcp, cube, above, orientation)
             # lift: hold the grasp and rise; start over if the cube slipped out
             if tcp[2] - cube[2] > 0.03:
                 self._enter("approach")
@@ -134,6 +146,30 @@ class ScriptedExpert(Teleop):
         if xy_error > 0.002 and tip[2] > top:
             self._enter("approach")
         return goal_tip + tip_to_tcp, orientation, None
+
+    def _relocate_target(self, tcp, cube, above, orientation) -> tuple[np.ndarray, np.ndarray, str]:
+        """After the grasp: lift, carry over the goal, lower until the cube rests, open."""
+        cfg = self.expert_config
+        rest_z = TABLE_TOP + CUBE_HALF
+        goal = self.goal_xy
+        if self.phase == "release":
+            return np.array([tcp[0], tcp[1], rest_z + cfg.approach_height]), orientation, "open"
+        if tcp[2] - cube[2] > 0.03:  # the cube slipped out: start over
+            self._enter("approach")
+            return above, orientation, "open"
+        carry_z = rest_z + cfg.carry_height - 0.004
+        if self.phase == "lift":
+            if cube[2] - rest_z > cfg.carry_height - 0.01:
+                self._enter("carry")
+            return np.array([tcp[0], tcp[1], carry_z]), orientation, "close"
+        offset = tcp[:2] - cube[:2]  # carry the cube's centre, not the TCP, over the goal
+        if self.phase == "carry":
+            if np.linalg.norm(cube[:2] - goal) < 0.006:
+                self._enter("lower")
+            return np.array([*(goal + offset), carry_z]), orientation, "close"
+        if cube[2] - rest_z < 0.002:
+            self._enter("release")
+        return np.array([*(goal + offset), rest_z - 0.008]), orientation, "close"
 
     def _enter(self, phase: str) -> None:
         self.phase = phase

@@ -61,6 +61,7 @@ class InterventionWrapper(gym.Wrapper):
         gripper_idle: float | None = 0.0,
         teleop_frame: str = "base",
         enabled: bool = True,
+        owns_teleop: bool = True,
     ):
         super().__init__(env)
         space = env.action_space
@@ -71,6 +72,7 @@ class InterventionWrapper(gym.Wrapper):
         if teleop_frame not in ("base", "action"):
             raise ValueError(f"teleop_frame: expected 'base' or 'action', got {teleop_frame!r}")
         self.teleop = teleop
+        self.owns_teleop = owns_teleop  # False: the device is shared (the tasks of a cycle) and closed by its owner
         self.teleop_frame = teleop_frame
         self.gripper_close = float(gripper_close)
         self.gripper_open = float(gripper_open)
@@ -135,6 +137,7 @@ class InterventionWrapper(gym.Wrapper):
 
     def close(self):
         try:
-            self.teleop.close()
+            if self.owns_teleop:
+                self.teleop.close()
         finally:
             super().close()

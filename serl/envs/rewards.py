@@ -100,6 +100,65 @@ class PegInsertionReward:
         return float(np.exp(-20.0 * np.linalg.norm(tip - goal))) if not success else 1.0, success
 
 
+@dataclasses.dataclass
+class RelocateReward:
+    """Sparse: 1 when the cube rests on the table inside the goal region (placed, not held above it).
+
+    ``shaping`` adds ``shaping_discount * phi(s') - phi(s)`` as ``PickCubeReward`` does, with phi = 0.5 * reach
+    (hand to cube) + 0.5 * carry progress (1 - xy distance cube → goal / ``span``, floored at 0) and phi = 0 at
+    success. Dense: the same phi, 1 at success.
+    """
+
+    goal_xy: tuple[float, float]
+    radius: float = twin_models.REGION_RADIUS
+    span: float = 0.2  # m, the distance between the regions: carry progress is 0 this far from the goal
+    rest_tolerance: float = 0.004  # m the cube's centre may be above its resting height
+    dense: bool = False
+    shaping: bool = False
+    shaping_discount: float = 1.0
+    reach_scale: float = 0.25
+    potential: float = 0.0
+
+    def reset(self, scene: Mapping[str, np.ndarray], state: RobotState) -> None:
+        self.potential = 0.0 if self.success(scene) else self.shaping_potential(scene, state)
+
+    def success(self, scene: Mapping[str, np.ndarray]) -> bool:
+        cube = np.asarray(scene["cube"][:3], dtype=np.float64)
+        inside = float(np.linalg.norm(cube[:2] - np.asarray(self.goal_xy))) <= self.radius
+        resting = abs(float(cube[2]) - (twin_models.TABLE_TOP + twin_models.CUBE_HALF)) <= self.rest_tolerance
+        return bool(inside and resting)
+
+    def shaping_potential(self, scene: Mapping[str, np.ndarray], state: RobotState) -> float:
+        cube = np.asarray(scene["cube"][:3], dtype=np.float64)
+        reach = 1.0 - min(float(np.linalg.norm(np.asarray(state.tcp_pose[:3]) - cube)) / self.reach_scale, 1.0)
+        carry = 1.0 - min(float(np.linalg.norm(cube[:2] - np.asarray(self.goal_xy))) / self.span, 1.0)
+        return 0.5 * reach + 0.5 * carry
+
+    def __call__(self, scene: Mapping[str, np.ndarray], state: RobotState) -> tuple[float, bool]:
+        success = self.success(scene)
+        reward = 1.0 if success else (self.shaping_potential(scene, state) if self.dense else 0.0)
+        if self.shaping:
+            potential = 0.0 if success else self.shaping_potential(scene, state)
+            reward += self.shaping_discount * potential - self.potential
+            self.potential = potential
+        return reward, success
+
+
+def relocate_reward(goal: str) -> RewardFactory:
+    """Reward factory of a relocation task whose goal is region ``goal`` (``twin_models.RELOCATE_REGIONS``)."""
+    regions = twin_models.RELOCATE_REGIONS
+    if goal not in regions:
+        raise ValueError(f"goal: unknown region {goal!r}; choose one of {sorted(regions)}")
+    (ax, ay), (bx, by) = regions["A"], regions["B"]
+    span = float(np.hypot(bx - ax, by - ay))
+
+    def factory(task: TaskConfig) -> RelocateReward:
+        return RelocateReward(goal_xy=tuple(regions[goal]), span=span, dense=task.dense_reward,
+                              shaping=task.reward_shaping, shaping_discount=task.shaping_discount)
+
+    return factory
+
+
 def peg_tip(peg_pose: np.ndarray) -> np.ndarray:
     """Centre of the peg's lower end face in the base frame (the peg is symmetric end to end)."""
     peg_pose = np.asarray(peg_pose, dtype=np.float64)

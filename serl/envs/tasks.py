@@ -2,6 +2,8 @@
 
 ``PandaPickCube``: lift the cube 10 cm (cube placed at random by ``reset_scene``).
 ``PandaPegInsertion``: the peg starts in the hand; insert it into the hole (hole placed at random).
+``PandaRelocateFw`` / ``PandaRelocateBw``: carry the cube from region A to region B / from B to A and put it
+down there; an actor alternates them and the scene is never reset between episodes (``ReleaseAndRetreat``).
 Each comes in a state variant (object position in the state) and a pixel variant (wrist and
 front cameras, proprioception only). Their ground-truth rewards are in ``serl.envs.rewards``.
 ``make_sim_env`` builds twin + ``LocalRobot`` + ``FrankaEnv``; nothing here imports MuJoCo until an
@@ -20,8 +22,10 @@ from robot_servers.control.pose import DOWN_QUAT
 from robot_servers.control.safety import SafetyBox
 from robot_servers.guard import GuardConfig
 from robot_servers.limits import MAX_GRIPPER_WIDTH
+from robot_servers.twin import models as twin_models  # geometry only; does not import mujoco
 from serl.envs.franka_env import FrankaEnv
-from serl.envs.rewards import RewardFactory, make_reward, set_task_reward
+from serl.envs.reset_hooks import GoToResetPose, move_to_pose, register_hook
+from serl.envs.rewards import RewardFactory, make_reward, relocate_reward, set_task_reward
 from serl.envs.robot_client import LocalRobot
 from serl.envs.task_config import CameraSpec, ResetHookSpec, TaskConfig
 from serl.envs.wrappers import default_wrappers
@@ -114,8 +118,59 @@ PANDA_PEG_INSERTION = TaskConfig(
     scene_objects=("hole",),
 )
 
+
+@dataclasses.dataclass(frozen=True)
+class ReleaseAndRetreat:
+    """A reset that leaves the scene as it is: open the hand where it is, rise ``rise`` m straight up, then go to
+    the reset pose, so the object stays where the last episode left it (reset-free tasks; a task cycle's
+    fallback, not this hook, puts the scene back)."""
+
+    rise: float = 0.05  # m
+    open_time: float = 0.6  # s for the hand to open fully from a grasp
+    duration: float = 1.0  # s to the reset pose
+    settle: float = 0.5
+
+    def __call__(self, env, episode_index: int, rng: np.random.Generator) -> None:
+        task = env.task
+        env.client.set_impedance(task.precision)
+        env.command_gripper(MAX_GRIPPER_WIDTH)
+        for _ in range(int(round(self.open_time * task.control_hz))):
+            env.wait_period()
+        pose = np.asarray(env.read_state().tcp_pose, dtype=np.float64).copy()
+        pose[2] = min(pose[2] + self.rise, task.safety_box.position_high[2])
+        move_to_pose(env, pose, duration=max(self.rise / 0.1, env.period))
+        GoToResetPose(duration=self.duration, settle=self.settle)(env, episode_index, rng)
+
+
+register_hook("release_and_retreat", ReleaseAndRetreat)
+
+_RELOCATE_X = twin_models.RELOCATE_REGIONS["A"][0]
+
+
+def _relocate_task(name: str) -> TaskConfig:
+    return dataclasses.replace(
+        PANDA_PICK_CUBE,
+        name=name,
+        reset_pose=(_RELOCATE_X, 0.0, 0.15, *DOWN_QUAT),  # between the regions, 11 cm above the cube's top
+        safety_box=SafetyBox(
+            position_low=(0.35, -0.2, 0.005),
+            position_high=(0.65, 0.2, 0.3),
+            euler_low=(-0.15, -0.15, -np.pi / 4),
+            euler_high=(0.15, 0.15, np.pi / 4),
+            center_quat=DOWN_QUAT,
+        ),
+        reset_hooks=(ResetHookSpec("release_and_retreat"),),
+        scene="relocate",
+    )
+
+
+PANDA_RELOCATE_FW = _relocate_task("PandaRelocateFw")
+PANDA_RELOCATE_BW = _relocate_task("PandaRelocateBw")
+
 register_task(PANDA_PICK_CUBE)
 register_task(PANDA_PEG_INSERTION)
+register_task(PANDA_RELOCATE_FW, reward=relocate_reward("B"))
+register_task(PANDA_RELOCATE_BW, reward=relocate_reward("A"))
 
 
 # ----------------------------------------------------------------------------- building sim envs

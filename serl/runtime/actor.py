@@ -16,6 +16,7 @@ latches the robot's safety stop and sends nothing until recover, which clears it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -30,9 +31,12 @@ from serl.console.hub import ConsoleHub, StepView
 from serl.console.reward import MARKS, console_marks
 from serl.data.transition import Transition, make_transition
 from serl.envs.franka_env import franka_env_under
+from serl.envs.intervention import InterventionWrapper
 from serl.runtime import run_until_signalled
-from serl.runtime.config import ActorConfig, run_config_digests, run_config_hash, write_config
-from serl.runtime.envs import build_env, observation_example, space_signature
+from serl.agents.sac import SACConfig
+from serl.runtime.config import ActorConfig, NetConfig, run_config_digests, run_config_hash, write_config
+from serl.runtime.env_config import EnvConfig
+from serl.runtime.envs import build_env, import_task_module, observation_example, space_signature
 from serl.runtime.logging import MetricsLogger, read_status, summary_line, write_status
 from serl.runtime.policy import create_agent, decode_weights
 
@@ -86,134 +90,250 @@ def transition_from_step(obs, action, reward, next_obs, terminated, truncated, i
     )
 
 
-def connect(cfg: ActorConfig, hash_: str, actor_id: str):
+def connect(env: EnvConfig, net: NetConfig, agent: SACConfig, actor_id: str):
     """An ActorClient to the learner (non-blocking sends, reconnects on its own)."""
     from serl.transport.actor_client import ActorClient, ActorClientConfig
 
     return ActorClient(ActorClientConfig(
-        actor_id=actor_id, config_hash=hash_, host=cfg.net.host,
-        request_port=cfg.net.port, weights_port=cfg.net.weights_port,
-        config_digests=run_config_digests(cfg.env, cfg.agent), keys=cfg.net.keys,
+        actor_id=actor_id, config_hash=run_config_hash(env, agent), host=net.host,
+        request_port=net.port, weights_port=net.weights_port,
+        config_digests=run_config_digests(env, agent), keys=net.keys,
     ))
+
+
+class Lane:
+    """One task the actor acts in: its env, policy, learner link, counters and logs. An actor has one; in a task
+    cycle it has one per task, all on the same robot."""
+
+    def __init__(self, cfg: ActorConfig, env_cfg: EnvConfig, net: NetConfig, run_dir: Path, env, actor_id: str,
+                 notices: "Notices", shown: dict):
+        self.cfg = cfg
+        self.task = env_cfg.task
+        self.env = env
+        self.run_dir = run_dir
+        self.shown = shown
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(run_dir, dataclasses.replace(cfg, env=env_cfg, net=net),
+                     cfg.status_name.replace(".json", "_config.json"), extra={"spaces": space_signature(env)})
+        self.agent = create_agent(cfg.run.seed, observation_example(env), int(np.prod(env.action_space.shape)),
+                                  cfg.agent)
+        self.client = connect(env_cfg, net, cfg.agent, actor_id)
+        self.net = net
+        self.weights = WeightsSlot(notices)
+        self.logger = MetricsLogger(cfg.run.logger, run_dir / "tb" / "actor", run_name=cfg.run.name)
+        self.episodes_path = run_dir / "episodes.jsonl"  # one line per episode: the learning curve
+        self.status_path = run_dir / "status" / cfg.status_name
+        self.steps = self.episodes = self.held_steps = self.bad_actions = 0
+        self.recent_success: list[float] = []
+        self.recent_return: list[float] = []
+        self.last_episode: dict[str, float] = {"success_rate": 0.0, "return": 0.0}
+        self.status_written = 0.0
+
+    def report(self, **extra) -> None:
+        """Write the status file: progress, the weights' age, and what made the robot hold."""
+        self.status_written = now = time.monotonic()
+        age = self.weights.age(now)
+        write_status(self.status_path, {
+            "env_steps": self.steps, "episodes": self.episodes, "weights_version": self.weights.version,
+            **self.last_episode, "held_steps": self.held_steps, "bad_actions": self.bad_actions,
+            "refused_weights": self.weights.refused, "weights_age_s": None if age is None else round(age, 1),
+            "weights_stale": self.weights.stale(now, self.cfg.stale_weights_s), **self.shown, **extra,
+        })
+
+    def phase(self, phase: str) -> None:
+        write_status(self.status_path, {"env_steps": self.steps, "episodes": self.episodes,
+                                        "weights_version": self.weights.version, "phase": phase, **self.shown})
+
+    def finish_episode(self, stats: "EpisodeStats", weights_version: int, **extra) -> dict:
+        """Count the episode and write it to the logs (with ``extra``); returns its summary."""
+        self.episodes += 1
+        summary = stats.summary()
+        self.recent_success = (self.recent_success + [summary["episode/success"]])[-20:]
+        self.recent_return = (self.recent_return + [summary["episode/return"]])[-20:]
+        summary["weights_version"] = weights_version
+        summary["weights_version_at_start"] = stats.weights_version_at_start
+        self.logger.log(summary, self.steps)
+        actor = {"actor": self.cfg.actor_id} if self.cfg.actor_id else {}
+        with open(self.episodes_path, "a") as handle:
+            handle.write(json.dumps({"env_steps": self.steps, "episode": self.episodes, "time": time.time(), **actor,
+                                     **extra, **summary}) + "\n")
+        self.last_episode = {
+            "success_rate": float(np.mean(self.recent_success)), "return": float(np.mean(self.recent_return)),
+            "intervention_rate": summary["episode/intervention_rate"],
+            "step_ms_p99": summary["timing/step_ms_p99"],
+        }
+        self.report()
+        return summary
+
+    def close(self) -> None:
+        self.report(done=True)
+        self.client.close(flush_timeout=5.0)
+        self.logger.close()
+
+
+def build_lanes(cfg: ActorConfig, run_dir: Path, teleop: str, hub, actor_id: str, notices: "Notices",
+                shown: dict) -> list[Lane]:
+    """The actor's lanes: its task, or each task of ``cfg.cycle`` in order (``RUN/<task>/``), all over the first
+    lane's robot and, except the scripted expert (which drives one env), its teleop device."""
+    specs = _cycle_specs(cfg, run_dir) if cfg.cycle else [(cfg.env, cfg.net, run_dir)]
+    envs: list = []
+    lanes: list[Lane] = []
+    try:
+        for env_cfg, net, lane_dir in specs:
+            robot = franka_env_under(envs[0]).client if envs else None
+            device = envs[0].teleop if envs and isinstance(envs[0], InterventionWrapper) and teleop != "scripted" \
+                else teleop
+            envs.append(build_env(env_cfg, seed=cfg.run.seed, teleop=device, console=hub, robot=robot))
+            lanes.append(Lane(cfg, env_cfg, net, lane_dir, envs[-1], actor_id, notices, shown))
+    except BaseException:
+        for lane in lanes:
+            lane.client.close(flush_timeout=0.0)
+        for env in reversed(envs):
+            env.close()
+        raise
+    return lanes
+
+
+def _cycle_specs(cfg: ActorConfig, run_dir: Path) -> list[tuple[EnvConfig, NetConfig, Path]]:
+    """Per task of ``cfg.cycle``: its env (``cfg.env`` with the task and its classifier), learner and run dir."""
+    from serl.envs.task_cycles import get_cycle
+
+    if cfg.env.task_module:
+        import_task_module(cfg.env.task_module)  # it may register the cycle
+    cycle = get_cycle(cfg.cycle)
+    count = len(cycle.tasks)
+    for name, given, per_task in (("cycle_ports", cfg.cycle_ports, 2), ("cycle_classifiers", cfg.cycle_classifiers, 1)):
+        if given and len(given) != per_task * count:
+            raise ValueError(f"{name}: {cfg.cycle} has {count} tasks ({', '.join(cycle.tasks)}), so {per_task * count} "
+                             f"values, got {len(given)}")
+    classifiers = cfg.cycle_classifiers or (cfg.env.reward_classifier,) * count
+    ports = cfg.cycle_ports
+    return [(dataclasses.replace(cfg.env, task=task, reward_classifier=classifier),
+             dataclasses.replace(cfg.net, port=ports[2 * i], weights_port=ports[2 * i + 1]), run_dir / task)
+            for i, (task, classifier) in enumerate(zip(cycle.tasks, classifiers))]
 
 
 def run_actor(cfg: ActorConfig, run_dir: Path, stop: threading.Event | None = None,
               hub: ConsoleHub | None = None) -> dict:
-    """Act until ``max_env_steps`` or ``stop``; returns final counters. ``hub``: publish to (and take commands
-    from) this console hub, whether or not ``cfg.console`` serves a page for it."""
+    """Act until ``max_env_steps`` (over all lanes) or ``stop``; returns final counters. ``hub``: publish to (and
+    take commands from) this console hub, whether or not ``cfg.console`` serves a page for it."""
     stop = stop or threading.Event()
     run_dir.mkdir(parents=True, exist_ok=True)
     if hub is None and cfg.console.enabled:
         hub = cfg.console.hub()
     teleop = "browser" if hub is not None and cfg.teleop == "none" else cfg.teleop
-    env = build_env(cfg.env, seed=cfg.run.seed, teleop=teleop, console=hub)
-    console = None if hub is None else ActorConsole(hub, env, run_dir)
-    status_path = run_dir / "status" / "actor.json"
-    if console is not None and cfg.console.enabled:  # the address comes first: compiling takes a while
-        try:
+    notices = Notices()
+    shown: dict = {}
+    actor_id = cfg.actor_id or f"{socket.gethostname()}-{os.getpid()}"
+    lanes = build_lanes(cfg, run_dir, teleop, hub, actor_id, notices, shown)
+    lane = lanes[0]
+    console = None if hub is None else ActorConsole(hub, lane.env, lane.run_dir, actor_id=cfg.actor_id)
+    turns = None
+    if cfg.cycle:
+        from serl.runtime.cycle import CycleTurns
+
+        turns = CycleTurns(cfg.cycle, lanes, run_dir, cfg.run.seed)
+    try:
+        if console is not None and cfg.console.enabled:  # the address comes first: compiling takes a while
             console.serve(cfg.console)
-        except BaseException:
-            env.close()
-            raise
-    shown = {"console": console.url} if console is not None and console.url else {}
-    if shown:
-        write_status(status_path, {"env_steps": 0, "episodes": 0, "weights_version": -1, "phase": "starting", **shown})
-    write_config(run_dir, cfg, "actor_config.json", extra={"spaces": space_signature(env)})
-    agent = create_agent(cfg.run.seed, observation_example(env), int(np.prod(env.action_space.shape)), cfg.agent)
-    actor_id = f"{socket.gethostname()}-{os.getpid()}"
-    client = connect(cfg, run_config_hash(cfg.env, cfg.agent), actor_id)
-    logger = MetricsLogger(cfg.run.logger, run_dir / "tb" / "actor", run_name=cfg.run.name)
-    episodes_path = run_dir / "episodes.jsonl"  # one line per episode: the learning curve
+            if console.url:
+                shown["console"] = console.url
+        if shown:
+            for each in lanes:
+                each.phase("starting")
+    except BaseException:
+        _close_lanes(lanes, console)
+        raise
     rng = jax.random.PRNGKey(cfg.run.seed + 1)
     action_rng = np.random.default_rng(cfg.run.seed)
-    low, high = env.action_space.low, env.action_space.high
-
-    weights = WeightsSlot()
-    steps = episodes = robot_failures = held_steps = bad_actions = holding = 0
-    recent_success: list[float] = []
-    recent_return: list[float] = []
-    last_episode: dict[str, float] = {"success_rate": 0.0, "return": 0.0}
-    status_written = 0.0
-
-    def report(**extra) -> None:
-        """Write the status file: progress, the weights' age, and what made the robot hold."""
-        nonlocal status_written
-        status_written = now = time.monotonic()
-        age = weights.age(now)
-        write_status(status_path, {
-            "env_steps": steps, "episodes": episodes, "weights_version": weights.version, **last_episode,
-            "held_steps": held_steps, "bad_actions": bad_actions, "refused_weights": weights.refused,
-            "weights_age_s": None if age is None else round(age, 1),
-            "weights_stale": weights.stale(now, cfg.stale_weights_s), **shown, **extra,
-        })
+    robot_failures = holding = 0
 
     def publish(obs, acting: str, reward: float = 0.0) -> None:
         if console is not None:
-            console.publish(obs, acting, steps=steps, episode=episodes + 1, episode_step=stats.length,
+            console.publish(obs, acting, steps=lane.steps, episode=lane.episodes + 1, episode_step=stats.length,
                             episode_return=stats.ret, success=stats.success, reward=reward,
-                            weights_version=weights.version, weights_age_s=weights.age(time.monotonic()))
+                            weights_version=lane.weights.version, weights_age_s=lane.weights.age(time.monotonic()))
+
+    def total_steps() -> int:
+        return sum(each.steps for each in lanes)
+
+    def next_episode(finished: Lane | None, success: bool):
+        """Reset for the next episode: the same lane, or in a cycle the lane whose turn it is."""
+        nonlocal lane
+        if turns is None:
+            return lane.env.reset()[0]
+        lane, obs = turns.next_episode(finished, success)
+        if console is not None:
+            console.use(lane.env, lane.run_dir)
+        return obs
 
     stats = EpisodeStats()
     try:
-        write_status(status_path, {"env_steps": 0, "episodes": 0, "weights_version": -1, "phase": "waiting for weights",
-                                   **shown})
-        agent = _wait_for_first_weights(client, weights, agent, cfg, stop, on_refused=lambda: report(
-            phase=f"waiting for good weights ({weights.refused} refused)"))
-        if weights.version < 0:  # stopped before any good weights: the robot is left alone, not even reset
-            return {"env_steps": 0, "episodes": 0, "weights_version": -1}
-        if cfg.resume:
-            steps, episodes = int(weights.meta.get("env_steps", 0)), int(weights.meta.get("episodes", 0))
-            weights.at_step = steps
-            print(f"[actor] resuming at env step {steps}, episode {episodes} with weights version {weights.version}"
-                  f"{_episode_log_note(episodes_path, steps)}", flush=True)
-        write_status(status_path, {"env_steps": steps, "episodes": episodes, "weights_version": weights.version,
-                                   "phase": "compiling the policy", **shown})
-        if cfg.max_env_steps and steps >= cfg.max_env_steps:
-            print(f"[actor] the budget of {cfg.max_env_steps} env steps is spent ({steps} taken); "
+        for each in lanes:
+            each.phase("waiting for weights")
+            each.agent = _wait_for_first_weights(each.client, each.weights, each.agent, cfg, each.net, stop,
+                                                 on_refused=lambda: each.report(
+                                                     phase=f"waiting for good weights ({each.weights.refused} refused)"))
+            if each.weights.version < 0:  # stopped before any good weights: the robot is left alone, not even reset
+                return {"env_steps": 0, "episodes": 0, "weights_version": -1}
+        for each in lanes:
+            if cfg.resume:
+                each.steps, each.episodes = int(each.weights.meta.get("env_steps", 0)), int(each.weights.meta.get("episodes", 0))
+                each.weights.at_step = each.steps
+                print(f"[actor] {each.task + ': ' if turns else ''}resuming at env step {each.steps}, episode "
+                      f"{each.episodes} with weights version {each.weights.version}"
+                      f"{_episode_log_note(each.episodes_path, each.steps)}", flush=True)
+            each.phase("compiling the policy")
+        if cfg.max_env_steps and total_steps() >= cfg.max_env_steps:
+            print(f"[actor] the budget of {cfg.max_env_steps} env steps is spent ({total_steps()} taken); "
                   "pass a larger --env-steps to go on", flush=True)
-        first_step = steps + 1
-        obs, _ = env.reset(seed=cfg.run.seed)
+        first_step = {id(each): each.steps + 1 for each in lanes}
+        obs = lane.env.reset(seed=cfg.run.seed)[0] if turns is None else next_episode(None, False)
+        for each in lanes:
+            if each is not lane:
+                each.report(phase="waiting for its turn")
         stats = EpisodeStats()
-        while not stop.is_set() and (cfg.max_env_steps == 0 or steps < cfg.max_env_steps):
-            agent = weights.apply_newest(client, agent, steps)
-            if cfg.max_lag and weights.owed_updates(steps) >= cfg.max_lag:
-                agent = _wait_for_learner(client, weights, agent, steps, stop, cfg.lag_patience_s)
+        while not stop.is_set() and (cfg.max_env_steps == 0 or total_steps() < cfg.max_env_steps):
+            weights = lane.weights
+            lane.agent = weights.apply_newest(lane.client, lane.agent, lane.steps)
+            if cfg.max_lag and weights.owed_updates(lane.steps) >= cfg.max_lag:
+                lane.agent = _wait_for_learner(lane.client, weights, lane.agent, lane.steps, stop, cfg.lag_patience_s)
             weights_version = weights.version
             if stats.length == 0:
                 stats.weights_version_at_start = weights_version
             if console is not None:
-                if console.apply_commands(episodes_path, episodes, steps) == "new episode":
-                    obs, _ = env.reset()
+                if console.apply_commands(lane.episodes_path, lane.episodes, lane.steps) == "new episode":
+                    obs = lane.env.reset()[0]
                     stats = EpisodeStats()
                 if console.holding:
                     console.hold()
                     publish(obs, "paused")
-                    if time.monotonic() - status_written > STATUS_EVERY_S:
-                        report(phase=console.holding)
+                    if time.monotonic() - lane.status_written > STATUS_EVERY_S:
+                        lane.report(phase=console.holding)
                     continue
 
             started = time.perf_counter()
             hold = _hold_reason(weights, cfg, time.monotonic())
             if hold:
                 action = None
-            elif steps < cfg.random_steps:
-                action = action_rng.uniform(low, high).astype(np.float32)
+            elif total_steps() < cfg.random_steps:
+                action = action_rng.uniform(lane.env.action_space.low, lane.env.action_space.high).astype(np.float32)
             else:
                 rng, key = jax.random.split(rng)
-                action = np.asarray(agent.sample_actions(obs, key), dtype=np.float32)
+                action = np.asarray(lane.agent.sample_actions(obs, key), dtype=np.float32)
                 if not np.all(np.isfinite(action)):
                     # never to the robot nor to the learner; these weights are done with
-                    bad_actions += 1
+                    lane.bad_actions += 1
                     weights.bad_version = weights_version
                     hold = f"weights version {weights_version} gave a non-finite action; waiting for newer weights"
-                    weights.notices.say("action", f"the policy of weights version {weights_version} gave the "
-                                        f"non-finite action {action.tolist()} ({bad_actions} so far); holding the "
-                                        "robot until newer weights arrive", every=10.0)
+                    notices.say("action", f"the policy of weights version {weights_version} gave the non-finite "
+                                f"action {action.tolist()} ({lane.bad_actions} so far); holding the robot until "
+                                "newer weights arrive", every=10.0)
             try:
                 if hold:
-                    _hold(env)
+                    _hold(lane.env)
                 else:
-                    next_obs, reward, terminated, truncated, info = env.step(action)
+                    next_obs, reward, terminated, truncated, info = lane.env.step(action)
                 robot_failures = 0
             except (RuntimeError, ConnectionError, OSError) as err:
                 # a safety stop or a lost robot server: end the episode here, clear errors, start a new one
@@ -221,64 +341,60 @@ def run_actor(cfg: ActorConfig, run_dir: Path, stop: threading.Event | None = No
                 if robot_failures > cfg.max_robot_failures:
                     raise
                 print(f"[actor] episode aborted by the robot ({err}); recovering", flush=True)
-                _recover(env)
-                obs, _ = env.reset()
+                _recover(lane.env)
+                obs = lane.env.reset()[0]
                 stats = EpisodeStats()
                 continue
             if hold:
-                held_steps += 1
+                lane.held_steps += 1
                 holding += 1
                 stats.held_steps += 1
-                weights.notices.say("hold", f"holding the robot: {hold} ({held_steps} steps held so far)", every=30.0)
+                notices.say("hold", f"holding the robot: {hold} ({lane.held_steps} steps held so far)", every=30.0)
                 publish(obs, "held")
-                if time.monotonic() - status_written > STATUS_EVERY_S:
-                    report(phase=f"holding the robot: {hold}")
+                if time.monotonic() - lane.status_written > STATUS_EVERY_S:
+                    lane.report(phase=f"holding the robot: {hold}")
                 continue
             if holding:
-                weights.notices.say("resume", f"acting again with weights version {weights_version} after {holding} "
-                                              "held steps", every=10.0)
+                notices.say("resume", f"acting again with weights version {weights_version} after {holding} held "
+                                      "steps", every=10.0)
                 holding = 0
-            client.send(transition_from_step(obs, action, reward, next_obs, terminated, truncated, info))
+            lane.client.send(transition_from_step(obs, action, reward, next_obs, terminated, truncated, info))
             weights.sent(time.monotonic())
             stats.add(reward, info, time.perf_counter() - started)
-            steps += 1
+            lane.steps += 1
             obs = next_obs
             publish(obs, "human" if info.get("intervened") else "policy", float(reward))
-            if steps == first_step or time.monotonic() - status_written > STATUS_EVERY_S:
-                report()  # the first one after compiling drops the display's "compiling" phase
+            if lane.steps == first_step[id(lane)] or time.monotonic() - lane.status_written > STATUS_EVERY_S:
+                lane.report()  # the first one after compiling drops the display's "compiling" phase
             if terminated or truncated:
-                episodes += 1
-                summary = stats.summary()
-                recent_success = (recent_success + [summary["episode/success"]])[-20:]
-                recent_return = (recent_return + [summary["episode/return"]])[-20:]
-                summary["weights_version"] = weights_version
-                summary["weights_version_at_start"] = stats.weights_version_at_start
-                logger.log(summary, steps)
-                with open(episodes_path, "a") as handle:
-                    handle.write(json.dumps({"env_steps": steps, "episode": episodes, "time": time.time(), **summary}) + "\n")
-                last_episode = {
-                    "success_rate": float(np.mean(recent_success)), "return": float(np.mean(recent_return)),
-                    "intervention_rate": summary["episode/intervention_rate"],
-                    "step_ms_p99": summary["timing/step_ms_p99"],
-                }
-                report()
-                if not cfg.quiet and episodes % cfg.log_every == 0:
-                    print(summary_line("actor", {
-                        "steps": steps, "episode": episodes, "return": round(summary["episode/return"], 3),
+                summary = lane.finish_episode(stats, weights_version,
+                                              **({"cycle_env_steps": total_steps()} if turns else {}))
+                if not cfg.quiet and lane.episodes % cfg.log_every == 0:
+                    print(summary_line(f"actor{' ' + lane.task if turns else ''}", {
+                        "steps": lane.steps, "episode": lane.episodes, "return": round(summary["episode/return"], 3),
                         "success": int(summary["episode/success"]),
-                        "success_rate20": round(float(np.mean(recent_success)), 2), "weights": weights_version,
+                        "success_rate20": round(lane.last_episode["success_rate"], 2), "weights": weights_version,
                         **({"held": stats.held_steps} if stats.held_steps else {}),
                     }), flush=True)
-                obs, _ = env.reset()
+                obs = next_episode(lane, bool(summary["episode/success"]))
                 stats = EpisodeStats()
     finally:
-        report(done=True)
-        client.close(flush_timeout=5.0)
-        logger.close()
-        if console is not None:
-            console.close()
-        env.close()
-    return {"env_steps": steps, "episodes": episodes, "weights_version": weights.version}
+        if turns is not None:
+            turns.close()
+        _close_lanes(lanes, console)
+    return {"env_steps": total_steps(), "episodes": sum(each.episodes for each in lanes),
+            "weights_version": lanes[0].weights.version,
+            **({"lanes": {each.task: {"env_steps": each.steps, "episodes": each.episodes} for each in lanes}}
+               if turns else {})}
+
+
+def _close_lanes(lanes: list[Lane], console) -> None:
+    for lane in lanes:
+        lane.close()
+    if console is not None:
+        console.close()
+    for lane in reversed(lanes):  # the first lane's env owns the robot: closed last
+        lane.env.close()
 
 
 class ActorConsole:
@@ -290,14 +406,11 @@ class ActorConsole:
 
     REFRESH_S = 1.0
 
-    def __init__(self, hub: ConsoleHub, env, run_dir: Path | None, who: str = "actor"):
+    def __init__(self, hub: ConsoleHub, env, run_dir: Path | None, who: str = "actor", actor_id: str = ""):
         self.hub = hub
         self.who = who
-        self.env = env
-        self.base = franka_env_under(env)
-        self.marks = console_marks(env)
-        self.run_dir = run_dir
-        self.learner_status = None if run_dir is None else run_dir / "status" / "learner.json"
+        self.actor_id = actor_id  # marks the discard lines of one of several actors
+        self.use(env, run_dir)
         self.server = None
         self.url: str | None = None
         self.stopped = ""  # why the robot's safety stop is latched from the page ("" when not)
@@ -307,6 +420,14 @@ class ActorConsole:
         box = None if self.base is None else self.base.task.safety_box
         self.safety_box = None if box is None else {"low": [float(v) for v in box.position_low],
                                                     "high": [float(v) for v in box.position_high]}
+
+    def use(self, env, run_dir: Path | None) -> None:
+        """Act on ``env`` and show the learner of ``run_dir`` (a task cycle switches tasks on the same robot)."""
+        self.env = env
+        self.base = franka_env_under(env)
+        self.marks = console_marks(env)
+        self.run_dir = run_dir
+        self.learner_status = None if run_dir is None else run_dir / "status" / "learner.json"
 
     def serve(self, config) -> str | None:
         """Start the page's server and print its address on a line of its own."""
@@ -349,7 +470,8 @@ class ActorConsole:
             return
         self.discarded = episodes
         with open(episodes_path, "a") as handle:
-            handle.write(json.dumps({"discarded": episodes, "env_steps": steps}) + "\n")
+            actor = {"actor": self.actor_id} if self.actor_id else {}
+            handle.write(json.dumps({"discarded": episodes, "env_steps": steps, **actor}) + "\n")
         print(f"[{self.who}] console: episode {episodes} marked discarded in {episodes_path.name} (its transitions "
               "are in the learner's buffers already)", flush=True)
 
@@ -532,8 +654,8 @@ class WeightsSlot:
         return agent
 
 
-def _wait_for_first_weights(client, weights: WeightsSlot, agent, cfg: ActorConfig, stop: threading.Event,
-                            on_refused=lambda: None):
+def _wait_for_first_weights(client, weights: WeightsSlot, agent, cfg: ActorConfig, net: NetConfig,
+                            stop: threading.Event, on_refused=lambda: None):
     """The learner's current weights (and, with them, its counters) before the first step; RuntimeError after
     ``cfg.weights_timeout`` s without any. Once weights arrived but were refused the learner is there: the wait
     goes on (robot untouched) until good ones arrive, calling ``on_refused`` after each refusal."""
@@ -545,7 +667,7 @@ def _wait_for_first_weights(client, weights: WeightsSlot, agent, cfg: ActorConfi
             on_refused()
         if time.monotonic() > deadline and not weights.refused:
             raise RuntimeError(
-                f"no weights from the learner at {cfg.net.host}:{cfg.net.port} within {cfg.weights_timeout:.0f} s; "
+                f"no weights from the learner at {net.host}:{net.port} within {cfg.weights_timeout:.0f} s; "
                 "is it running (see its log), and do both sides use the same env and agent options?")
         agent = weights.apply_newest(client, agent, 0)
         time.sleep(0.01)

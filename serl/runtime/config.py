@@ -137,10 +137,34 @@ class ActorConfig:
     """Warn when the learner trains but sent no newer weights for this many seconds while transitions went out."""
     pause_on_stale_weights: bool = False
     """Hold the robot (no env steps) while the weights are stale, until newer ones arrive."""
+    cycle: str = ""
+    """A registered task cycle (``PandaRelocateFwBw``): act its tasks in turn on one robot without scene resets,
+    each with its own learner (``cycle_ports``) and run directory (``RUN/<task>/``); the tasks take ``env``'s other
+    options."""
+    cycle_ports: tuple[int, ...] = ()
+    """Per task of the cycle, in its order, its learner's two ports (transitions, weights); ``net`` gives the
+    learners' host and keys."""
+    cycle_classifiers: tuple[Path, ...] = ()
+    """Per task of the cycle, in its order, its success classifier (``env.reward_classifier`` is then unused);
+    empty = the tasks' own rewards."""
+    actor_id: str = ""
+    """The actor's name at the learner and in the run's logs (``status/actor-<id>.json``, ``"actor"`` in
+    ``episodes.jsonl``); empty = ``<host>-<pid>``, with the status in ``status/actor.json``. Two live actors of one
+    learner cannot share an id."""
     quiet: bool = False
+
+    @property
+    def status_name(self) -> str:
+        """The actor's status file under ``status/``."""
+        return f"actor-{self.actor_id}.json" if self.actor_id else "actor.json"
 
     def __post_init__(self):
         _check_grasp_penalty(self.env, self.agent)
+        if bool(self.cycle) != bool(self.cycle_ports) or (self.cycle_classifiers and not self.cycle):
+            raise ValueError("cycle, cycle_ports, cycle_classifiers: a task cycle needs its learners' ports (and only "
+                             "a cycle takes them)")
+        if self.actor_id and not all(c.isalnum() or c in "-_." for c in self.actor_id):
+            raise ValueError(f"actor_id: letters, digits, '-', '_' and '.' only, got {self.actor_id!r}")
         _require_positive(log_every=self.log_every, weights_timeout=self.weights_timeout,
                           stale_weights_s=self.stale_weights_s)
         if self.lag_patience_s <= 0:
@@ -184,13 +208,14 @@ def default_run_name() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def latest_run(root: Path, task: str) -> str | None:
-    """Name of the most recently modified run of ``task`` under ``root`` that has a config."""
+def latest_run(root: Path, task: str, marker: str = "config.json") -> str | None:
+    """Name of the most recently modified run of ``task`` under ``root`` that has a config (``marker``: a task
+    cycle's run has its ``train_config.json``, its tasks' runs their own configs)."""
     base = root / task.replace(":", "_").replace("/", "_")
     if not base.is_dir():
         return None
-    runs = [p for p in base.iterdir() if (p / "config.json").exists()]
-    return max(runs, key=lambda p: (p / "config.json").stat().st_mtime).name if runs else None
+    runs = [p for p in base.iterdir() if (p / marker).exists()]
+    return max(runs, key=lambda p: (p / marker).stat().st_mtime).name if runs else None
 
 
 def to_jsonable(cfg) -> dict:

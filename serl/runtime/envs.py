@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 
 from serl.devices import make_teleop
+from serl.devices.base import Teleop
 from serl.envs.franka_env import FrankaEnv
 from serl.envs.intervention import InterventionWrapper
 from serl.envs.rewards import make_reward
@@ -41,20 +42,23 @@ class ObservationWrappers:
     ``{"state": {...}, "images": {...}}`` observation the demo files store."""
 
 
-def build_env(cfg: EnvConfig, seed: int | None = None, teleop: str = "none", *,
+def build_env(cfg: EnvConfig, seed: int | None = None, teleop: "str | Teleop" = "none", *,
               teleop_options: Mapping[str, Any] | None = None,
-              observations: ObservationWrappers = ObservationWrappers(), console: Any = None) -> gym.Env:
+              observations: ObservationWrappers = ObservationWrappers(), console: Any = None,
+              robot: Any = None) -> gym.Env:
     """The task env with its observation wrappers, reward wrappers and, with a teleop device, interventions.
 
     ``robot_url`` None runs the MuJoCo twin in-process (LocalRobot); otherwise the env talks to a
     robot server over HTTP. ``gym:<id>`` tasks are gymnasium envs with flat observations. A teleop
-    device (``make_teleop(teleop, env=..., **teleop_options)``) adds the ``InterventionWrapper`` outermost.
+    device (``make_teleop(teleop, env=..., **teleop_options)``, or an open ``Teleop`` another env owns) adds the
+    ``InterventionWrapper`` outermost.
     ``console`` (a ``ConsoleHub``) adds the page's success/failure marks (``ConsoleReward``, under the
-    interventions) and is the ``browser`` teleop's input.
+    interventions) and is the ``browser`` teleop's input. ``robot``: the ``RobotClient`` of an env built before,
+    for a second task on the same robot (a task cycle); that env keeps owning it.
     """
     if cfg.task_module:
         import_task_module(cfg.task_module)
-    env = _task_env(cfg, seed)
+    env = _task_env(cfg, seed) if robot is None else _shared_robot_env(cfg, robot)
     env = _with_observation_wrappers(env, observations)
     if cfg.grasp_penalty > 0:
         env = GripperPenalty(env, cfg.grasp_penalty, mode="info")
@@ -69,7 +73,9 @@ def build_env(cfg: EnvConfig, seed: int | None = None, teleop: str = "none", *,
         env = ConsoleReward(env, ConsoleMarks())
         if teleop == "browser":
             options.setdefault("hub", console)
-    if teleop != "none":
+    if isinstance(teleop, Teleop):
+        env = InterventionWrapper(env, teleop, owns_teleop=False)
+    elif teleop != "none":
         env = InterventionWrapper(env, make_teleop(teleop, env=env, **options))
     return env
 
@@ -124,6 +130,20 @@ def _task_env(cfg: EnvConfig, seed: int | None) -> gym.Env:
 
     client = HttpRobotClient(cfg.robot_url, token=cfg.robot_token) if cfg.robot_token else HttpRobotClient(cfg.robot_url)
     return FrankaEnv(client, task, reward_fn=make_reward(task))
+
+
+class _SharedRobotEnv(FrankaEnv):
+    """A task on a robot client another env owns: closing it leaves the client open."""
+
+    def close(self):
+        pass
+
+
+def _shared_robot_env(cfg: EnvConfig, robot) -> gym.Env:
+    if cfg.task.startswith("gym:"):
+        raise ValueError(f"env.task: {cfg.task} is a gymnasium env; only robot tasks share a robot")
+    task = with_overrides(get_task(cfg.task, pixels=cfg.pixels), **cfg.override_dict())
+    return _SharedRobotEnv(robot, task, reward_fn=make_reward(task))
 
 
 def _make_gym_env(env_id: str, seed: int | None, overrides: dict) -> gym.Env:

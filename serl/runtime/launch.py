@@ -21,10 +21,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     kind, config_path, run_dir = argv
     data = json.loads(Path(config_path).read_text())
-    if kind == "learner":
-        learner_process.main_with_signals(from_dict(LearnerConfig, data), Path(run_dir))
-    else:
-        actor_process.main_with_signals(from_dict(ActorConfig, data), Path(run_dir))
+    try:
+        if kind == "learner":
+            learner_process.main_with_signals(from_dict(LearnerConfig, data), Path(run_dir))
+        else:
+            actor_process.main_with_signals(from_dict(ActorConfig, data), Path(run_dir))
+    except ValueError as err:  # a setup error (a refused handshake, a bad option): one line, as `serl` prints it
+        print(f"[{kind}] {err}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

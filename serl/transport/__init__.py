@@ -19,7 +19,9 @@ Actor side::
 Protocol (actor DEALER -> learner ROUTER; learner PUB -> actor SUB, conflated):
 
 - ``hello`` (actor id, session id, config hash, schema version, first seq still held) -> ``welcome``
-  (highest batch seq the learner holds for that session, its weights version) or ``reject`` (reason).
+  (highest batch seq the learner holds for that session, its weights version) or ``reject`` (reason). An actor id
+  whose other session was heard within the learner's ``actor_timeout_s`` is refused with code ``actor_id_in_use``
+  and ``retry_s`` (that timeout): the actor retries for twice that plus a margin, then gives up.
 - ``batch`` (session, seq, n_items; one msgpack frame per transition follows) -> ``ack`` (highest contiguous
   seq, status ok / duplicate / out_of_order / busy / refused, with a reason for busy and refused). A consumer
   callback that persists the batch before returning makes the ack durable; one that raises ``BatchRefused``

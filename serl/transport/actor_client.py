@@ -24,6 +24,8 @@ from serl.transport.security import ActorKeys
 log = logging.getLogger("serl.transport")
 
 _REPLIES = frozenset({"welcome", "reject", "ack", "pong", "error", "weights"})
+ID_IN_USE_MARGIN_S = 2.0
+"""Beyond twice the learner's actor timeout, how long a hello refused for an actor id in use is retried."""
 
 
 class TransportError(RuntimeError):
@@ -86,7 +88,10 @@ class ActorClient:
     ``send()`` encodes and queues a transition; a background thread batches, sends, resends after reconnects
     and applies acks, so every transition that was acked reaches the learner exactly once. ``latest_weights()``
     returns the newest weights received so far. A new client is a new session: transitions queued by a killed
-    client and never acked are lost by definition.
+    client and never acked are lost by definition. While another live session holds the actor id the learner
+    refuses the hello; it is retried until that session has been silent for the learner's actor timeout (twice
+    that, plus ``ID_IN_USE_MARGIN_S``), so an actor restarted right after a kill gets in, and a second live actor
+    under the same id fails with ``HandshakeRejected``.
     """
 
     def __init__(self, config: ActorClientConfig):
@@ -102,6 +107,7 @@ class ActorClient:
         self._counts = collections.Counter()  # reconnects, weights_received
         self._weights: tuple[str, int, Any] | None = None
         self._fatal: TransportError | None = None
+        self._id_refused_since: float | None = None  # first refusal of the hello because the actor id was in use
         self._connected = threading.Event()
         self._last_warning: dict[str, float] = {}
         self._reply_handlers = {
@@ -340,7 +346,7 @@ class ActorClient:
         elif link.connected:
             self._pump(now)
         away = link.unreachable_for(now)
-        if away is not None:
+        if away is not None and self._id_refused_since is None:
             with self._lock:
                 held = self._outbox.held_transitions()
             self._warn(
@@ -427,12 +433,24 @@ class ActorClient:
             self._outbox.resume(msg["acked"])
             self._changed.notify_all()
         self._link.on_welcome()
+        self._id_refused_since = None
         self._connected.set()
         self._maybe_request_weights(msg["learner_id"], msg["weights_version"], now)
 
     def _on_reject(self, msg: dict, now: float) -> None:
-        if self._link.state is ConnectionState.HELLO_SENT:
-            self._fail(HandshakeRejected(f"learner refused actor {self.config.actor_id!r}: {msg['reason']}"))
+        if self._link.state is not ConnectionState.HELLO_SENT:
+            return
+        reason = f"learner refused actor {self.config.actor_id!r}: {msg['reason']}"
+        retry_s = msg.get("retry_s") if msg.get("code") == "actor_id_in_use" else None
+        if retry_s is not None:
+            if self._id_refused_since is None:
+                self._id_refused_since = now
+            if now - self._id_refused_since < 2 * retry_s + ID_IN_USE_MARGIN_S:
+                self._warn("in_use", f"actor transport: {reason}; retrying until that session is "
+                                     f"{retry_s:g} s silent")
+                self._link.on_hello_rejected(now, retry_in=min(0.5, retry_s / 10))
+                return
+        self._fail(HandshakeRejected(reason))
 
     def _on_ack(self, msg: dict, now: float) -> None:
         link = self._link

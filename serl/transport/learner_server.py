@@ -38,7 +38,8 @@ class LearnerServerConfig:
 
     ``keys``: folder with the learner's CURVE key pair and ``authorized/`` actor keys (``serl keys``); needed to
     listen beyond loopback unless ``insecure``. ``config_digests``: per config field digests, so that a refusal
-    names the fields that differ.
+    names the fields that differ. ``actor_timeout_s``: an actor session heard from within this long is live; a hello
+    under its actor id from another session is refused until it has been silent that long.
     """
 
     host: str = "127.0.0.1"
@@ -303,8 +304,14 @@ class LearnerServer:
             return
         key = (msg["actor_id"], msg["session"])
         with self._lock:
-            session, lost = self._sessions.handshake(key, msg["first_seq"], time.monotonic())
-            acked = session.acked
+            now = time.monotonic()
+            holder = self._sessions.live_holder(key, now, self.config.actor_timeout_s)
+            if holder is None:
+                session, lost = self._sessions.handshake(key, msg["first_seq"], now)
+                acked = session.acked
+        if holder is not None:
+            self._refuse_id_in_use(identity, msg, *holder)
+            return
         if lost:
             log.warning(
                 "learner transport: actor %r session %s no longer holds batches %d..%d (beyond its retention);"
@@ -317,6 +324,16 @@ class LearnerServer:
             identity, "welcome", rid=msg["rid"], session=key[1], acked=acked,
             learner_id=self.learner_id, weights_version=self.weights_version,
         )
+
+    def _refuse_id_in_use(self, identity: bytes, msg: dict, holder: str, heard_s: float) -> None:
+        """A second live actor under one id would mix two robots' episodes under one name: the first one keeps it."""
+        actor_id = msg["actor_id"]
+        reason = (f"actor id {actor_id!r} is in use by a live actor (session {holder[:8]}…, heard {heard_s:.1f} s ago); "
+                  "give each actor its own --actor-id")
+        self._stats["rejected_ids_in_use"] += 1
+        self._warn(f"in use {actor_id}", f"learner transport: refused a second actor {actor_id!r}: {reason}")
+        self._reply(identity, "reject", rid=msg["rid"], reason=reason, code="actor_id_in_use",
+                    retry_s=float(self.config.actor_timeout_s))
 
     def _session_or_refuse(self, identity: bytes, msg: dict) -> ActorSession | None:
         """The message's handshaken session, marked as seen; None (and an error reply) without a hello."""

@@ -101,6 +101,10 @@ class LearnerConnection:
         """No connection to send the hello on yet: try again shortly."""
         self._next_hello = now + min(self._backoff, 0.01)
 
+    def on_hello_rejected(self, now: float, retry_in: float) -> None:
+        """The learner refused the hello for now (the actor id is held by a live session): hello again later."""
+        self._disconnect(next_hello=now + retry_in)
+
     def on_welcome(self) -> None:
         """Handshake done: replies to requests sent before it cannot ask to go back."""
         self._goback_rid = self.rid + 1

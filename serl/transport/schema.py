@@ -34,6 +34,9 @@ MESSAGE_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
 # Fields a peer may leave out (older peers do not send them); checked only when present.
 OPTIONAL_FIELDS: dict[str, dict[str, type]] = {
     "hello": {"config_digests": dict},  # config field name -> digest, to name the fields that differ
+    # "actor_id_in_use": another live session holds the actor id; retry_s: how long the learner waits before it
+    # calls a silent session dead (an actor restarted after a kill gets in once its old session is that silent)
+    "reject": {"code": str, "retry_s": float},
 }
 MAX_ITEMS_PER_BATCH = 100_000
 MAX_CONFIG_DIGESTS = 512

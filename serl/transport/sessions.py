@@ -95,6 +95,18 @@ class SessionTable:
             session.queued -= 1
             session.delivered = max(session.delivered, seq)
 
+    def live_holder(self, key: SessionKey, now: float, timeout_s: float) -> tuple[str, float] | None:
+        """The most recently heard other session of ``key``'s actor id, if heard within ``timeout_s``: (its session
+        id, seconds since heard); None when the id is free. Sessions restored by ``load_state_dict`` have not said
+        hello and are never live."""
+        actor_id, session_id = key
+        for other in reversed(self._by_actor.get(actor_id, {})):
+            session = self._sessions[(actor_id, other)]
+            age = now - session.last_seen
+            if other != session_id and session.handshaken and age < timeout_s:
+                return other, age
+        return None
+
     def alive(self, now: float, timeout_s: float) -> dict[str, dict]:
         """Per actor id: newest handshaken session, its acked seq, seconds since last heard, and whether alive."""
         out: dict[str, dict] = {}
