@@ -196,6 +196,7 @@ def test_an_actors_lanes_share_one_robot_and_one_teleop_device(tmp_path):
         assert [lane.run_dir for lane in lanes] == [tmp_path / "PandaReach", tmp_path / "PandaReachAgain"]
         first, second = (franka_env_under(lane.env) for lane in lanes)
         assert second.client is first.client and second.task.name == "PandaReachAgain"
+        assert first.owns_client and not second.owns_client  # closed once, by the first lane's env
         assert [(lane.net.port, lane.net.weights_port) for lane in lanes] == [(1, 2), (3, 4)]  # nothing listens there
         assert lanes[1].env.teleop is lanes[0].env.teleop
         assert lanes[0].env.owns_teleop and not lanes[1].env.owns_teleop

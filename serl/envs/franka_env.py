@@ -65,6 +65,7 @@ class FrankaEnv(gym.Env):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         render_mode: str | None = None,
+        owns_client: bool = True,
     ):
         unknown = [key for key in task.state_keys if key not in STATE_SIZES]
         if unknown:
@@ -80,6 +81,7 @@ class FrankaEnv(gym.Env):
                 raise ValueError(f"reward_fn: expected a reward object, None or 'task', got {reward_fn!r}")
             reward_fn = make_reward(task)
         self.reward_fn = reward_fn
+        self.owns_client = owns_client  # False: another task on the same robot (a task cycle) closes it
         self._wants_scene = bool(task.scene_objects) or reward_fn is not None
         self.hooks = list(build_hooks(task) if hooks is None else hooks)
         self.render_mode = render_mode
@@ -194,7 +196,8 @@ class FrankaEnv(gym.Env):
         return np.concatenate(list(self._obs["images"].values()), axis=1)
 
     def close(self):
-        self.client.close()
+        if self.owns_client:
+            self.client.close()
 
     # ----------------------------------------------------------------- helpers for reset hooks
 

@@ -58,7 +58,7 @@ def build_env(cfg: EnvConfig, seed: int | None = None, teleop: "str | Teleop" = 
     """
     if cfg.task_module:
         import_task_module(cfg.task_module)
-    env = _task_env(cfg, seed) if robot is None else _shared_robot_env(cfg, robot)
+    env = _task_env(cfg, seed, robot)
     env = _with_observation_wrappers(env, observations)
     if cfg.grasp_penalty > 0:
         env = GripperPenalty(env, cfg.grasp_penalty, mode="info")
@@ -114,14 +114,19 @@ def import_task_module(name: str) -> None:
         importlib.import_module(name)
 
 
-def _task_env(cfg: EnvConfig, seed: int | None) -> gym.Env:
-    """The env as the task defines it: a ``FrankaEnv`` (nested observations) or a ``gym:`` env (flat)."""
+def _task_env(cfg: EnvConfig, seed: int | None, robot=None) -> gym.Env:
+    """The env as the task defines it: a ``FrankaEnv`` (nested observations) or a ``gym:`` env (flat); with
+    ``robot``, a ``FrankaEnv`` on that client, which its owner closes."""
     overrides = cfg.override_dict()
     if cfg.task.startswith("gym:"):
+        if robot is not None:
+            raise ValueError(f"env.task: {cfg.task} is a gymnasium env; only robot tasks share a robot")
         return _make_gym_env(cfg.task[len("gym:"):], seed, overrides)
-    if cfg.robot_url is None:
+    if cfg.robot_url is None and robot is None:
         return make_sim_env(cfg.task, pixels=cfg.pixels, seed=seed, **overrides)
     task = with_overrides(get_task(cfg.task, pixels=cfg.pixels), **overrides)
+    if robot is not None:
+        return FrankaEnv(robot, task, reward_fn=make_reward(task), owns_client=False)
     if cfg.robot_api != "native":
         from serl.envs.serl_client import serl_env
 
@@ -130,20 +135,6 @@ def _task_env(cfg: EnvConfig, seed: int | None) -> gym.Env:
 
     client = HttpRobotClient(cfg.robot_url, token=cfg.robot_token) if cfg.robot_token else HttpRobotClient(cfg.robot_url)
     return FrankaEnv(client, task, reward_fn=make_reward(task))
-
-
-class _SharedRobotEnv(FrankaEnv):
-    """A task on a robot client another env owns: closing it leaves the client open."""
-
-    def close(self):
-        pass
-
-
-def _shared_robot_env(cfg: EnvConfig, robot) -> gym.Env:
-    if cfg.task.startswith("gym:"):
-        raise ValueError(f"env.task: {cfg.task} is a gymnasium env; only robot tasks share a robot")
-    task = with_overrides(get_task(cfg.task, pixels=cfg.pixels), **cfg.override_dict())
-    return _SharedRobotEnv(robot, task, reward_fn=make_reward(task))
 
 
 def _make_gym_env(env_id: str, seed: int | None, overrides: dict) -> gym.Env:
