@@ -16,11 +16,24 @@ def pytest_sessionstart(session):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-@pytest.fixture(scope="module")
-def shared_compilation_cache(tmp_path_factory):
-    """One XLA cache for the processes a test module starts: each compiles the same small agent."""
+def pytest_collection_modifyitems(config, items):
+    """Under ``-n``, the ROS 2 tests run on one worker, one after another: DDS domains are machine-wide."""
+    for item in items:
+        if item.get_closest_marker("ros2"):
+            item.add_marker(pytest.mark.xdist_group("ros2"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """One XLA cache for every process the tests start, on every worker: most compile the same small agents.
+
+    It lives under the run's temporary folder (pytest keeps the last three), never in ``~/.cache``.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the workers' folders share this parent
     previous = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax-cache"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(base / "jax-cache")
     yield
     if previous is None:
         os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)

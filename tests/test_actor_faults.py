@@ -46,9 +46,6 @@ AGENT = SACConfig(hidden_dims=(16, 16))
 AGENT_ARGS = ["--agent.hidden-dims", "16", "16"]
 
 
-pytestmark = pytest.mark.usefixtures("shared_compilation_cache")
-
-
 class Rig:
     """A twin served over HTTP, a learner transport that records every transition, and the actor process."""
 

@@ -77,7 +77,7 @@ def test_move_to_reaches_the_target_within_3_mm(crisp_robot):
     target = robot.end_effector_pose.copy()
     target.position = target.position + np.array([0.05, 0.03, -0.04])
     robot.move_to(pose=target, speed=0.1)
-    assert wait_for(lambda: np.linalg.norm(robot.end_effector_pose.position - target.position) < 0.003, 10.0)
+    assert wait_for(lambda: np.linalg.norm(robot.end_effector_pose.position - target.position) < 0.003, 30.0)
     wait_for(lambda: np.linalg.norm(robot.end_effector_pose.position - target.position) < 0.0005, 3.0)  # settle, for the note
     error_mm = 1000 * np.linalg.norm(robot.end_effector_pose.position - target.position)
     print(f"\ncrisp_py move_to: {error_mm:.2f} mm from the target")
@@ -91,9 +91,9 @@ def test_gripper_opens_and_closes_through_the_franka_hand_adapter(crisp_robot):
     gripper = Gripper.from_yaml("gripper_franka", node=crisp_robot.node, spin_node=False, max_delta=1.0)
     gripper.wait_until_ready(timeout=10.0)
     gripper.close()
-    assert wait_for(lambda: gripper.value < 0.05, 10.0), gripper.value
+    assert wait_for(lambda: gripper.value < 0.05, 30.0), gripper.value
     gripper.open()
-    assert wait_for(lambda: gripper.value > 0.95, 10.0), gripper.value
+    assert wait_for(lambda: gripper.value > 0.95, 30.0), gripper.value
     print(f"\ncrisp_py gripper: closed and opened through the adapter (now {gripper.value:.3f})")
 
 
@@ -107,8 +107,8 @@ def test_stock_gripper_config_never_crosses_the_adapters_threshold_from_open(cri
                                          lambda m: sent.append(m.data[0]), 10)
     gripper = Gripper.from_yaml("gripper_franka", node=crisp_robot.node, spin_node=False)
     gripper.wait_until_ready(timeout=10.0)
-    assert wait_for(lambda: gripper.value > 0.95, 10.0)
+    assert wait_for(lambda: gripper.value > 0.95, 30.0)
     sent.clear()
     gripper.close()
-    assert wait_for(lambda: len(sent) >= 5, 5.0)
+    assert wait_for(lambda: len(sent) >= 5, 20.0)
     assert min(sent) == pytest.approx(0.9, abs=0.02)  # never at or below the adapter's 0.5

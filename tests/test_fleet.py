@@ -23,7 +23,7 @@ from test_learner_durability import Process, free_port
 
 from serl.runtime.logging import read_status
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("shared_compilation_cache")]
+pytestmark = pytest.mark.timeout(300)
 
 HERE = pathlib.Path(__file__).parent
 TASK = "PandaPickCube"

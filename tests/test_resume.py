@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from serl.runtime.logging import read_status
 
@@ -20,12 +19,6 @@ AGENT = ["--agent.hidden-dims", "32", "32", "--agent.num-qs", "2", "--agent.utd-
 TRAIN = ["train", "gym:Pendulum-v1", "--overrides", "max_episode_steps=20", "--num-demos", "0",
          "--run.root", "runs", "--run.name", "r", "--min-online-steps", "40", "--batch-size", "32",
          "--no-display", *AGENT]
-
-
-@pytest.fixture(autouse=True)
-def shared_compilation_cache(tmp_path, monkeypatch):
-    """Both runs compile the same agent: the second one reads the first one's cache."""
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax-cache"))
 
 
 def serl_train(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:

@@ -27,6 +27,7 @@ from robot_servers.ros2.twin_node import running_twin_node  # noqa: E402
 pytestmark = [pytest.mark.ros2, pytest.mark.timeout(120)]
 
 DOMAIN = 1 + os.getpid() % 50  # unique per test process (0..101 is the safe range on Linux)
+STALE_AFTER = 2.0  # s; a loaded 2-core machine can delay DDS messages well past half a second
 
 wait_for = functools.partial(backend_episode.wait_for, period=0.02)  # state arrives at 200 Hz: poll often
 
@@ -53,8 +54,8 @@ def twin_node():
 
 @pytest.fixture(scope="module")
 def backend(twin_node):
-    # generous staleness limit for the shared 2-core CI box; the stale test sets its own
-    with Ros2Backend(Ros2Config(domain_id=DOMAIN, stale_after=0.5)) as b:
+    # the stale tests freeze the driver and set their own limit
+    with Ros2Backend(Ros2Config(domain_id=DOMAIN, stale_after=STALE_AFTER)) as b:
         yield b
 
 
@@ -123,11 +124,11 @@ def test_target_pose_moves_the_twin(healthy):
     backend.set_target(target)
     direction = (target[:3] - start[:3]) / np.linalg.norm(target[:3] - start[:3])
     # crisp's twist (end-effector frame) comes back in the base frame: it points along the motion
-    assert wait_for(lambda: backend.state().tcp_vel[:3] @ direction > 0.02, 5.0)
+    assert wait_for(lambda: backend.state().tcp_vel[:3] @ direction > 0.02, 20.0)
     assert backend.state().velocity_source == "twist"
-    assert wait_for(lambda: np.linalg.norm(backend.state().tcp_pose[:3] - target[:3]) < 0.005, 5.0)
+    assert wait_for(lambda: np.linalg.norm(backend.state().tcp_pose[:3] - target[:3]) < 0.005, 20.0)
     backend.set_target(start)
-    assert wait_for(lambda: np.linalg.norm(backend.state().tcp_pose[:3] - start[:3]) < 0.005, 5.0)
+    assert wait_for(lambda: np.linalg.norm(backend.state().tcp_pose[:3] - start[:3]) < 0.005, 20.0)
 
 
 def test_impedance_goes_through_crisp_parameters(healthy):
@@ -186,16 +187,16 @@ def test_bad_commands_raise_and_change_nothing(healthy):
 def test_franka_hand_adapter_gripper_and_joint_reset_parameters(healthy, monkeypatch):
     backend = healthy
     backend.set_gripper(0.02)  # the Franka hand grasps: below 0.04 m it closes fully
-    assert wait_for(lambda: backend.state().gripper_width < 0.003, 3.0)
+    assert wait_for(lambda: backend.state().gripper_width < 0.003, 20.0)
     backend.set_gripper(0.06)
-    assert wait_for(lambda: backend.state().gripper_width > 0.077, 3.0)
+    assert wait_for(lambda: backend.state().gripper_width > 0.077, 20.0)
     sent: list[dict] = []
     real_set = backend._parameters.set
     monkeypatch.setattr(backend._parameters, "set", lambda values: (sent.append(dict(values)), real_set(values))[1])
     away = backend.state().tcp_pose.copy()
     away[:3] += [0.04, 0.04, -0.04]
     backend.set_target(away)
-    assert wait_for(lambda: np.abs(backend.state().q - HOME_Q).max() > 0.05, 5.0)
+    assert wait_for(lambda: np.abs(backend.state().q - HOME_Q).max() > 0.05, 20.0)
     backend.joint_reset(duration=1.5)
     state = backend.state()
     assert np.abs(state.q - HOME_Q).max() < 0.03
@@ -241,15 +242,22 @@ def test_stale_state_flags_error_holds_and_recovers():
             make_backend("ros2", domain_id=domain, stale_after=0.25) as backend:  # the server's way in
         os.kill(process.pid, signal.SIGSTOP)  # the arm's driver freezes: no more state messages
         try:
-            assert wait_for(lambda: any("stale" in e for e in backend.state().errors), 3.0)
+            assert wait_for(lambda: any("stale" in e for e in backend.state().errors), 20.0)
             assert backend.state().controller_mode == "hold"
             with pytest.raises(RuntimeError, match="recover"):
                 backend.set_target(backend.state().tcp_pose)
         finally:
             os.kill(process.pid, signal.SIGCONT)
-        backend.recover()
-        state = backend.state()
-        assert state.errors == [] and state.controller_mode == "impedance"
+
+        def recovered() -> bool:  # on a loaded machine a late message right after recover() latches again
+            try:
+                backend.recover()
+            except RuntimeError:
+                return False
+            state = backend.state()
+            return state.errors == [] and state.controller_mode == "impedance"
+
+        assert wait_for(recovered, 30.0), backend.state().errors
 
 
 def test_episode_through_the_robot_server(backend, tmp_path):
@@ -276,7 +284,7 @@ def test_server_reports_a_frozen_driver_in_health_and_recovers():
         assert client.health()["ok"]
         os.kill(process.pid, signal.SIGSTOP)
         try:
-            assert wait_for(lambda: not client.health()["ok"], 5.0)
+            assert wait_for(lambda: not client.health()["ok"], 20.0)
             health = client.health()
             assert any("stale" in e for e in health["errors"])
             assert client.state().controller_mode == "hold"
@@ -285,11 +293,11 @@ def test_server_reports_a_frozen_driver_in_health_and_recovers():
         finally:
             os.kill(process.pid, signal.SIGCONT)
         # staleness latches until recover(); on a loaded machine a late message right after it latches again
-        assert wait_for(lambda: (client.recover(), client.health()["ok"])[1], 10.0), client.health()
+        assert wait_for(lambda: (client.recover(), client.health()["ok"])[1], 30.0), client.health()
         target = client.state().tcp_pose.copy()
         target[2] += 0.02
         client.set_target(target)
-        assert wait_for(lambda: abs(client.state().tcp_pose[2] - target[2]) < 0.004, 5.0)
+        assert wait_for(lambda: abs(client.state().tcp_pose[2] - target[2]) < 0.004, 20.0)
 
 
 def test_twin_node_ignores_targets_from_competing_publishers(healthy):
@@ -305,12 +313,12 @@ def test_twin_node_ignores_targets_from_competing_publishers(healthy):
     moved[0] += 0.04
     with second_node("second_commander") as node:
         publisher = node.create_publisher(PoseStamped, "target_pose", 10)
-        assert wait_for(lambda: any("publishers on target_pose" in e for e in backend.state().errors), 5.0)
+        assert wait_for(lambda: any("publishers on target_pose" in e for e in backend.state().errors), 20.0)
         with pytest.raises(RuntimeError, match="recover"):
             backend.set_target(moved)
         assert wait_for(lambda: (publisher.publish(pose_msg(moved, "base", 0.0)), False)[1], 1.0) is False  # 1 s of targets
         assert np.linalg.norm(backend.state().tcp_pose[:3] - start[:3]) < 0.005
-    assert wait_for(lambda: not backend.competing_publishers(), 5.0)
+    assert wait_for(lambda: not backend.competing_publishers(), 20.0)
     backend.recover()
     # resend until the twin node, too, has seen the second publisher go
     assert wait_for(lambda: (backend.set_target(moved),
@@ -333,7 +341,7 @@ def test_served_ros2_backend_opens_the_task_cameras_with_their_crops_and_sizes(t
         CameraSpec("front", size=(24, 40), crop=(0, 0, 240, 160), serial=f"opencv:{video},loop"),))
     register_task(task, overwrite=True)
     _app, backend, cameras = build_server(ServeConfig(
-        backend="ros2", option=(f"domain_id={DOMAIN}", "stale_after=0.5")), served_task(task.name))
+        backend="ros2", option=(f"domain_id={DOMAIN}", f"stale_after={STALE_AFTER}")), served_task(task.name))
     try:
         assert set(cameras) == {"front"}
         frame, _ = cameras["front"].read()
@@ -346,24 +354,24 @@ def test_served_ros2_backend_opens_the_task_cameras_with_their_crops_and_sizes(t
     missing = dataclasses.replace(task, name="Ros2MissingCamera", cameras=(CameraSpec("wrist"),))
     register_task(missing, overwrite=True)
     with pytest.raises(ValueError, match="needs camera"):
-        build_server(ServeConfig(backend="ros2", option=(f"domain_id={DOMAIN}", "stale_after=0.5")),
+        build_server(ServeConfig(backend="ros2", option=(f"domain_id={DOMAIN}", f"stale_after={STALE_AFTER}")),
                      served_task(missing.name))
 
 
 def test_nullspace_target_reaches_the_twin_posture_through_the_public_api(healthy):
     healthy.set_impedance(ROS2_GAINS)  # joint 1 at 100 Nm/rad through crisp's nullspace weights
     # Earlier tests leave the arm returning to its start pose: measure the TCP only once it rests.
-    assert wait_for(lambda: np.linalg.norm(healthy.state().tcp_vel[:3]) < 0.002, 5.0)
+    assert wait_for(lambda: np.linalg.norm(healthy.state().tcp_vel[:3]) < 0.002, 20.0)
     before = healthy.state()
     posture = before.q.copy()
     posture[0] += 0.3
     try:
         healthy.set_nullspace_target(posture)  # target_joint → twin node → TwinBackend.set_nullspace_target
-        assert wait_for(lambda: healthy.state().q[0] - before.q[0] > 0.15, 5.0)  # joint 1 swings ...
+        assert wait_for(lambda: healthy.state().q[0] - before.q[0] > 0.15, 20.0)  # joint 1 swings ...
         assert np.linalg.norm(healthy.state().tcp_pose[:3] - before.tcp_pose[:3]) < 0.01  # ... the TCP holds
     finally:
         healthy.set_nullspace_target(before.q)
-        wait_for(lambda: abs(healthy.state().q[0] - before.q[0]) < 0.02, 5.0)
+        wait_for(lambda: abs(healthy.state().q[0] - before.q[0]) < 0.02, 20.0)
 
 
 def test_launch_defaults_are_the_python_defaults():
@@ -406,7 +414,7 @@ def test_check_flag_prints_the_report_and_exits_zero():
     domain = DOMAIN + 52
     with running_twin_node(domain):
         result = subprocess.run([sys.executable, "-m", "robot_servers", "--backend", "ros2", "--check",
-                                 "--option", f"domain_id={domain}", "stale_after=0.5"],
+                                 "--option", f"domain_id={domain}", f"stale_after={STALE_AFTER}"],
                                 capture_output=True, text=True, timeout=60)
     report = json.loads(result.stdout[result.stdout.index("{"):])
     assert result.returncode == (1 if report["problems"] else 0), result.stderr

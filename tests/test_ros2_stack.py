@@ -109,12 +109,12 @@ def test_wrench_from_best_effort_franka_publisher_while_targets_reach_a_reliable
         (info,) = backend._node.get_publishers_info_by_topic(FRANKA_WRENCH)
         assert info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT  # shaped like franka_ros2's
         arm.franka_wrench = np.array([0.0, 0.0, -12.0, 0.0, 0.5, 0.0])  # the hand pushes down on a table
-        assert wait_for(lambda: np.linalg.norm(backend.state().wrench) > 0, 5.0)
+        assert wait_for(lambda: np.linalg.norm(backend.state().wrench) > 0, 20.0)
         assert backend.state().wrench == pytest.approx([0.0, 0.0, 12.0, 0.0, -0.5, 0.0])  # the table pushes up: +z
         target = arm.pose.copy()
         target[0] += 0.01
         backend.set_target(target)
-        assert wait_for(lambda: len(arm.received["target_pose"]) >= 1, 5.0), "target_pose never reached crisp's reliable subscription"
+        assert wait_for(lambda: len(arm.received["target_pose"]) >= 1, 20.0), "target_pose never reached crisp's reliable subscription"
         from robot_servers.ros2.messages import read_pose
 
         assert read_pose(arm.received["target_pose"][-1]) == pytest.approx(target)
@@ -124,7 +124,7 @@ def test_twist_from_the_end_effector_frame_is_reported_in_the_base_frame_and_qua
     with arm_and_backend(1) as (arm, backend):
         arm.twist_ee = np.array([0.1, 0.2, 0.3, 0.01, 0.02, 0.03])
         arm.pose[3:] = [-0.0, -0.6, 0.0, -0.8]  # crisp may publish either sign of the same rotation
-        assert wait_for(lambda: backend.state().velocity_source == "twist" and backend.state().tcp_pose[6] > 0, 5.0)
+        assert wait_for(lambda: backend.state().velocity_source == "twist" and backend.state().tcp_pose[6] > 0, 20.0)
         state = backend.state()
         assert state.tcp_pose[3:] == pytest.approx([0.0, 0.6, 0.0, 0.8])
         rotation = np.array([[0.28, 0.0, 0.96], [0.0, 1.0, 0.0], [-0.96, 0.0, 0.28]])  # 2·asin(0.6) about y
@@ -135,7 +135,7 @@ def test_twist_from_the_end_effector_frame_is_reported_in_the_base_frame_and_qua
 def test_without_a_twist_publisher_velocity_comes_from_pose_differences_with_a_warning():
     with arm_and_backend(2, twist=False, velocity_fallback_after=0.2) as (arm, backend):
         arm.velocity = np.array([0.05, 0.0, -0.02])
-        assert wait_for(lambda: abs(backend.state().tcp_vel[0] - 0.05) < 0.01 and backend.state().warnings, 5.0)
+        assert wait_for(lambda: abs(backend.state().tcp_vel[0] - 0.05) < 0.01 and backend.state().warnings, 20.0)
         state = backend.state()
         assert state.velocity_source == "pose_difference"
         assert state.tcp_vel[:3] == pytest.approx([0.05, 0.0, -0.02], abs=0.01)
@@ -148,12 +148,12 @@ def test_a_second_publisher_on_target_pose_is_a_fault_until_it_goes():
 
     with arm_and_backend(3) as (arm, backend):
         intruder = arm.node.create_publisher(PoseStamped, "target_pose", 10)
-        assert wait_for(lambda: any("publishers on target_pose" in e for e in backend.state().errors), 5.0)
+        assert wait_for(lambda: any("publishers on target_pose" in e for e in backend.state().errors), 20.0)
         assert backend.state().controller_mode == "hold"
         with pytest.raises(RuntimeError, match="target_pose"):
             backend.recover()
         arm.node.destroy_publisher(intruder)
-        assert wait_for(lambda: not backend.competing_publishers(), 5.0)
+        assert wait_for(lambda: not backend.competing_publishers(), 20.0)
         backend.recover()
         assert backend.state().errors == []
 
@@ -163,7 +163,7 @@ def test_a_controller_that_does_not_follow_is_a_fault_naming_the_controller():
         target = arm.pose.copy()
         target[1] += 0.03
         backend.set_target(target)  # the arm's pose never moves: an inactive controller
-        assert wait_for(lambda: any("cartesian_impedance_controller active" in e for e in backend.state().errors), 5.0)
+        assert wait_for(lambda: any("cartesian_impedance_controller active" in e for e in backend.state().errors), 20.0)
         assert backend.state().controller_mode == "hold"
         arm.franka_wrench = np.array([0.0, 20.0, 0.0, 0.0, 0.0, 0.0])
         backend.recover()
@@ -175,7 +175,7 @@ def test_gripper_commands_follow_the_franka_hand_adapter():
     with arm_and_backend(5) as (arm, backend):
         backend.set_gripper(0.03)
         backend.set_gripper(0.05)
-        assert wait_for(lambda: len(arm.received["gripper"]) == 2, 5.0)
+        assert wait_for(lambda: len(arm.received["gripper"]) == 2, 20.0)
         assert arm.received["gripper"] == [[0.0], [1.0]]  # binary, normalized: below 0.04 m grasps
         assert backend.state().gripper_width == pytest.approx(0.08)  # the adapter reports width / 0.08
 
@@ -208,6 +208,6 @@ def test_bad_input_through_the_guard_is_refused_and_publishes_nothing():
         inside = arm.pose.copy()
         guard.set_target(inside)
         guard.set_gripper(0.08)
-        assert wait_for(lambda: arm.received["target_pose"] and arm.received["gripper"], 5.0)
+        assert wait_for(lambda: arm.received["target_pose"] and arm.received["gripper"], 20.0)
         assert len(arm.received["target_pose"]) == 1 and arm.received["gripper"] == [[1.0]]
         assert arm.received["target_joint"] == []

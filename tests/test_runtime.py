@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from serl.runtime.logging import read_status
 
@@ -26,9 +25,6 @@ SMALL_AGENT = ["--agent.hidden-dims", "64", "64", "--agent.num-qs", "2", "--agen
                "--agent.discount", "0.8", "--agent.actor-lr", "1e-3", "--agent.critic-lr", "1e-3",
                "--agent.init-temperature", "0.01"]
 ENV = ["--env.task", "PandaReach", "--env.task-module", REACH]
-
-
-pytestmark = pytest.mark.usefixtures("shared_compilation_cache")
 
 
 def free_port() -> int:
