@@ -75,7 +75,7 @@ def train_runs(task: str, pixels: bool, steps: int, seeds: int, demos: int, root
                 running.remove(run)
                 if code != 0 and not (run["stopped"] and code == 130):
                     raise RuntimeError(f"serl train {task} seed {run['seed']} failed:\n{run['log'].read_text()[-3000:]}")
-            time.sleep(5.0)
+            time.sleep(1.0)
     return runs
 
 

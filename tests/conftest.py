@@ -16,11 +16,35 @@ def pytest_sessionstart(session):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+REALTIME_MARKERS = ("ros2", "franka")  # tests whose simulators keep a wall-clock control rate
+BATCH_NICENESS = 10
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Under ``-n``, a simulator that keeps a real-time clock (the ROS 2 twin node, franky-sim) must not starve
+    behind the other worker's training processes: every other test, and what it starts, runs at a lower CPU
+    priority. Set before the test's fixtures start their processes, which inherit it. Raising the priority
+    again needs root (as in CI); without it the tests simply share the CPU evenly."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    realtime = any(item.get_closest_marker(marker) for marker in REALTIME_MARKERS)
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 0 if realtime else BATCH_NICENESS)
+    except PermissionError:
+        pass
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under ``-n``, the ROS 2 tests run on one worker, one after another: DDS domains are machine-wide."""
+    """Under ``-n``, the real-time tests run on one worker, one after another: DDS domains are machine-wide, and
+    two 1 kHz simulators at once would compete for the same cores. Tests that share a module- or class-scoped
+    fixture (a trained classifier, a running simulator) run on one worker too, so it is built once."""
     for item in items:
-        if item.get_closest_marker("ros2"):
-            item.add_marker(pytest.mark.xdist_group("ros2"))
+        if any(item.get_closest_marker(marker) for marker in REALTIME_MARKERS):
+            item.add_marker(pytest.mark.xdist_group("realtime"))
+        elif any(definition.scope in ("module", "class") for definitions in item._fixtureinfo.name2fixturedefs.values()
+                 for definition in definitions):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(scope="session", autouse=True)

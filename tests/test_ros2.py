@@ -27,7 +27,7 @@ from robot_servers.ros2.twin_node import running_twin_node  # noqa: E402
 pytestmark = [pytest.mark.ros2, pytest.mark.timeout(120)]
 
 DOMAIN = 1 + os.getpid() % 50  # unique per test process (0..101 is the safe range on Linux)
-STALE_AFTER = 2.0  # s; a loaded 2-core machine can delay DDS messages well past half a second
+STALE_AFTER = 5.0  # s; on a loaded 2-core machine a twin node can fall seconds behind
 
 wait_for = functools.partial(backend_episode.wait_for, period=0.02)  # state arrives at 200 Hz: poll often
 
