@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import pytest
-from test_learner_durability import Process, free_port
+from test_learner_durability import Process, free_port, send_at_robot_pace
 
 from serl.runtime.logging import read_status
 
@@ -57,16 +57,11 @@ def actor_main(actor_id: str, life: int, count: int, request_port: int, weights_
         actor_id=actor_id, config_hash=run_config_hash(env, agent), config_digests=run_config_digests(env, agent),
         request_port=request_port, weights_port=weights_port, batch_size=8, flush_interval_s=0.01,
     ))
-    last, i = -1, 0
+    acked, i = -1, 0
     while i < count and not pathlib.Path(stop_file).exists():
-        client.send(tagged_transition(life, i))
+        acked = send_at_robot_pace(client, tagged_transition(life, i), acked)
         i += 1
         time.sleep(period_s)
-        while client.stats()["pending"] > 64:  # the robot's pace: the learner keeps up
-            time.sleep(0.005)
-        if (acked := client.stats()["acked"]) != last:
-            print(f"acked {acked}", flush=True)
-            last = acked
     assert client.flush(120)
     stats = client.stats()
     print(f"acked {stats['acked']}\nsent {i}\nreconnects {stats['reconnects']}\ndone", flush=True)

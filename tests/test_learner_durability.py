@@ -58,18 +58,24 @@ def actor_main(kind: str, run: int, count: int, request_port: int, weights_port:
         request_port=request_port, weights_port=weights_port, batch_size=8, flush_interval_s=0.01,
         request_timeout_s=1.0, heartbeat_interval_s=0.3, retain_bytes=2**20,  # retention is not what keeps data
     ))
-    last = -1
+    acked = -1
     for i in range(count):
-        client.send(_transition(kind, run, i))
-        while client.stats()["pending"] > 64:  # the robot's pace: the learner keeps up
-            time.sleep(0.005)
-        if (acked := client.stats()["acked"]) != last:
-            print(f"acked {acked}", flush=True)
-            last = acked
+        acked = send_at_robot_pace(client, _transition(kind, run, i), acked)
     assert client.flush(120)
     print(f"acked {client.stats()['acked']}", flush=True)
     print("done", flush=True)
     client.close()
+
+
+def send_at_robot_pace(client, transition: dict, acked: int) -> int:
+    """Send one transition, wait while more than 64 are pending (a robot's pace: the learner keeps up) and print
+    the acknowledged count when it differs from ``acked``; returns the count."""
+    client.send(transition)
+    while client.stats()["pending"] > 64:
+        time.sleep(0.005)
+    if (now := client.stats()["acked"]) != acked:
+        print(f"acked {now}", flush=True)
+    return now
 
 
 class Process:

@@ -152,13 +152,8 @@ def _relocate_task(name: str) -> TaskConfig:
         PANDA_PICK_CUBE,
         name=name,
         reset_pose=(_RELOCATE_X, 0.0, 0.15, *DOWN_QUAT),  # between the regions, 11 cm above the cube's top
-        safety_box=SafetyBox(
-            position_low=(0.35, -0.2, 0.005),
-            position_high=(0.65, 0.2, 0.3),
-            euler_low=(-0.15, -0.15, -np.pi / 4),
-            euler_high=(0.15, 0.15, np.pi / 4),
-            center_quat=DOWN_QUAT,
-        ),
+        safety_box=dataclasses.replace(PANDA_PICK_CUBE.safety_box, position_low=(0.35, -0.2, 0.005),
+                                       position_high=(0.65, 0.2, 0.3)),
         reset_hooks=(ResetHookSpec("release_and_retreat"),),
         scene="relocate",
     )
