@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import pty
-import select
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 
@@ -101,22 +102,41 @@ def test_record_demos_config_validation():
 
 
 class LineReader:
+    """A child's stdout lines as they come. A thread reads them: select() on the pipe would miss lines already
+    in the text wrapper's buffer (two lines printed together arrive in one read)."""
+
     def __init__(self, proc):
         self.proc = proc
         self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self._queue.put(line)
+        self._queue.put("")  # end of output
 
     def wait_for(self, text: str, timeout: float = 60.0) -> str:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
-            if ready:
-                line = self.proc.stdout.readline()
-                if not line:
-                    break
-                self.lines.append(line)
-                if text in line:
-                    return line
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if not line:
+                break
+            self.lines.append(line)
+            if text in line:
+                return line
         raise AssertionError(f"never saw {text!r}; output:\n{''.join(self.lines)}\n{self.proc.stderr.read() if self.proc.poll() is not None else ''}")
+
+    def rest(self, timeout: float = 30.0) -> str:
+        """The output after the lines seen so far, up to the child's end of output."""
+        rest = []
+        while line := self._queue.get(timeout=timeout):
+            rest.append(line)
+        self.lines += rest
+        return "".join(rest)
 
 
 def test_keyboard_recording_over_a_pty(tmp_path):
@@ -183,7 +203,7 @@ def test_recorder_killed_mid_episode_keeps_finished_episodes(tmp_path, sig):
             proc.kill()
     if sig == signal.SIGINT:
         assert code == 0
-        rest = proc.stdout.read()
+        rest = out.rest()
         assert "interrupted" in rest and "kept 1 episode" in rest
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing to roll back, nothing incomplete
