@@ -1,6 +1,7 @@
 """Real-arm backends on loopback, with the real libraries.
 
-libfranka (franky) against franky-sim:
+libfranka (franky's C++ loop) and libfranka-torque (our law in a Python torque loop process) against
+franky-sim, one after the other:
 - the fraction of the simulator's 1 kHz torque cycles that got a fresh command from the client
   (target: at least 99.9 %), over a window during which the HTTP server answers /state at 10 Hz and
   serves two camera threads (OpenCV on a generated video);
@@ -79,8 +80,8 @@ def poll_state(client, hz: float, stop: threading.Event, ages: list, images: boo
         clock.wait(stop.wait)
 
 
-def bench_libfranka(quick: bool) -> dict:
-    from robot_servers.backends.libfranka import LibfrankaBackend, LibfrankaConfig
+def bench_libfranka(quick: bool, backend_name: str = "libfranka") -> dict:
+    from robot_servers.backends import make_backend
     from robot_servers.backends.libfranka_sim import running_simulator
 
     window = 2.0 if quick else 10.0
@@ -94,7 +95,7 @@ def bench_libfranka(quick: bool) -> dict:
 
         cameras = video_cameras(tmp)
         with running_simulator(host, stats=stats_path), \
-                LibfrankaBackend(LibfrankaConfig(hostname=host)) as backend, \
+                make_backend(backend_name, hostname=host) as backend, \
                 robot_server(backend, cameras) as client:
             time.sleep(0.5)
             stop = threading.Event()
@@ -215,13 +216,16 @@ def bench_ros2(quick: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short windows (CI smoke run)")
-    parser.add_argument("--only", choices=["libfranka", "ros2"], default=None)
+    parser.add_argument("--only", choices=["libfranka", "libfranka-torque", "ros2"], default=None)
     args = parser.parse_args()
     report: dict = {"benchmark": "backends", "quick": args.quick,
                     "note": "loopback on a shared machine; wall-clock figures are noisy"}
     available = {"libfranka": all(importlib.util.find_spec(m) for m in ("franky", "franky_sim")),
+                 "libfranka-torque": all(importlib.util.find_spec(m) for m in ("pylibfranka", "franky_sim")),
                  "ros2": all(importlib.util.find_spec(m) for m in ("rclpy", "mujoco"))}
-    for name, bench in (("libfranka", bench_libfranka), ("ros2", bench_ros2)):
+    benches = (("libfranka", bench_libfranka), ("libfranka-torque", lambda quick: bench_libfranka(quick, "libfranka-torque")),
+               ("ros2", bench_ros2))
+    for name, bench in benches:
         if args.only not in (None, name):
             continue
         if not available[name]:
@@ -230,6 +234,9 @@ def main() -> None:
         started = time.monotonic()
         report[name] = bench(args.quick)
         report[name]["bench_wall_s"] = time.monotonic() - started
+    franky, torque = report.get("libfranka", {}), report.get("libfranka-torque", {})
+    if franky.get("fraction_on_time") and torque.get("fraction_on_time"):
+        report["torque_loop_on_time_vs_franky"] = torque["fraction_on_time"] / franky["fraction_on_time"]
     print(json.dumps(report))
 
 

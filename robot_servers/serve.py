@@ -39,7 +39,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 class ServeConfig:
     """One backend, its cameras, one HTTP port."""
 
-    backend: str = "twin"  # twin | ros2 | libfranka
+    backend: str = "twin"  # twin | ros2 | libfranka | libfranka-torque | serl-http
     host: str = "127.0.0.1"  # 0.0.0.0 exposes the robot to the network: use a token
     port: int = 5000
     token: Optional[str] = None  # bearer token; defaults to $SERL_ROBOT_TOKEN when set
@@ -80,7 +80,7 @@ def backend_options(config: ServeConfig, task: ServedTask | None = None) -> dict
             options.update(task.twin)
     elif config.lockstep:
         raise ValueError(f"--lockstep needs the twin backend, not {config.backend!r}")
-    elif config.backend in ("ros2", "libfranka") and task is not None and task.cameras and not config.camera:
+    elif config.backend in ("ros2", "libfranka", "libfranka-torque") and task is not None and task.cameras and not config.camera:
         # the backend opens the task's cameras itself (or --option cameras=[...]) with the task's crops and sizes
         options["task_cameras"] = tuple(task.cameras)
     options.update(parse_overrides(config.option, "--option"))

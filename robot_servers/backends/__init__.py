@@ -29,6 +29,12 @@ def _libfranka(**options: Any) -> Backend:
     return LibfrankaBackend(**options)
 
 
+def _libfranka_torque(**options: Any) -> Backend:
+    from robot_servers.backends.libfranka_torque import TorqueLoopBackend
+
+    return TorqueLoopBackend(**options)
+
+
 def _serl_http(**options: Any) -> Backend:
     from robot_servers.backends.serl_http import SerlHttpBackend
 
@@ -40,6 +46,7 @@ _REGISTRY: dict[str, tuple[Callable[..., Backend], str]] = {
     "twin": (_twin, "sim"),
     "ros2": (_ros2, "ros2"),
     "libfranka": (_libfranka, "franka"),
+    "libfranka-torque": (_libfranka_torque, "franka-torque"),  # our full law (SERL's Ki, asymmetric clips)
     "serl-http": (_serl_http, ""),  # a SERL / HIL-SERL Flask server: --option url=http://host:5000/
 }
 

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -66,7 +66,26 @@ class LibfrankaConfig:
             raise ValueError("LibfrankaConfig.joint_reset_dynamics must be in (0, 1]")
         if self.monitor_hz <= 0:
             raise ValueError("LibfrankaConfig.monitor_hz must be positive")
-        self.impedance.validate().require_plain_law("franky's CartesianImpedanceTracker")
+        self.impedance.validate()
+
+
+def reset_joints(config: LibfrankaConfig, q) -> np.ndarray:
+    """The joint reset's goal: ``q``, or the configured home when None; ValueError where the arm cannot go."""
+    target = np.asarray(config.home_q if q is None else q, dtype=np.float64)
+    if target.shape != (7,) or not np.all(np.isfinite(target)):
+        raise ValueError(f"q: expected 7 finite joint angles, got {np.asarray(q).tolist()}")
+    low, high = ARM_JOINT_LIMITS[config.arm]
+    if np.any(target < low) or np.any(target > high):
+        raise ValueError(f"q: outside the {config.arm} joint limits")
+    return target
+
+
+def _plain_law(params: ImpedanceParams) -> ImpedanceParams:
+    """``params`` validated, or ValueError where they need what franky's law lacks (naming the backend that has it)."""
+    try:
+        return params.validate().require_plain_law("franky's CartesianImpedanceTracker")
+    except ValueError as err:
+        raise ValueError(f"{err} (the libfranka-torque backend runs the full law)") from None
 
 
 def _import_franky():
@@ -85,16 +104,20 @@ def active_errors(errors: Any) -> list[str]:
     return [n for n in names if bool(getattr(errors, n))]
 
 
-class _GripperWorker:
-    """Runs blocking gripper commands on a thread; only the newest pending command is kept."""
+class GripperWorker:
+    """Runs blocking gripper commands on a thread; only the newest pending command is kept.
 
-    def __init__(self, franky, config: LibfrankaConfig):
-        self._gripper = franky.Gripper(config.hostname)
+    ``gripper`` is franky's or pylibfranka's ``Gripper`` (the same ``move`` and ``grasp``); ``read_width``
+    reads its finger width in metres."""
+
+    def __init__(self, gripper, config: LibfrankaConfig, read_width: Callable[[], float]):
+        self._gripper = gripper
+        self._read_width = read_width
         self._config = config
         self._pending: float | None = None
         self._cond = threading.Condition()
         self._closed = False
-        self.width = float(self._gripper.width)
+        self.width = float(read_width())
         self.error: str | None = None
         self.busy = False
         self._thread = threading.Thread(target=self._run, name="franky-gripper", daemon=True)
@@ -107,7 +130,7 @@ class _GripperWorker:
 
     def refresh_width(self) -> None:
         if not self.busy:
-            self.width = float(self._gripper.width)
+            self.width = float(self._read_width())
 
     def _run(self) -> None:
         while True:
@@ -131,7 +154,7 @@ class _GripperWorker:
             finally:
                 self.busy = False
                 try:
-                    self.width = float(self._gripper.width)
+                    self.width = float(self._read_width())
                 except Exception:
                     pass
 
@@ -153,7 +176,7 @@ class LibfrankaBackend(Backend):
         self.config = config
         self._franky = _import_franky()
         self._lock = threading.RLock()
-        self._impedance = config.impedance.validate()
+        self._impedance = _plain_law(config.impedance)
         self.limits = limits_for(config.arm)
         self._errors: list[str] = []
         self._mode = "idle"
@@ -161,7 +184,7 @@ class LibfrankaBackend(Backend):
         self._target = None
         self._closed = False
         self._robot = None
-        self._gripper: _GripperWorker | None = None
+        self._gripper: GripperWorker | None = None
         self._last_state: RobotState | None = None
         self._last_robot_time: tuple[float, float] | None = None  # (robot time, wall time it last changed)
         self._cameras: dict = {}
@@ -184,7 +207,8 @@ class LibfrankaBackend(Backend):
         if config.gripper:
             if self._gripper is not None:
                 self._gripper.close()
-            self._gripper = _GripperWorker(franky, config)
+            gripper = franky.Gripper(config.hostname)
+            self._gripper = GripperWorker(gripper, config, lambda: gripper.width)
 
     def _gains(self, params: ImpedanceParams):
         stiffness = np.concatenate([params.translational_stiffness, params.rotational_stiffness])
@@ -365,7 +389,7 @@ class LibfrankaBackend(Backend):
         return self._impedance
 
     def set_impedance(self, params: ImpedanceParams) -> None:
-        params = params.validate().require_plain_law("franky's CartesianImpedanceTracker")
+        params = _plain_law(params)
         with self._lock:
             clip_changed = not (
                 np.allclose(params.translational_clip, self._impedance.translational_clip)
@@ -391,12 +415,7 @@ class LibfrankaBackend(Backend):
                 self._tracker.motion.set_nullspace_gains(nullspace)
 
     def joint_reset(self, q=None, duration: float = 3.0) -> None:
-        target = np.asarray(self.config.home_q if q is None else q, dtype=np.float64)
-        if target.shape != (7,) or not np.all(np.isfinite(target)):
-            raise ValueError(f"q: expected 7 finite joint angles, got {np.asarray(q).tolist()}")
-        low, high = ARM_JOINT_LIMITS[self.config.arm]
-        if np.any(target < low) or np.any(target > high):
-            raise ValueError(f"q: outside the {self.config.arm} joint limits")
+        target = reset_joints(self.config, q)
         allowed = max(duration * 5, 20.0)
         with self._lock:
             if self._errors:

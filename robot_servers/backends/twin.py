@@ -36,17 +36,15 @@ from typing import Mapping
 import numpy as np
 
 from robot_servers.backends.base import ImpedanceParams, RobotState, SimulatedBackend
-from robot_servers.control.franka_limits import limits_for, min_jerk_duration, torque_rate_reflex, velocity_reflex
+from robot_servers.control.franka_limits import limits_for, torque_rate_reflex, velocity_reflex
 from robot_servers.control.impedance import RATE, ImpedanceController, filter_target, matrix_to_quat_xyzw
+from robot_servers.control.joint_servo import JointMove
 from robot_servers.control.pose import euler_to_quat, wxyz_to_xyzw, xyzw_to_wxyz
 from robot_servers.twin import fastloop, models
 from robot_servers.twin.cameras import TwinCamera
 from robot_servers.limits import MAX_GRIPPER_WIDTH, validate_gripper, validate_joints, validate_pose
 from robot_servers.twin.rendering import make_renderer, mujoco, release_gl_context
 
-JOINT_KP = np.array([600.0, 600.0, 600.0, 600.0, 250.0, 150.0, 50.0])  # Nm/rad, joint-reset servo
-JOINT_KD = np.array([50.0, 50.0, 50.0, 50.0, 30.0, 25.0, 15.0])  # Nms/rad
-JOINT_RESET_TOLERANCE = 5e-4  # rad; the servo settles well inside the 1 mrad spec
 CUBE_XY_CENTER = (0.5, 0.0)
 CUBE_XY_RANGE = 0.1  # ± m
 CUBE_YAW_RANGE = np.pi / 4
@@ -57,7 +55,6 @@ HOLE_YAW_RANGE = 0.2
 REALTIME_SLICE_TICKS = 10  # most physics ticks run per lock hold in real time (1 kHz: 10 ms of sim time)
 PEG_TCP_OFFSET = 0.0116  # m along the TCP's z from the TCP to the peg centre (peg top just under the hand)
 REFLEX_CHECK_TICKS = 10  # physics ticks between checks of the measured speeds (every tick for torque rate when needed)
-JOINT_RESET_DYNAMICS = 0.8  # fraction of the joint limits a joint reset's plan may use (the servo lags a little)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,10 +154,7 @@ class TwinBackend(SimulatedBackend):
         self._gripper_ctrl = model.actuator("gripper").id
         self._fast = fastloop.runner()
         self._mode = "impedance"
-        self._joint_start = self.home_q.copy()
-        self._joint_goal = self.home_q.copy()
-        self._joint_t0 = 0.0
-        self._joint_duration = 1.0
+        self._joint_move = JointMove(self.home_q.copy(), self.home_q.copy(), 0.0, 1.0)
         self._joint_done = threading.Event()
         self._errors: list[str] = []
         self._reset_robot(self.home_q)
@@ -216,20 +210,16 @@ class TwinBackend(SimulatedBackend):
         mujoco.mj_step2(model, data)
 
     def _joint_servo(self, q, dq, coriolis) -> np.ndarray:
-        elapsed = self.data.time - self._joint_t0
-        s = min(elapsed / self._joint_duration, 1.0)
-        blend = s * s * s * (10 - 15 * s + 6 * s * s)  # minimum-jerk profile
-        reference = self._joint_start + blend * (self._joint_goal - self._joint_start)
-        tau = JOINT_KP * (reference - q) - JOINT_KD * dq + coriolis
-        np.clip(tau, -self.controller.tau_limit, self.controller.tau_limit, out=tau)
+        t = float(self.data.time)
+        tau = self._joint_move.torque(t, q, dq, coriolis, self.controller.tau_limit)
         self.controller.tau[:] = tau
-        if s >= 1.0 and np.max(np.abs(self._joint_goal - q)) < JOINT_RESET_TOLERANCE and np.max(np.abs(dq)) < 1e-3:
+        if self._joint_move.settled(t, q, dq):
             self._finish_joint_reset()
         return tau
 
     def _finish_joint_reset(self) -> None:
         self._snap_target_to_tcp()
-        self.controller.q_ns[:] = self._joint_goal
+        self.controller.q_ns[:] = self._joint_move.goal
         self._mode = "impedance"
         self._joint_done.set()
 
@@ -402,13 +392,8 @@ class TwinBackend(SimulatedBackend):
         with self._lock:
             if self._mode == "idle":
                 raise RuntimeError("twin is in an error state; call recover() first")
-            self._joint_start = self.data.qpos[:7].copy()
-            self._joint_goal = goal
-            self._joint_t0 = float(self.data.time)
-            # as franky plans a joint move within the arm's limits, a too short duration is stretched
-            self._joint_duration = max(duration, min_jerk_duration(self.limits, self._joint_start, goal,
-                                                                   JOINT_RESET_DYNAMICS))
-            duration = self._joint_duration
+            self._joint_move = JointMove.plan(self.limits, self.data.qpos[:7], goal, self.data.time, duration)
+            duration = self._joint_move.duration
             self._joint_done.clear()
             self._mode = "joint"
             if self.lockstep:
