@@ -191,6 +191,66 @@ def test_grasp_critic_learns_the_rewarded_gripper_action():
     assert np.all(np.asarray(agent.eval_actions(batch["observations"]))[:, 2] == 1.0)
 
 
+def test_two_grippers_index_nine_joint_actions_by_hand():
+    # digits close/stay/open = 0/1/2, the first gripper the most significant: (close, open) -> 0*3 + 2
+    grippers = jnp.array([[-1.0, 1.0], [1.0, 0.0], [0.2, -0.7], [1.0, 1.0]])
+    index = losses.joint_gripper_index(grippers)
+    np.testing.assert_array_equal(index, [2, 7, 3, 8])
+    all_nine = losses.joint_gripper_actions(jnp.arange(9), 2)
+    np.testing.assert_array_equal(all_nine[:4], [[-1, -1], [-1, 0], [-1, 1], [0, -1]])
+    np.testing.assert_array_equal(losses.joint_gripper_index(all_nine), np.arange(9))
+    np.testing.assert_array_equal(losses.joint_gripper_index(jnp.array([[1.0], [-1.0]])), [2, 0])  # one gripper as before
+    # Double DQN over the 9 joint actions: the online net picks (open, close) = 6, the target net values it
+    online = jnp.zeros((1, 9)).at[0, 6].set(5.0)
+    target_q = jnp.arange(9.0)[None] * 10.0
+    target = losses.grasp_td_target(jnp.array([1.0]), jnp.array([1.0]), 0.5, online, target_q)
+    np.testing.assert_allclose(target, [1.0 + 0.5 * 60.0])
+    q = jnp.arange(9.0)[None]
+    np.testing.assert_allclose(losses.grasp_critic_loss(q, index[:1], target), (2.0 - 31.0) ** 2)
+    # the demo's joint choice (2) loses to 8 by 6; with a margin of 1 the term is 8 + 1 - 2
+    np.testing.assert_allclose(losses.grasp_margin_loss(q, index[:1], jnp.array([1.0]), 1.0), 7.0)
+
+
+def test_dual_arm_actions_put_both_grippers_where_the_layout_says():
+    obs = {"state": np.zeros(3, np.float32)}
+    config = SACConfig(hidden_dims=(8,), grasp_critic=True, gripper_indices=(6, 13))
+    agent = SACAgent.create(0, obs, 14, config)
+    assert agent.continuous_dim == 12 and agent.target_entropy == -6.0 and agent.gripper_indices == (6, 13)
+    q = agent.grasp_q(agent.grasp.params, agent.encode(agent.critic.params["encoder"], {"state": np.zeros((1, 3))}))
+    assert q.shape == (1, 9)
+    actions = np.asarray(agent.sample_actions({"state": np.zeros((64, 3), np.float32)}, jax.random.PRNGKey(1)))
+    assert actions.shape == (64, 14)
+    assert np.all(np.isin(actions[:, [6, 13]], (-1.0, 0.0, 1.0)))
+    assert np.all(np.abs(actions) <= 1) and len(np.unique(actions[:, [0, 7, 12]])) > 3  # continuous entries vary
+    with pytest.raises(ValueError, match="outside an action of 14"):
+        SACAgent.create(0, obs, 14, SACConfig(grasp_critic=True, gripper_indices=(6, 14)))
+    with pytest.raises(ValueError, match="same entry twice"):
+        SACAgent.create(0, obs, 14, SACConfig(grasp_critic=True, gripper_indices=(6, -8)))
+
+
+def test_grasp_critic_with_two_grippers_learns_the_rewarded_joint_action():
+    obs = {"state": np.zeros(3, np.float32)}
+    config = SACConfig(hidden_dims=(16,), grasp_critic=True, gripper_indices=(1, 3), discount=0.0, utd_ratio=4,
+                       grasp_lr=3e-3, bc_weight=0.0)
+    agent = SACAgent.create(0, obs, 4, config)
+    rng = np.random.default_rng(0)
+    n = 4 * 64
+    batch = _batch(rng, n, action_dim=4)
+    batch["actions"][:, 1] = rng.choice([-1.0, 0.0, 1.0], n)
+    batch["actions"][:, 3] = rng.choice([-1.0, 0.0, 1.0], n)
+    # the handover's moment: the first hand opens while the second closes
+    batch["rewards"] = ((batch["actions"][:, 1] == 1.0) & (batch["actions"][:, 3] == -1.0)).astype(np.float32)
+    for _ in range(80):
+        agent, _ = agent.update(batch)
+    q = np.asarray(agent.grasp_q(agent.grasp.params, agent.encode(agent.critic.params["encoder"], batch["observations"])))
+    expected = np.zeros(9)
+    expected[2 * 3 + 0] = 1.0  # (open, close)
+    np.testing.assert_allclose(q.mean(0), expected, atol=0.15)
+    chosen = np.asarray(agent.eval_actions(batch["observations"]))
+    assert np.all(chosen[:, 1] == 1.0) and np.all(chosen[:, 3] == -1.0)
+    assert np.all(np.abs(chosen[:, [0, 2]]) < 1.0)  # the continuous entries stay the actor's
+
+
 def test_target_evaluates_only_the_sampled_members_with_the_same_result():
     obs = {"state": np.zeros(3, np.float32)}
     agent = SACAgent.create(0, obs, 2, SACConfig(hidden_dims=(8,), num_qs=10, num_min_qs=2))

@@ -3,8 +3,9 @@
 Everything here is pure maths on already-computed network outputs so each formula can be checked
 by hand; `serl/agents/sac.py` does the network calls and gradient steps.
 
-Gripper actions (last action entry when the grasp critic is on): -1 = close, 0 = stay, +1 = open,
-stored as floats in the 7-D action; the grasp critic indexes them as round(a) + 1 -> {0, 1, 2}.
+Gripper actions (the action entries at ``SACConfig.gripper_indices`` when the grasp critic is on): -1 = close,
+0 = stay, +1 = open, stored as floats; each indexes as round(a) + 1 -> {0, 1, 2}, and k grippers choose one of
+3^k joint actions, the first gripper the most significant base-3 digit (HIL-SERL's dual arm: 3 x 3).
 """
 
 from __future__ import annotations
@@ -69,6 +70,19 @@ def gripper_index_to_action(index: jnp.ndarray) -> jnp.ndarray:
     return index.astype(jnp.float32) - 1.0
 
 
+def joint_gripper_index(grippers: jnp.ndarray) -> jnp.ndarray:
+    """(B, k) gripper actions -> (B,) index of the joint action in [0, 3^k): sum_i digit_i * 3^(k-1-i)."""
+    k = grippers.shape[-1]
+    weights = NUM_GRIPPER_ACTIONS ** jnp.arange(k - 1, -1, -1)
+    return jnp.sum(gripper_action_to_index(grippers) * weights, axis=-1)
+
+
+def joint_gripper_actions(index: jnp.ndarray, k: int) -> jnp.ndarray:
+    """(B,) joint index -> (B, k) gripper actions in {-1, 0, +1} (the inverse of ``joint_gripper_index``)."""
+    weights = NUM_GRIPPER_ACTIONS ** jnp.arange(k - 1, -1, -1)
+    return gripper_index_to_action((index[..., None] // weights) % NUM_GRIPPER_ACTIONS)
+
+
 def grasp_td_target(rewards, masks, discount, next_q_online, next_q_target) -> jnp.ndarray:
     """Double DQN: a* = argmax_a Q_online(s', a); target = r + gamma * mask * Q_target(s', a*)."""
     best = jnp.argmax(next_q_online, axis=-1)
@@ -77,6 +91,6 @@ def grasp_td_target(rewards, masks, discount, next_q_online, next_q_target) -> j
 
 
 def grasp_critic_loss(q_values: jnp.ndarray, action_index: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
-    """MSE between Q(s, a_taken) (q_values (B, 3)) and the Double-DQN target."""
+    """MSE between Q(s, a_taken) (q_values (B, 3^k)) and the Double-DQN target."""
     q_taken = jnp.take_along_axis(q_values, action_index[:, None], axis=-1)[:, 0]
     return jnp.mean((q_taken - jax.lax.stop_gradient(target)) ** 2)

@@ -60,8 +60,11 @@ class SACConfig:
     proprio_latent_dim: Optional[int] = None  # None: raw state appended to image features
     augment: bool = True  # DrQ random shift
     augment_pad: int = 4
-    # HIL-SERL grasp critic: last action entry is the gripper in {-1, 0, +1}
+    # HIL-SERL grasp critic: the gripper entries of the action, each in {-1, 0, +1}, are chosen by a discrete critic
     grasp_critic: bool = False
+    gripper_indices: tuple[int, ...] = (-1,)
+    """Where the grippers sit in the action when grasp_critic is on (negative: from the end). One arm: the last
+    entry; two arms, 2 x (translation, rotation, gripper): (6, 13). k grippers: 3^k joint actions."""
     grasp_lr: float = 3e-4
     bc_weight: float = 0.0
     """Behaviour cloning on the batch's demo rows (batch["demo"] = 1): weight of the squared action error in the
@@ -81,6 +84,8 @@ class SACConfig:
                 raise ValueError(f"SACConfig.{name} must be finite and >= 0, got {value}")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError("SACConfig.tau must be in (0, 1]")
+        if not self.gripper_indices or len(set(self.gripper_indices)) != len(self.gripper_indices):
+            raise ValueError(f"SACConfig.gripper_indices: expected distinct action indices, got {self.gripper_indices}")
         if self.encoder not in ("resnet10", "small"):
             raise ValueError(f"SACConfig.encoder: expected 'resnet10' or 'small', got {self.encoder!r}")
 
@@ -139,6 +144,18 @@ def _polyak(params, target_params, tau):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
+def _action_indices(indices, action_dim: int) -> tuple[int, ...]:
+    """``indices`` (negative from the end) as sorted non-negative positions in an action of ``action_dim``."""
+    out = []
+    for index in indices:
+        if not -action_dim <= index < action_dim:
+            raise ValueError(f"SACConfig.gripper_indices: {index} is outside an action of {action_dim} entries")
+        out.append(index % action_dim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"SACConfig.gripper_indices: {tuple(indices)} name the same entry twice")
+    return tuple(sorted(out))
+
+
 def _init_params(defs, continuous_dim, rng, obs):
     """All network params in one compiled call (eager flax init compiles op by op, which is slow)."""
     encoder_def, critic_def, actor_def, temp_def, grasp_def = defs
@@ -170,6 +187,8 @@ class SACAgent(struct.PyTreeNode):
     config: SACConfig = struct.field(pytree_node=False)
     image_keys: tuple = struct.field(pytree_node=False)
     continuous_dim: int = struct.field(pytree_node=False)
+    continuous_indices: tuple = struct.field(pytree_node=False)  # the action entries the actor outputs, in order
+    gripper_indices: tuple = struct.field(pytree_node=False)  # the entries the grasp critic chooses (none without it)
     encoder_def: nn.Module = struct.field(pytree_node=False)
     critic_def: nn.Module = struct.field(pytree_node=False)
     actor_def: nn.Module = struct.field(pytree_node=False)
@@ -184,7 +203,9 @@ class SACAgent(struct.PyTreeNode):
             rng = jax.random.PRNGKey(rng)
         if not isinstance(observation_example, dict):
             raise ValueError("observation_example: expected a flat dict like {'state': (d,), '<camera>': (H, W, 3)}")
-        continuous_dim = action_dim - 1 if config.grasp_critic else action_dim
+        gripper_indices = _action_indices(config.gripper_indices, action_dim) if config.grasp_critic else ()
+        continuous_indices = tuple(i for i in range(action_dim) if i not in gripper_indices)
+        continuous_dim = len(continuous_indices)
         if continuous_dim < 1:
             raise ValueError(f"action_dim: {action_dim} leaves no continuous action dimension")
         image_keys = image_keys_of(observation_example)
@@ -204,8 +225,8 @@ class SACAgent(struct.PyTreeNode):
         temp_def = Temperature(config.init_temperature)
         grasp_def = None
         if config.grasp_critic:
-            grasp_def = DiscreteCritic(config.hidden_dims, losses.NUM_GRIPPER_ACTIONS, config.activation,
-                                       config.critic_layer_norm)
+            grasp_def = DiscreteCritic(config.hidden_dims, losses.NUM_GRIPPER_ACTIONS ** len(gripper_indices),
+                                       config.activation, config.critic_layer_norm)
         rng, init_rng = jax.random.split(rng)
         params = _init_params((encoder_def, critic_def, actor_def, temp_def, grasp_def), continuous_dim, init_rng,
                               _add_batch_axis(observation_example))
@@ -227,6 +248,7 @@ class SACAgent(struct.PyTreeNode):
             actor=actor, critic=critic, target_critic_params=critic_params, temp=temp, grasp=grasp,
             target_grasp_params=grasp.params if grasp is not None else None, rng=rng,
             step=jnp.zeros((), jnp.int32), config=config, image_keys=image_keys, continuous_dim=continuous_dim,
+            continuous_indices=continuous_indices, gripper_indices=gripper_indices,
             encoder_def=encoder_def, critic_def=critic_def, actor_def=actor_def, grasp_def=grasp_def,
             temp_def=temp_def,
         )
@@ -292,7 +314,7 @@ class SACAgent(struct.PyTreeNode):
         """One critic (and grasp-critic) gradient step on one minibatch; targets follow by Polyak."""
         cfg = self.config
         next_rng, subset_rng = jax.random.split(rng)
-        continuous_actions = batch["actions"][:, : self.continuous_dim]
+        continuous_actions = self._continuous(batch["actions"])
 
         next_features = jax.lax.stop_gradient(self.encode(self.critic.params["encoder"], batch["next_observations"]))
         next_mean, next_log_std = self.policy(self.actor.params, next_features)
@@ -322,7 +344,7 @@ class SACAgent(struct.PyTreeNode):
                 self.grasp_q(self.grasp.params, next_features),
                 self.grasp_q(self.target_grasp_params, target_next_features),
             )
-            action_index = losses.gripper_action_to_index(batch["actions"][:, -1])
+            action_index = losses.joint_gripper_index(batch["actions"][:, np.asarray(self.gripper_indices)])
 
             def grasp_loss_fn(params):
                 q_values = self.grasp_q(params, features)
@@ -354,7 +376,7 @@ class SACAgent(struct.PyTreeNode):
             loss = losses.actor_loss(qs, log_prob, temperature)
             bc = jnp.zeros(())
             if bc_weight and demo_rows is not None:
-                bc = losses.bc_loss(jnp.tanh(mean), batch["actions"][:, : self.continuous_dim], demo_rows)
+                bc = losses.bc_loss(jnp.tanh(mean), self._continuous(batch["actions"]), demo_rows)
             return loss + bc_weight * bc, (-log_prob.mean(), bc)
 
         (loss, (entropy, bc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(self.actor.params)
@@ -418,9 +440,18 @@ class SACAgent(struct.PyTreeNode):
         else:
             actions, _ = sample_tanh_gaussian(rng, mean, log_std)
         if self.grasp is not None:
-            gripper = losses.gripper_index_to_action(jnp.argmax(self.grasp_q(self.grasp.params, features), axis=-1))
-            actions = jnp.concatenate([actions, gripper[:, None]], axis=-1)
+            best = jnp.argmax(self.grasp_q(self.grasp.params, features), axis=-1)
+            grippers = losses.joint_gripper_actions(best, len(self.gripper_indices))
+            full = jnp.zeros((actions.shape[0], self.continuous_dim + len(self.gripper_indices)), actions.dtype)
+            actions = full.at[:, np.asarray(self.continuous_indices)].set(actions)
+            actions = actions.at[:, np.asarray(self.gripper_indices)].set(grippers)
         return actions[0] if single else actions
+
+    def _continuous(self, actions):
+        """The actor's entries of stored actions (B, A) -> (B, continuous_dim)."""
+        if self.continuous_indices == tuple(range(self.continuous_dim)):
+            return actions[:, : self.continuous_dim]
+        return actions[:, np.asarray(self.continuous_indices)]
 
     @jax.jit
     def sample_actions(self, observations, rng):
