@@ -62,6 +62,16 @@ def test_state_after_connect(backend):
     assert later.timestamp > state.timestamp or wait_for(lambda: backend.state().timestamp > state.timestamp, 1.0)
 
 
+def test_only_frankys_control_thread_runs_at_real_time_priority(backend):
+    """libfranka raises the connecting thread to SCHED_FIFO 99 where it may (as root); the backend keeps the
+    caller's policy, so nothing started afterwards (simulators, servers) inherits it."""
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    fifo = [tid for tid in os.listdir("/proc/self/task") if os.sched_getscheduler(int(tid)) == os.SCHED_FIFO]
+    assert len(fifo) <= 1  # franky's 1 kHz loop, where libfranka was allowed to raise it
+    if os.geteuid() == 0:
+        assert len(fifo) == 1
+
+
 def test_five_cm_step_settles_within_5mm(backend):
     start = backend.state().tcp_pose
     target = start.copy()

@@ -16,8 +16,10 @@ rehearsal on franky-sim, which enforces no limits, stops with the same error nam
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable, Literal
@@ -67,6 +69,30 @@ class LibfrankaConfig:
         if self.monitor_hz <= 0:
             raise ValueError("LibfrankaConfig.monitor_hz must be positive")
         self.impedance.validate()
+
+
+# libfranka raises the connecting thread to SCHED_FIFO 99 wherever it may (as root), even when told to ignore
+# the kernel's real-time abilities, and every thread or process started from that thread afterwards inherits
+# it: the server's HTTP and camera threads, a simulator, an actor. The backend keeps the caller's policy and
+# gives libfranka's only to the control threads franky starts for its motions.
+def _scheduling_policy() -> tuple:
+    return os.sched_getscheduler(0), os.sched_getparam(0)
+
+
+def _set_scheduling_policy(policy: tuple) -> None:
+    if _scheduling_policy() != policy:
+        os.sched_setscheduler(0, *policy)
+
+
+@contextlib.contextmanager
+def _starting_threads_with(policy: tuple):
+    """Threads started inside inherit ``policy``; the calling thread keeps its own."""
+    before = _scheduling_policy()
+    _set_scheduling_policy(policy)
+    try:
+        yield
+    finally:
+        _set_scheduling_policy(before)
 
 
 def reset_joints(config: LibfrankaConfig, q) -> np.ndarray:
@@ -200,7 +226,12 @@ class LibfrankaBackend(Backend):
     def _connect(self) -> None:
         franky, config = self._franky, self.config
         realtime = franky.RealtimeConfig.Enforce if config.realtime else franky.RealtimeConfig.Ignore
-        self._robot = franky.Robot(config.hostname, realtime_config=realtime)
+        before = _scheduling_policy()
+        try:
+            self._robot = franky.Robot(config.hostname, realtime_config=realtime)
+            self._control_policy = _scheduling_policy()  # libfranka's choice: SCHED_FIFO 99 where it may
+        finally:
+            _set_scheduling_policy(before)
         self._robot.relative_dynamics_factor = config.joint_reset_dynamics
         self._robot.recover_from_errors()
         self._robot.set_collision_behavior([config.collision_torque] * 7, [config.collision_force] * 6)
@@ -221,16 +252,17 @@ class LibfrankaBackend(Backend):
         posture_stiffness = np.full(7, p.nullspace_stiffness)
         posture_stiffness[0] = p.joint1_nullspace_stiffness
         q = np.asarray(self._robot.current_joint_positions, dtype=np.float64)
-        self._tracker = franky.CartesianImpedanceTracker(
-            self._robot,
-            gains=self._gains(p),
-            translational_error_clip=np.asarray(p.translational_clip, dtype=np.float64),
-            rotational_error_clip=np.asarray(p.rotational_clip, dtype=np.float64),
-            posture_task=franky.PostureTask(q, posture_stiffness),
-            max_delta_tau=min(p.torque_rate_limit, self.limits.torque_step(0.001)),  # per 1 ms tick
-            lower_joint_limits=np.asarray(low),
-            upper_joint_limits=np.asarray(high),
-        )
+        with _starting_threads_with(self._control_policy):  # franky's 1 kHz loop thread starts here
+            self._tracker = franky.CartesianImpedanceTracker(
+                self._robot,
+                gains=self._gains(p),
+                translational_error_clip=np.asarray(p.translational_clip, dtype=np.float64),
+                rotational_error_clip=np.asarray(p.rotational_clip, dtype=np.float64),
+                posture_task=franky.PostureTask(q, posture_stiffness),
+                max_delta_tau=min(p.torque_rate_limit, self.limits.torque_step(0.001)),  # per 1 ms tick
+                lower_joint_limits=np.asarray(low),
+                upper_joint_limits=np.asarray(high),
+            )
         pose = self._robot.current_pose.end_effector_pose
         self._target = np.concatenate([pose.translation, pose.quaternion])
         self._mode = "impedance"
@@ -428,7 +460,8 @@ class LibfrankaBackend(Backend):
             self._stop(tracker)
             # franky plans a time-optimal move within the robot's relative_dynamics_factor. The lock
             # is not held while the arm moves, so state and health keep answering.
-            self._robot.move(self._franky.JointMotion(target), asynchronous=True)
+            with _starting_threads_with(self._control_policy):
+                self._robot.move(self._franky.JointMotion(target), asynchronous=True)
             if not self._robot.join_motion(allowed):
                 self._robot.stop()
                 raise RuntimeError(f"joint reset did not finish within {allowed:.0f} s")
