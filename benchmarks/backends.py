@@ -85,7 +85,8 @@ def bench_libfranka(quick: bool, backend_name: str = "libfranka") -> dict:
     from robot_servers.backends.libfranka_sim import running_simulator
 
     window = 2.0 if quick else 10.0
-    host = f"127.0.{200 + os.getpid() % 50}.{1 + (os.getpid() // 50) % 250}"
+    last = 1 + (os.getpid() // 50) % 120 + (120 if backend_name == "libfranka-torque" else 0)  # one simulator each
+    host = f"127.0.{200 + os.getpid() % 50}.{last}"
     with tempfile.TemporaryDirectory() as tmp:
         stats_path = os.path.join(tmp, "stats.json")
 
@@ -111,6 +112,9 @@ def bench_libfranka(quick: bool, backend_name: str = "libfranka") -> dict:
             ticks = after["torque_ticks"] - before["torque_ticks"]
             on_time = after["torque_ticks_on_time"] - before["torque_ticks_on_time"]
             frames = {name: camera.frames_captured for name, camera in cameras.items()}
+            faults = list(backend.state().errors)  # reported, then cleared for the step: a stall is a finding
+            if faults:
+                backend.recover()
 
             start = backend.state().tcp_pose
             target = start.copy()
@@ -140,6 +144,7 @@ def bench_libfranka(quick: bool, backend_name: str = "libfranka") -> dict:
         "robot_time_per_wall_time": (robot_t1 - robot_t0) / (wall_t1 - wall_t0),
         "http_state_and_images_reads": len(reads),
         "camera_frames_captured": frames,
+        "faults_during_window": faults,
         "step_5cm": {"final_error_mm": 1000 * final_error, "settle_time_s": settled_at,
                      "within_5mm": final_error < 0.005},
     }

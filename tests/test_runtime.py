@@ -174,10 +174,11 @@ def test_train_improves_success_on_the_twin(tmp_path):
 
     assert record_reach_demos(tmp_path / "demos.h5", episodes=10) > 0
     run_dir = tmp_path / "runs" / "PandaReach" / "learn"
-    # 800 steps sat on the learning knee (final success 0.1-1.0 over 29 runs, 5 below 0.4); 1,200 gave 0.6-0.9
+    # 800 steps sat on the learning knee (final success 0.1-1.0 over 29 runs, 5 below 0.4); 1,200 gave 0.6-0.9 on a
+    # quiet machine but once 0.35 in a loaded CI run, hence 1,600
     result = subprocess.run(
         [sys.executable, "-m", "serl.cli.main", "train", "PandaReach", "--task-module", REACH,
-         "--demos", str(tmp_path / "demos.h5"), "--env-steps", "1200", "--run.root", "runs", "--run.name", "learn",
+         "--demos", str(tmp_path / "demos.h5"), "--env-steps", "1600", "--run.root", "runs", "--run.name", "learn",
          "--min-online-steps", "100", "--batch-size", "128", *SMALL_AGENT],
         cwd=tmp_path, capture_output=True, text=True, timeout=400,
     )
@@ -189,7 +190,7 @@ def test_train_improves_success_on_the_twin(tmp_path):
     untrained = create_agent(run.run.seed, observation_example(env), int(np.prod(env.action_space.shape)), run.agent)
     before = evaluate_policy(untrained, env, 20, seed=1000)
     env.close()
-    assert trained["env_steps"] == 1200
+    assert trained["env_steps"] == 1600
     loaded = re.search(r"loaded (\d+) demo transitions", (run_dir / "logs" / "learner.log").read_text())
     assert loaded and int(loaded.group(1)) > 0
     assert trained["success_rate"] >= before["success_rate"] + 0.4, (before, trained)
