@@ -101,6 +101,7 @@ class _TorqueLoop:
         self.joint_goal: tuple[np.ndarray, float] | None = None  # a joint reset asked for: (q, duration)
         self.mode = "hold"
         self.stopping = False
+        self.announce: tuple | None = None  # a message to send once the next state is published
 
     def _set_params(self, params: ImpedanceParams) -> None:
         # the law's own torque rate limit, within what the arm accepts per 1 ms tick
@@ -170,8 +171,6 @@ class _TorqueLoop:
                 state, _ = control.readOnce()
         except Exception as exc:  # libfranka's ControlException: a reflex or a lost link stopped the controller
             self._fault(self._exit_reason(exc))
-
-    announce: tuple | None = None  # a message to send once the next state is published
 
     def _tick(self, state) -> tuple[np.ndarray, np.ndarray]:
         q, dq = np.asarray(state.q, dtype=np.float64), np.asarray(state.dq, dtype=np.float64)
