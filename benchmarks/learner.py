@@ -1,5 +1,7 @@
 """Learner benchmark: state RLPD update rate (ours vs sbx), pixel DrQ update rate, compile time at two UTDs,
-achieved GFLOP/s against measured dense-matmul GFLOP/s, and replay bytes per transition.
+achieved GFLOP/s against measured dense-matmul GFLOP/s, and replay bytes per transition; for the pixel PickCube
+configuration and SERL's own (frozen ResNet-10 on 2 x 128²), updates on cached backbone features against updates
+recomputing the backbone, and the resident memory of a feature-cached buffer at 50k transitions.
 
 Prints one JSON object. `--quick` runs tiny sizes, one UTD, without the peer (CI smoke test).
 The sbx peer runs in its own virtual environment (.venvs/sbx), created on first use.
@@ -8,6 +10,7 @@ The sbx peer runs in its own virtual environment (.venvs/sbx), created on first 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -251,18 +254,141 @@ def bench_pixels(quick: bool) -> dict:
     }
 
 
+# name -> (image size, backbone, latent, batch, critic ensemble, views): the pixel PickCube configuration `serl train
+# PandaPickCube --pixels` uses, and SERL's DrQ (2 x 128², frozen ResNet-10, batch 256, critic:actor 4, 2 critics)
+PIXEL_CONFIGS = {
+    "pickcube_pixels": (64, "small", 64, 128, 10, 4),
+    "serl_resnet10": (128, "resnet10", 256, 256, 2, 4),
+}
+
+
+def bench_feature_cache(quick: bool) -> dict:
+    """Per pixel configuration: one update on cached backbone features against the same update recomputing the
+    frozen backbone on frames (ms, updates/s, compile), the cache's cost per new frame and its bytes per frame."""
+    import jax
+
+    from serl.agents import SACAgent, SACConfig
+    from serl.data.feature_cache import FeatureCache
+    from serl.data.replay import ReplayBuffer
+    from serl.data.transition import make_transition
+
+    configs = {"tiny": (16, "small", 8, 4, 2, 2)} if quick else PIXEL_CONFIGS
+    utd, calls = (2, 2) if quick else (4, 3)
+    out = {}
+    for name, (size, backbone, latent, batch, num_qs, views) in configs.items():
+        example = {"state": np.zeros(20, np.float32), "front": np.zeros((size, size, 3), np.uint8),
+                   "wrist": np.zeros((size, size, 3), np.uint8)}
+        cfg = SACConfig.rlpd_with_demo_bc(encoder=backbone, freeze_backbone=True, grasp_critic=True, num_qs=num_qs,
+                                          encoder_latent_dim=latent, utd_ratio=utd, feature_views=views)
+        agent = SACAgent.create(0, example, 4, cfg)
+        rng = np.random.default_rng(0)
+        capacity = 8 if quick else 64  # distinct transitions to sample batches from (frames are encoded once each)
+        buffer = ReplayBuffer(example, 4, capacity)
+        obs = {k: rng.integers(0, 256, v.shape, np.uint8) if v.dtype == np.uint8 else v for k, v in example.items()}
+        for _ in range(capacity):
+            nxt = {k: rng.integers(0, 256, v.shape, np.uint8) if v.dtype == np.uint8 else v for k, v in example.items()}
+            buffer.insert(make_transition(obs, rng.uniform(-1, 1, 4), 0.0, nxt, terminated=False, truncated=False))
+            obs = nxt
+        cache = FeatureCache(buffer, agent.backbone_views, views, cfg.augment_pad, dtype=cfg.feature_dtype)
+        cache.sync()  # compiles the chunk shapes
+        frames = buffer.frames["front"][:1]
+        offsets = cache.offsets(np.arange(1))
+        jax.block_until_ready(agent.backbone_views("front", frames, offsets))
+        t = time.perf_counter()
+        for _ in range(3):
+            jax.block_until_ready(agent.backbone_views("front", frames, offsets))
+        encode_ms_per_frame = (time.perf_counter() - t) / 3 * 2 * 1e3  # one new frame per camera, as in training
+        row = {"config": {"image": [size, size], "cameras": 2, "backbone": backbone, "frozen": True,
+                          "latent_dim": latent, "batch": batch, "utd": utd, "critics": num_qs, "views": views,
+                          "feature_dtype": cfg.feature_dtype}}
+        recompute = agent.replace(config=dataclasses.replace(cfg, feature_cache=False))
+        for label, source, who in (("cached", cache, agent), ("recompute", buffer, recompute)):
+            batches = [source.sample(batch * utd) for _ in range(2)]
+            compiled_t = time.perf_counter()
+            compiled = SACAgent.update.lower(who, batches[0]).compile()
+            compile_s = time.perf_counter() - compiled_t
+            state, _ = compiled(who, batches[0])
+            jax.block_until_ready(state)
+            timed = calls if label == "cached" else 1  # recomputing ResNet-10 at 128² takes many seconds a call
+            t = time.perf_counter()
+            for i in range(timed):
+                state, _ = compiled(state, batches[i % 2])
+            jax.block_until_ready(state)
+            per_call = (time.perf_counter() - t) / timed
+            row[label] = {"ms_per_update": round(per_call * 1e3, 1), "updates_per_s": round(1 / per_call, 3),
+                          "compile_s": round(compile_s, 2)}
+        row["speedup_cached_over_recompute"] = round(row["recompute"]["ms_per_update"] / row["cached"]["ms_per_update"], 1)
+        row["cache_encode_ms_per_new_frame"] = round(encode_ms_per_frame, 2)
+        frame_bytes = buffer.nbytes / capacity
+        row["bytes_per_transition"] = {"replay_with_frames": round(frame_bytes), "feature_cache": cache.bytes_per_frame,
+                                       "total": round(frame_bytes + cache.bytes_per_frame)}
+        out[name] = row
+    return out
+
+
+def bench_cache_memory(quick: bool) -> dict:
+    """Resident memory of a learner's online buffer plus feature cache holding 50k transitions of the pixel
+    PickCube configuration (frames from a fixed pool; every stored frame gets its features written, of the
+    backbone's shape: memory, not the backbone, is measured here)."""
+    import resource
+
+    from serl.agents import SACAgent, SACConfig
+    from serl.data.feature_cache import FeatureCache
+    from serl.data.replay import ReplayBuffer
+    from serl.data.transition import make_transition
+
+    size, backbone, latent, _, num_qs, views = PIXEL_CONFIGS["pickcube_pixels"]
+    transitions = 500 if quick else 50_000
+    example = {"state": np.zeros(20, np.float32), "front": np.zeros((size, size, 3), np.uint8),
+               "wrist": np.zeros((size, size, 3), np.uint8)}
+    cfg = SACConfig.rlpd_with_demo_bc(encoder=backbone, freeze_backbone=True, grasp_critic=True, num_qs=num_qs,
+                                      encoder_latent_dim=latent, feature_views=views)
+    agent = SACAgent.create(0, example, 4, cfg)
+
+    def rss_mb():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+    shape = np.shape(agent.backbone_views("front", np.zeros((1, size, size, 3), np.uint8),
+                                          np.zeros((1, 1, 2), np.int32)))[2:]
+
+    def encode(camera, frames, offsets):  # what the backbone returns, by shape: memory is the question here
+        return np.ones((len(frames), offsets.shape[1]) + shape, np.float32)
+
+    before = rss_mb()
+    buffer = ReplayBuffer(example, 4, 200_000)  # the learner's default capacity
+    cache = FeatureCache(buffer, encode, views, cfg.augment_pad, dtype=cfg.feature_dtype)
+    rng = np.random.default_rng(0)
+    pool = [{k: rng.integers(0, 256, v.shape, np.uint8) if v.dtype == np.uint8 else v for k, v in example.items()}
+            for _ in range(64)]
+    for i in range(transitions):
+        buffer.insert(make_transition(pool[i % 64], np.zeros(4), 0.0, pool[(i + 1) % 64], terminated=i % 100 == 99,
+                                      truncated=False))
+        if i % 1000 == 999:
+            cache.sync()
+    cache.sync()
+    return {"transitions": transitions, "buffer_capacity": 200_000, "rss_growth_mb": round(rss_mb() - before),
+            "expected_mb": round(buffer.num_frames * (cache.bytes_per_frame + 2 * size * size * 3) / 2**20),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, no peer (CI smoke test)")
     parser.add_argument("--no-peer", action="store_true", help="skip sbx")
     parser.add_argument("--skip-pixels", action="store_true")
+    parser.add_argument("--only-cache", action="store_true", help="only the feature-cache figures")
     args = parser.parse_args()
     import jax
 
-    report = {"benchmark": "learner", "quick": args.quick, "device": str(jax.devices()[0]),
-              "cpu_count": os.cpu_count(), "state_rlpd": bench_state(args.quick, not (args.quick or args.no_peer))}
+    report = {"benchmark": "learner", "quick": args.quick, "device": str(jax.devices()[0]), "cpu_count": os.cpu_count()}
+    if not args.only_cache:
+        report["state_rlpd"] = bench_state(args.quick, not (args.quick or args.no_peer))
     if not args.skip_pixels:
-        report["pixel_drq"] = bench_pixels(args.quick)
+        if not args.only_cache:
+            report["pixel_drq"] = bench_pixels(args.quick)
+        report["feature_cache"] = bench_feature_cache(args.quick)
+        report["feature_cache_memory"] = bench_cache_memory(args.quick)
     print(json.dumps(report))
 
 

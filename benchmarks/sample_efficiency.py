@@ -7,8 +7,11 @@ prints one JSON object: per task the env steps at which the mean curve first rea
 the last 2,000 env steps, the deterministic policy's success on ``--eval-episodes`` episodes from each final
 checkpoint (``serl eval``), and wall time.
 
-Targets: PandaPickCube state ≥ 90 % within 10k env steps; pixels within 30k; PandaPegInsertion
-pixels within 40k. ``--quick`` is a smoke run (one seed, 2 demos, a few hundred steps) for CI.
+Targets: PandaPickCube state ≥ 90 % within 10k env steps; PandaPickCubePixels (wrist and front cameras, proprio,
+no object state) ≥ 80 % within 90 minutes of wall time on this machine, for every seed, counted from the start of
+``serl train`` (demo recording and compiles included): ``wall_minutes_to_80pct`` per seed, and a second panel of
+the curves against wall time; PandaPegInsertion pixels within 40k env steps. ``--quick`` is a smoke run (one
+seed, 2 demos, a few hundred steps) for CI.
 
 ``PandaRelocateFwBw`` is a task cycle (reset-free forward–backward relocation): each direction's curve is
 taken against the cycle's total env steps, the cycle's ``env_steps_to_80pct`` is the later of the two
@@ -36,11 +39,12 @@ from serl.runtime.logging import read_status
 # name -> (task, pixels, env steps, target env steps to 90 %)
 TASKS = {
     "PandaPickCube": ("PandaPickCube", False, 10_000, 10_000),
-    "PandaPickCubePixels": ("PandaPickCube", True, 30_000, 30_000),
+    "PandaPickCubePixels": ("PandaPickCube", True, 10_000, 10_000),
     "PandaPegInsertionPixels": ("PandaPegInsertion", True, 40_000, 40_000),
     "PandaRelocateFwBw": ("PandaRelocateFwBw", False, 40_000, 40_000),
 }
 CYCLES = {"PandaRelocateFwBw": ("PandaRelocateFw", "PandaRelocateBw")}
+WALL_TARGETS = {"PandaPickCubePixels": 90.0}  # minutes to 80 % for every seed
 CYCLE_LEVEL = 0.8
 WINDOW = 20
 LEVELS = (0.5, 0.8, 0.9)
@@ -115,6 +119,35 @@ def curve(run_dir: Path, grid: np.ndarray, steps_key: str = "env_steps", run_ste
     return np.where(grid <= run_steps, values, np.nan) if run_steps is not None else values
 
 
+def run_started(run_dir: Path) -> float:
+    """When ``serl train`` started the run: it writes train_config.json before anything else."""
+    return (run_dir / "train_config.json").stat().st_mtime
+
+
+def wall_curve(run_dir: Path, minutes: np.ndarray) -> np.ndarray:
+    """Rolling success of training episodes against wall minutes since the run started (NaN after its end)."""
+    episodes = episode_log(run_dir)
+    if not episodes:
+        return np.full_like(minutes, np.nan, dtype=float)
+    at = (np.array([e["time"] for e in episodes]) - run_started(run_dir)) / 60.0
+    success = np.array([e["episode/success"] for e in episodes], dtype=float)
+    rolling = np.array([success[max(0, i - WINDOW + 1): i + 1].mean() for i in range(len(success))])
+    index = np.searchsorted(at, minutes, side="right") - 1
+    values = np.where(index >= 0, rolling[np.clip(index, 0, None)], 0.0)
+    return np.where(minutes <= at[-1], values, np.nan)
+
+
+def wall_minutes_to(level: float, run_dir: Path) -> float | None:
+    """Wall minutes from the run's start to the end of the first episode at which its rolling success reached
+    ``level`` (None: never)."""
+    episodes = episode_log(run_dir)
+    success = np.array([e["episode/success"] for e in episodes], dtype=float)
+    for i, e in enumerate(episodes):
+        if i + 1 >= WINDOW and success[i - WINDOW + 1: i + 1].mean() >= level:
+            return (e["time"] - run_started(run_dir)) / 60.0
+    return None
+
+
 def steps_to(levels, grid: np.ndarray, mean_curve: np.ndarray) -> dict[str, int | None]:
     out = {}
     for level in levels:
@@ -129,8 +162,11 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
-    for ax, (name, result) in zip(axes[0], results.items()):
+    panels = len(results) + sum("wall_minutes" in result for result in results.values())
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), squeeze=False)
+    axes = list(axes[0])
+    for name, result in results.items():
+        ax = axes.pop(0)
         grid = np.array(result["grid"])
         if "directions" not in result:
             for seed_curve in result["curves"]:
@@ -145,6 +181,16 @@ def plot(results: dict, path: Path) -> None:
             ax.axvline(result["target_env_steps"], color="tab:red", linestyle=":", linewidth=1, label="target")
         ax.set(title=name, xlabel="env steps", ylabel=f"success (rolling {WINDOW} episodes)", ylim=(-0.02, 1.02))
         ax.legend(loc="lower right", fontsize=8)
+        if "wall_minutes" in result:
+            ax = axes.pop(0)
+            minutes = np.array(result["wall_minutes"])
+            for seed, seed_curve in enumerate(result["wall_curves"]):
+                ax.plot(minutes, np.array(seed_curve, dtype=float), linewidth=1.5, label=f"seed {seed}")
+            ax.axhline(0.8, color="gray", linestyle="--", linewidth=1)
+            ax.axvline(result["target_wall_minutes"], color="tab:red", linestyle=":", linewidth=1, label="target")
+            ax.set(title=f"{name}: wall time", xlabel="minutes since `serl train` started",
+                   ylabel=f"success (rolling {WINDOW} episodes)", ylim=(-0.02, 1.02))
+            ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -252,6 +298,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("sample_efficiency"))
     parser.add_argument("--from-runs", type=Path, default=None, metavar="DIR",
                         help="report on the runs already in DIR (an earlier --out's runs/) instead of training")
+    parser.add_argument("--beside", type=Path, action="append", default=[], metavar="JSON",
+                        help="also plot the curves of an earlier report (its sample_efficiency.json), left of these")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: extra serl train options")
     args = parser.parse_args()
     extra = [a for a in args.train_args if a != "--"]
@@ -265,7 +313,6 @@ def main() -> None:
     for name in args.tasks:
         task, pixels, budget, target = TASKS[name]
         steps = args.steps or budget
-        started = time.monotonic()
         stop_when = stop_after_reached(name, args.stop_after_target) if name in CYCLES and args.stop_after_target else None
         if args.from_runs:  # the runs exist (stopped by hand, e.g. at a deadline): report on them as they are
             run_dirs = [args.from_runs / task / f"{task}{'-pixels' if pixels else ''}-seed{seed}"
@@ -294,10 +341,29 @@ def main() -> None:
             "eval_success_rate_per_seed": evals,
             "target_env_steps_to_90pct": target,
             "meets_target": bool(mean_curve[grid <= target].max(initial=0.0) >= 0.9),
-            "wall_time_s_per_seed": (time.monotonic() - started) / args.seeds,
+            "wall_time_s_per_seed": float(np.mean([episode_log(run_dir)[-1]["time"] - run_started(run_dir)
+                                                   for run_dir in run_dirs if episode_log(run_dir)] or [0.0])),
         }
+        if name in WALL_TARGETS:
+            reached = [wall_minutes_to(0.8, run_dir) for run_dir in run_dirs]
+            ran = [(episode_log(run_dir)[-1]["time"] - run_started(run_dir)) / 60.0 for run_dir in run_dirs]
+            minutes = np.linspace(0.0, max(ran), 101)
+            wall = np.stack([wall_curve(run_dir, minutes) for run_dir in run_dirs])
+            results[name].update(wall_minutes=minutes.tolist(), wall_curves=np.where(np.isnan(wall), None, wall).tolist(),
+                                 target_wall_minutes=WALL_TARGETS[name], level=0.8)
+            report["tasks"][name].update({
+                "wall_minutes_to_80pct": None if None in reached else round(max(reached), 1),
+                "wall_minutes_to_80pct_per_seed": [None if m is None else round(m, 1) for m in reached],
+                "wall_minutes_run_per_seed": [round(m, 1) for m in ran],
+                "target_wall_minutes_to_80pct": WALL_TARGETS[name],
+                "meets_target": None not in reached and max(reached) <= WALL_TARGETS[name],
+            })
     (args.out / "sample_efficiency.json").write_text(json.dumps({"report": report, "curves": results}, indent=1))
-    plot(results, args.out / "sample_efficiency.png")
+    earlier = {}
+    for path in args.beside:
+        earlier.update({name: curves for name, curves in json.loads(path.read_text())["curves"].items()
+                        if name not in results})
+    plot({**earlier, **results}, args.out / "sample_efficiency.png")
     report["png"] = str(args.out / "sample_efficiency.png")
     report["curves_json"] = str(args.out / "sample_efficiency.json")
     print(json.dumps(report))

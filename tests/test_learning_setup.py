@@ -93,5 +93,23 @@ def test_pick_cube_train_defaults_add_shaping_translation_only_cube_position_and
     plain = apply_task_defaults(TrainConfig(task="PandaPickCube", task_defaults=False))
     assert plain.overrides == () and plain.agent == SACConfig.rlpd_with_demo_bc()
     assert apply_task_defaults(TrainConfig(task="PandaPegInsertion")).agent == SACConfig.rlpd_with_demo_bc()
+
+
+def test_pixel_defaults_cache_a_frozen_small_backbone_at_64_pixels_unless_told_otherwise():
+    tuned = apply_task_defaults(TrainConfig(task="PandaPickCube", pixels=True))
+    assert "camera_size=64" in tuned.overrides and "reward_shaping=true" in tuned.overrides
+    assert (tuned.agent.encoder, tuned.agent.freeze_backbone, tuned.agent.encoder_latent_dim) == ("small", True, 64)
+    assert tuned.agent.grasp_critic and tuned.agent.feature_cache and tuned.batch_size == 128
+    mine = apply_task_defaults(TrainConfig(task="PandaPickCube", pixels=True, batch_size=64, overrides=("camera_size=96",),
+                                           agent=SACConfig.rlpd_with_demo_bc(encoder_latent_dim=128)))
+    assert mine.batch_size == 64 and mine.agent.encoder_latent_dim == 128 and mine.agent.freeze_backbone
+    assert "camera_size=64" not in mine.overrides and "camera_size=96" in mine.overrides
+    assert apply_task_defaults(TrainConfig(task="PandaPickCube")).batch_size == 256  # state runs keep theirs
+    env = make_sim_env("PandaPickCube", pixels=True, seed=0, camera_size=64)
+    obs, _ = env.reset(seed=0)
+    assert obs["images"]["front"].shape == obs["images"]["wrist"].shape == (64, 64, 3)
+    env.close()
+    with pytest.raises(ValueError, match="camera_size: task 'PandaPickCube' has no camera"):
+        make_sim_env("PandaPickCube", seed=0, camera_size=64)
     with pytest.raises(ValueError, match="shaping_discount"):
         make_sim_env("PandaPickCube", seed=0, reward_shaping=True, shaping_discount=1.5)

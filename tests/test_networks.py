@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from serl.agents import SACAgent, SACConfig
-from serl.networks import (MLP, CriticEnsemble, EncodedObservation, ResNet10, SmallConv, insert_backbone_params,
-                           load_backbone_params, save_backbone_params)
+from serl.networks import (MLP, CriticEnsemble, EncodedObservation, ResNet10, SmallConv, from_serl_resnet10,
+                           insert_backbone_params, load_backbone_params, save_backbone_params)
 
 
 def test_mlp_layer_norm_and_ensemble_members_independent():
@@ -86,6 +86,24 @@ def test_pretrained_backbone_file_loads_and_mismatch_is_clear(tmp_path, suffix):
         insert_backbone_params(params, load_backbone_params(bad_path))
     with pytest.raises(FileNotFoundError):
         load_backbone_params(tmp_path / "missing.npz")
+
+
+def test_serl_resnet10_params_are_renamed_into_ours_and_give_the_same_features():
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), np.uint8)
+    ours = jax.jit(ResNet10(num_filters=8).init)(jax.random.PRNGKey(0), images)["params"]
+    # SERL's flax names for the same layers (serl_launcher/vision/resnet_v1.py, ResNetEncoder with ResNetBlock)
+    names = {"conv1": "Conv_0", "norm1": "MyGroupNorm_0", "conv2": "Conv_1", "norm2": "MyGroupNorm_1",
+             "proj_conv": "conv_proj", "proj_norm": "norm_proj"}
+    serl = {"conv_init": ours["conv_init"], "norm_init": ours["norm_init"]}
+    for i in range(4):
+        serl[f"ResNetBlock_{i}"] = {names[k]: v for k, v in ours[f"stage{i}_block0"].items()}
+    renamed = from_serl_resnet10(serl)
+    apply = jax.jit(ResNet10(num_filters=8).apply)
+    np.testing.assert_array_equal(apply({"params": renamed}, images), apply({"params": ours}, images))
+    with pytest.raises(ValueError, match="unknown entry 'Dense_0'"):
+        from_serl_resnet10({**serl, "Dense_0": {}})
+    with pytest.raises(ValueError, match="unknown layers"):
+        from_serl_resnet10({**serl, "ResNetBlock_0": {"Conv_9": {}}})
 
 
 def test_drq_pixel_agent_pretrained_frozen_backbone_encoder_trained_by_critic_only(tmp_path):

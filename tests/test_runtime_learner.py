@@ -226,3 +226,52 @@ def test_a_peer_sending_nan_inf_and_huge_values_is_refused_and_training_stays_fi
     finally:
         client.close()
         learner.close()
+
+
+def test_a_resumed_pixel_learner_rebuilds_its_feature_cache_and_updates_as_before(tmp_path):
+    agent = SACConfig(hidden_dims=(16, 16), num_qs=2, encoder="small", encoder_latent_dim=8, freeze_backbone=True,
+                      grasp_critic=True, utd_ratio=2)
+    cfg = LearnerConfig(
+        env=EnvConfig(task="PandaPickCube", pixels=True, overrides=("camera_size=16", "rotation_actions=false")),
+        run=RunConfig(root=tmp_path, name="pixels", logger="none"), agent=agent,
+        net=NetConfig(port=free_port(), weights_port=free_port()), batch_size=4, min_online_steps=6,
+        checkpoint_every=1000, quiet=True,
+    )
+    run_dir = tmp_path / "run"
+    learner = Learner(cfg, run_dir)
+    assert type(learner.sampler.online).__name__ == "FeatureCache"
+    client = client_for(cfg, run_config_hash(cfg.env, cfg.agent))
+    rng = np.random.default_rng(0)
+
+    def obs():
+        return {k: rng.integers(0, 256, shape, np.uint8) if np.dtype(dtype) == np.uint8 else
+                rng.normal(size=shape).astype(dtype) * 0.1 for k, (shape, dtype) in learner.spec.observations.items()}
+
+    try:
+        assert client.wait_connected(10)
+        current = obs()
+        for i in range(12):
+            nxt = obs()
+            action = np.array([0.1, -0.2, 0.3, (-1.0, 0.0, 1.0)[i % 3]], np.float32)
+            client.send(transition_from_step(current, action, float(i % 4 == 0), nxt, False, i % 6 == 5,
+                                             {"intervened": i % 3 == 0, "executed_action": None}))
+            current = obs() if i % 6 == 5 else nxt
+        assert client.flush(10)
+        receive_until(learner, 12)
+        for _ in range(3):
+            learner.update()
+        learner.save()
+        learner.update()  # the first update after the checkpoint: the resumed learner must make the same one
+        expected = _leaves(learner.agent.critic.params)
+    finally:
+        client.close()
+        learner.close()
+
+    resumed = Learner(dataclasses.replace(cfg, resume=True), run_dir)
+    try:
+        assert resumed.sampler.online.synced == 0  # rebuilt from the replayed frames on the first sample
+        resumed.update()
+        for a, b in zip(expected, _leaves(resumed.agent.critic.params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    finally:
+        resumed.close()

@@ -22,9 +22,9 @@ from flax import struct
 from flax.training.train_state import TrainState
 
 from serl.agents import losses
-from serl.agents.augment import augment_observations
+from serl.agents.augment import augment_observations, shift
 from serl.networks.gaussian_policy import TanhGaussianActor, sample_tanh_gaussian
-from serl.networks.encoders import EncodedObservation
+from serl.networks.encoders import EncodedObservation, make_backbone
 from serl.networks.mlp import CriticEnsemble, DiscreteCritic
 from serl.networks.pretrained import insert_backbone_params, load_backbone_params
 
@@ -60,6 +60,12 @@ class SACConfig:
     proprio_latent_dim: Optional[int] = None  # None: raw state appended to image features
     augment: bool = True  # DrQ random shift
     augment_pad: int = 4
+    feature_cache: bool = True
+    """With a frozen backbone, the learner computes its output once per stored frame, for `feature_views` fixed
+    shifted views (DrQ's augmentation, drawn when the frame arrives), and trains the rest on those features."""
+    feature_views: int = 4
+    feature_dtype: str = "float16"
+    """How cached features are stored: float16 halves the memory, float32 keeps the backbone's output exactly."""
     # HIL-SERL grasp critic: the gripper entries of the action, each in {-1, 0, +1}, are chosen by a discrete critic
     grasp_critic: bool = False
     gripper_indices: tuple[int, ...] = (-1,)
@@ -88,6 +94,12 @@ class SACConfig:
             raise ValueError(f"SACConfig.gripper_indices: expected distinct action indices, got {self.gripper_indices}")
         if self.encoder not in ("resnet10", "small"):
             raise ValueError(f"SACConfig.encoder: expected 'resnet10' or 'small', got {self.encoder!r}")
+        if not (isinstance(self.feature_views, int) and self.feature_views >= 1):
+            raise ValueError(f"SACConfig.feature_views: expected an integer >= 1, got {self.feature_views!r}")
+        if self.feature_dtype not in ("float16", "float32"):
+            raise ValueError(f"SACConfig.feature_dtype: expected 'float16' or 'float32', got {self.feature_dtype!r}")
+        if self.augment_pad < 0:
+            raise ValueError(f"SACConfig.augment_pad: expected >= 0, got {self.augment_pad}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "SACConfig":
@@ -154,6 +166,15 @@ def _action_indices(indices, action_dim: int) -> tuple[int, ...]:
     if len(set(out)) != len(out):
         raise ValueError(f"SACConfig.gripper_indices: {tuple(indices)} name the same entry twice")
     return tuple(sorted(out))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _backbone_views(backbone: nn.Module, params, frames, offsets, pad: int):
+    """One compiled backbone pass over K shifted views per frame, shared by every camera of the same shape."""
+    n, k = offsets.shape[:2]
+    views = shift(jnp.repeat(frames, k, axis=0), offsets.reshape(n * k, 2), pad)
+    out = backbone.apply({"params": params}, views)
+    return out.reshape((n, k) + out.shape[1:])
 
 
 def _init_params(defs, continuous_dim, rng, obs):
@@ -284,6 +305,20 @@ class SACAgent(struct.PyTreeNode):
         if self.config.target_entropy is not None:
             return self.config.target_entropy
         return -self.continuous_dim / 2.0
+
+    # ---- cached backbone features ------------------------------------------------------------------
+    @property
+    def caches_features(self) -> bool:
+        """Whether the learner should train on cached backbone features (a frozen backbone over cameras)."""
+        return bool(self.image_keys and self.config.freeze_backbone and self.config.feature_cache)
+
+    def backbone_views(self, camera: str, frames, offsets):
+        """The frozen backbone's output on shifted views of one camera's frames: frames (N, H, W, 3) uint8,
+        offsets (N, K, 2) in [0, 2 * augment_pad] -> (N, K, h, w, c); what ``update`` takes in place of frames."""
+        name = "encoder_shared" if self.config.share_encoder else f"encoder_{camera}"
+        backbone = make_backbone(self.config.encoder, self.config.resnet_filters, name=None)
+        return _backbone_views(backbone, self.critic.params["encoder"][name]["backbone"], frames, offsets,
+                               self.config.augment_pad)
 
     # ---- update steps ----------------------------------------------------------------------------
     def _augment(self, rng, batch):

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from serl.agents.sac import SACAgent, SACConfig
+from serl.data.feature_cache import FeatureCache
 from serl.data.replay import ReplayBuffer
 from serl.data.transition import make_transition
 
@@ -51,6 +52,10 @@ def train(config: SACConfig, loop: LoopConfig) -> tuple[SACAgent, dict]:
     action_dim = env.action_space.shape[0]
     agent = SACAgent.create(loop.seed, _flat(obs), action_dim, config)
     buffer = ReplayBuffer(_flat(obs), action_dim, loop.total_steps, seed=loop.seed)
+    source = buffer
+    if agent.caches_features:
+        source = FeatureCache(buffer, agent.backbone_views, config.feature_views, config.augment_pad,
+                              seed=loop.seed, dtype=config.feature_dtype)
     initial = evaluate(agent, eval_env, loop.eval_episodes, seed=10_000)
     rng = jax.random.PRNGKey(loop.seed + 1)
     for step in range(loop.total_steps):
@@ -66,6 +71,6 @@ def train(config: SACConfig, loop: LoopConfig) -> tuple[SACAgent, dict]:
         if terminated or truncated:
             obs, _ = env.reset()
         if step >= loop.random_steps:
-            agent, _ = agent.update(buffer.sample(loop.batch_size * config.utd_ratio))
+            agent, _ = agent.update(source.sample(loop.batch_size * config.utd_ratio))
     final = evaluate(agent, eval_env, loop.eval_episodes, seed=10_000)
     return agent, {"initial_return": initial, "final_return": final}

@@ -62,14 +62,32 @@ TASK_DEFAULTS: dict[str, dict] = {
 }
 
 
+# What --task-defaults adds to every --pixels run: 64² cameras into a frozen small conv net whose features the learner
+# caches (computed once per stored frame), a 64-wide head per camera and batches of 128, which a 2-core CPU updates
+# at about the rate of the state agent (docs/pixels.md has the measurements).
+PIXEL_DEFAULTS: dict = {"overrides": ("camera_size=64",),
+                        "agent": {"encoder": "small", "freeze_backbone": True, "encoder_latent_dim": 64},
+                        "train": {"batch_size": 128}}
+
+
 def apply_task_defaults(cfg: "TrainConfig") -> "TrainConfig":
-    """``cfg`` with its task's entry of TASK_DEFAULTS merged in (explicit overrides of the same key win)."""
-    defaults = TASK_DEFAULTS.get(cfg.task) if cfg.task_defaults else None
-    if not defaults:
+    """``cfg`` with its task's entry of TASK_DEFAULTS (and PIXEL_DEFAULTS with --pixels) merged in: overrides of
+    a key given explicitly win, and so do agent and train settings changed from their defaults."""
+    if not cfg.task_defaults:
         return cfg
+    entries = [TASK_DEFAULTS.get(cfg.task, {})] + ([PIXEL_DEFAULTS] if cfg.pixels else [])
+    defaults = {"overrides": sum((tuple(e.get("overrides", ())) for e in entries), ()),
+                "agent": {k: v for e in entries for k, v in e.get("agent", {}).items()},
+                "train": {k: v for e in entries for k, v in e.get("train", {}).items()}}
+    if not any(defaults.values()):
+        return cfg
+    base_agent, base = TrainConfig.__dataclass_fields__["agent"].default, TrainConfig.__dataclass_fields__
+    train = {k: v for k, v in defaults["train"].items() if getattr(cfg, k) == base[k].default}
+    cfg = dataclasses.replace(cfg, **train)
     given = EnvConfig(task=cfg.task, overrides=cfg.overrides).override_dict()
-    extra = tuple(item for item in defaults.get("overrides", ()) if item.partition("=")[0] not in given)
-    agent = dataclasses.replace(cfg.agent, **defaults.get("agent", {}))
+    extra = tuple(item for item in defaults["overrides"] if item.partition("=")[0] not in given)
+    agent = dataclasses.replace(cfg.agent, **{k: v for k, v in defaults["agent"].items()
+                                              if getattr(cfg.agent, k) == getattr(base_agent, k)})
     merged = EnvConfig(task=cfg.task, overrides=cfg.overrides + extra).override_dict()
     if merged.get("reward_shaping") is True and "shaping_discount" not in merged:
         extra += (f"shaping_discount={agent.discount}",)  # shaping with the agent's discount keeps its optimal policy

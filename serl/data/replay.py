@@ -163,14 +163,23 @@ class ReplayBuffer:
             raise ValueError("cannot sample from an empty buffer")
         return self.rng.integers(self._oldest(), self.num_inserted, size=batch_size)
 
-    def gather(self, global_ids: np.ndarray) -> dict:
-        """Batch dict for the given global transition ids."""
+    def frame_slots(self, global_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frame-ring slots of the given transitions' observations and next observations."""
+        slots = global_ids % self.capacity
+        return self.obs_frame[slots] % self.frame_capacity, self.next_frame[slots] % self.frame_capacity
+
+    @property
+    def oldest_frame_id(self) -> int | None:
+        """Global id of the oldest frame a held transition uses (None when the buffer holds none)."""
+        return int(self.obs_frame[self._oldest() % self.capacity]) if len(self) and self.image_keys else None
+
+    def gather(self, global_ids: np.ndarray, frames: bool = True) -> dict:
+        """Batch dict for the given global transition ids (``frames=False``: without the camera entries)."""
         slots = global_ids % self.capacity
         obs = {k: self.obs[k][slots] for k in self.low_dim_keys}
         next_obs = {k: self.next_obs[k][slots] for k in self.low_dim_keys}
-        if self.image_keys:
-            obs_slots = self.obs_frame[slots] % self.frame_capacity
-            next_slots = self.next_frame[slots] % self.frame_capacity
+        if self.image_keys and frames:
+            obs_slots, next_slots = self.frame_slots(global_ids)
             for k in self.image_keys:
                 obs[k] = self.frames[k][obs_slots]
                 next_obs[k] = self.frames[k][next_slots]

@@ -64,7 +64,17 @@ def pixel_variant(task: TaskConfig, cameras: tuple[CameraSpec, ...] = SIM_CAMERA
 
 
 def with_overrides(task: TaskConfig, **overrides) -> TaskConfig:
-    """``dataclasses.replace`` with a clear error for unknown fields."""
+    """``dataclasses.replace`` with a clear error for unknown fields; ``camera_size=64`` (or ``[h, w]``) sets the
+    size every camera of the task is resized to."""
+    if "camera_size" in overrides:
+        size = overrides.pop("camera_size")
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        if len(size) != 2 or not all(isinstance(v, int) and v >= 8 for v in size):
+            raise ValueError(f"camera_size: expected an integer >= 8 or [height, width], got {size!r}")
+        cameras = overrides.get("cameras", task.cameras)
+        if not cameras:
+            raise ValueError(f"camera_size: task {task.name!r} has no camera (train with --pixels)")
+        overrides["cameras"] = tuple(dataclasses.replace(cam, size=size) for cam in cameras)
     known = {field.name for field in dataclasses.fields(TaskConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:

@@ -28,11 +28,40 @@ def load_backbone_params(path: str | os.PathLike) -> dict:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"pretrained backbone: no file at {path!r}")
-    if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as data:
-            return flax.traverse_util.unflatten_dict({k: data[k] for k in data.files}, sep="/")
-    with open(path, "rb") as f:
-        return flax.serialization.msgpack_restore(f.read())
+    try:
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as data:
+                params = flax.traverse_util.unflatten_dict({k: data[k] for k in data.files}, sep="/")
+        else:
+            with open(path, "rb") as f:
+                params = flax.serialization.msgpack_restore(f.read())
+    except Exception as err:  # noqa: BLE001 - zipfile, numpy and msgpack each raise their own types
+        raise ValueError(f"pretrained backbone: {path!r} is not a .npz or flax msgpack params file ({err})") from err
+    if not isinstance(params, dict) or not params:
+        raise ValueError(f"pretrained backbone: {path!r} holds no params tree (got {type(params).__name__})")
+    return params
+
+
+_SERL_BLOCK_NAMES = {"Conv_0": "conv1", "MyGroupNorm_0": "norm1", "Conv_1": "conv2", "MyGroupNorm_1": "norm2",
+                     "conv_proj": "proj_conv", "norm_proj": "proj_norm"}
+
+
+def from_serl_resnet10(params: dict) -> dict:
+    """SERL's ResNet-10 params tree (``conv_init``, ``norm_init``, ``ResNetBlock_<i>/Conv_0``, ...) renamed to this
+    suite's ``ResNet10`` layout (``stage<i>_block0/conv1``, ...); ValueError naming a key it does not know."""
+    out = {}
+    for name, sub in params.items():
+        if name in ("conv_init", "norm_init"):
+            out[name] = sub
+        elif name.startswith("ResNetBlock_") and name[len("ResNetBlock_"):].isdigit():
+            unknown = sorted(set(sub) - set(_SERL_BLOCK_NAMES))
+            if unknown:
+                raise ValueError(f"SERL ResNet-10 params: unknown layers {unknown} in {name}")
+            out[f"stage{int(name[len('ResNetBlock_'):])}_block0"] = {_SERL_BLOCK_NAMES[k]: v for k, v in sub.items()}
+        else:
+            raise ValueError(f"SERL ResNet-10 params: unknown entry {name!r} (expected conv_init, norm_init, "
+                             "ResNetBlock_0..3)")
+    return out
 
 
 def _mismatch(expected: dict, given: dict) -> str | None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from serl.agents.checkpoint import Checkpointer
 from serl.data.demos import load_episode_file
+from serl.data.feature_cache import FeatureCache
 from serl.data.replay import MixedSampler, ReplayBuffer, check_finite, concat_batches
 from serl.data.replay_log import ReplayLog
 from serl.data.transition import InvalidTransition, TransitionSpec
@@ -116,7 +117,12 @@ class Learner:
         if not self.demo_log.num_transitions and cfg.demos is not None:
             count = self.load_demos(cfg.demos, spaces["state_keys"])
             print(f"[learner] loaded {count} demo transitions from {cfg.demos}", flush=True)
-        self.sampler = MixedSampler(self.online, self.demo, cfg.demo_ratio)
+        sources = self.sampling_sources()
+        self.sampler = MixedSampler(*sources, cfg.demo_ratio)
+        if isinstance(sources[0], FeatureCache):
+            print(f"[learner] frozen backbone: its features are computed once per stored frame, for "
+                  f"{cfg.agent.feature_views} shifted views ({sources[0].bytes_per_frame / 1024:.0f} KiB per frame, "
+                  f"{cfg.agent.feature_dtype})", flush=True)
         self._incoming: collections.deque[list[dict]] = collections.deque()  # logged, not yet in the buffers
         self._incoming_lock = threading.Lock()
         self._incoming_bytes = 0
@@ -143,6 +149,19 @@ class Learner:
         self._rate_window: list[tuple[float, int, int]] = [(time.monotonic(), self.counters.updates, self.counters.env_steps)]
         self.publish()  # before any actor's first step: a resumed actor starts from these weights and counters
         self.write_status()
+
+    def sampling_sources(self) -> tuple[ReplayBuffer | FeatureCache, ReplayBuffer | FeatureCache]:
+        """Online and demo sources of update batches: the buffers, or with a frozen backbone their feature caches."""
+        if not self.agent.caches_features:
+            return self.online, self.demo
+        agent_cfg = self.cfg.agent
+
+        def encode(camera, frames, offsets):  # the backbone is frozen: any version of the agent gives the same output
+            return self.agent.backbone_views(camera, frames, offsets)
+
+        return tuple(FeatureCache(buffer, encode, agent_cfg.feature_views, agent_cfg.augment_pad, seed=seed,
+                                  dtype=agent_cfg.feature_dtype)
+                     for buffer, seed in ((self.online, self.cfg.run.seed), (self.demo, self.cfg.run.seed + 1)))
 
     # ---- the on-disk logs --------------------------------------------------------------------------
     def load_demos(self, path: Path, state_keys: list[str]) -> int:
