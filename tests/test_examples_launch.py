@@ -79,3 +79,27 @@ def test_example_tasks_register_for_the_server():
     assert {"PegInsertion", "PcbInsertion", "CableRouting", "ObjectRelocationForward", "ObjectRelocationBackward",
             "RamInsertion", "UsbInsertion", "PegInsertionTwin", "ObjectRelocationTwin"} <= set(names)
     assert get_task("RamInsertion").robot == "fr3"
+
+
+def test_dual_fr3_launch_gives_each_arm_a_server_in_its_namespace_on_its_port():
+    tyro = pytest.importorskip("tyro")
+    from robot_servers.overrides import parse_overrides
+    from serl.cli.serve import ServeCommand
+
+    tree = ast.parse((LAUNCH / "dual_fr3_crisp.launch.py").read_text())
+    constants: dict = {}
+    keep = [n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id in ("ARMS", "PER_ARM", "SHARED")]
+    exec(compile(ast.Module(body=keep, type_ignores=[]), "dual_fr3_crisp.launch.py", "exec"), constants)
+    ns = load_server_command()
+    # the include passes robot_server.launch.py only arguments it declares
+    assert set(constants["SHARED"]) | set(constants["PER_ARM"]) | {"namespace"} <= set(ns["ARGUMENTS"])
+    ports = set()
+    for index, arm in enumerate(constants["ARMS"]):
+        values = {name: default for name, (default, _) in ns["ARGUMENTS"].items()}
+        values.update({name: default for name, (default, _) in constants["SHARED"].items()})
+        values.update({name: defaults[index] for name, defaults in constants["PER_ARM"].items()})
+        values.update(namespace=arm, task="PegInsertion")
+        config = tyro.cli(ServeCommand, args=ns["server_command"](values)[3:])
+        assert parse_overrides(config.option, "--option")["namespace"] == arm
+        ports.add(config.port)
+    assert ports == {5000, 5001}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -37,6 +37,13 @@ STATE_SIZES = {
     "target_pose": 7,
 }
 GRIPPER_THRESHOLD = 0.5  # binary mode: > +0.5 opens, < -0.5 closes, in between keeps
+
+
+class ArmCommand(NamedTuple):
+    """What one step sends to one arm: the target pose (xyz + quat xyzw) and a gripper width (None: unchanged)."""
+
+    target: np.ndarray
+    gripper: float | None
 
 
 class RobotClientError(RuntimeError):
@@ -141,6 +148,26 @@ class FrankaEnv(gym.Env):
 
     def step(self, action):
         """Apply one scaled end-effector delta (+ gripper), keep the period, observe."""
+        command = self.command(action)
+        with self._client_call("step"):
+            if self.client.lockstep:
+                state, frames = self.client.step(command.target, command.gripper, advance=self.period,
+                                                 images=bool(self.task.cameras), scene=self._wants_scene)
+                period_error = 0.0
+            elif self.client.waits_remotely:  # one round trip: the robot side waits out the time to our tick
+                state, frames = self.client.step(command.target, command.gripper, wait=self._pacing.time_to_tick(),
+                                                 images=bool(self.task.cameras), scene=self._wants_scene)
+                period_error = self._pacing.tick()
+            else:
+                self.send(command)
+                period_error = self._keep_period()
+                state, frames = self._read()
+        return self.conclude(command, state, frames, period_error)
+
+    # ----------------------------------------------------------------- a step in phases (several arms, one clock)
+
+    def command(self, action) -> ArmCommand:
+        """The target pose and gripper width one action asks for; ValueError on a bad action. Sends nothing."""
         if self._broken:
             raise RobotClientError("the robot client failed earlier in this episode; call reset() to reconnect")
         if self._state is None:
@@ -156,32 +183,35 @@ class FrankaEnv(gym.Env):
         gripper = None
         if layout.gripper:
             gripper = self._gripper_from_action(action[layout.gripper_index] * gripper_scale)
+        return ArmCommand(target, gripper)
+
+    def send(self, command: ArmCommand) -> None:
+        """Send one command's target (and gripper width) to the arm."""
         with self._client_call("step"):
-            if self.client.lockstep:
-                state, frames = self.client.step(target, gripper, advance=self.period, images=bool(self.task.cameras),
-                                                 scene=self._wants_scene)
-                period_error = 0.0
-            elif self.client.waits_remotely:  # one round trip: the robot side waits out the time to our tick
-                state, frames = self.client.step(target, gripper, wait=self._pacing.time_to_tick(),
-                                                 images=bool(self.task.cameras), scene=self._wants_scene)
-                period_error = self._pacing.tick()
-            else:
-                self.client.set_target(target, gripper)
-                period_error = self._keep_period()
-                state, frames = self._read()
+            self.client.set_target(command.target, command.gripper)
+
+    def observe_after(self) -> tuple[RobotState, dict]:
+        """State and frames (and the scene, when the reward needs it) after a command went out."""
+        with self._client_call("step"):
+            return self._read()
+
+    def conclude(self, command: ArmCommand, state: RobotState, frames: Mapping, period_error: float):
+        """The step's (observation, reward, terminated, truncated, info) once ``command`` was sent and the arm
+        observed."""
+        with self._client_call("step"):
             self._obs = self._observe(state, frames)
             reward, succeed = self._reward()
-        if gripper is not None:
-            self._gripper_command = gripper
+        if command.gripper is not None:
+            self._gripper_command = command.gripper
         self._steps += 1
         terminated = bool(succeed)
         truncated = not terminated and self._steps >= self.task.max_episode_steps
         info = {
             "succeed": bool(succeed),
             "intervened": False,
-            "gripper_changed": gripper is not None,
+            "gripper_changed": command.gripper is not None,
             # The robot's guard clips targets to the safety box; what it tracks now is the target it took.
-            "safety_clipped": not _same_pose(self._state.target_pose, target),
+            "safety_clipped": not _same_pose(self._state.target_pose, command.target),
             "target_pose": self._state.target_pose,
             "control_period_error": period_error,
             "overruns": self._pacing.overruns,
