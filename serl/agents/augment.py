@@ -7,6 +7,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from serl.networks.encoders import is_frame
+
 
 def shift(images: jnp.ndarray, offsets: jnp.ndarray, pad: int = 4) -> jnp.ndarray:
     """Edge-pad each image by `pad` and crop back at its (row, column) offset in [0, 2 * pad].
@@ -29,8 +31,8 @@ def random_shift(rng, images: jnp.ndarray, pad: int = 4) -> jnp.ndarray:
 
 def augment_observations(rng, observations: dict, image_keys: Sequence[str], pad: int = 4) -> dict:
     """Random shift for every camera frame in a flat observation dict; other entries pass through, and so do
-    cameras given as cached backbone features (float), whose views were shifted before the backbone ran."""
-    keys = [k for k in image_keys if observations[k].dtype == jnp.uint8]
+    cameras given as cached backbone features, whose views were shifted before the backbone ran."""
+    keys = [k for k in image_keys if is_frame(observations[k])]
     if not keys:
         return observations
     out = dict(observations)

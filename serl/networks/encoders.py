@@ -13,7 +13,6 @@ from serl.networks.mlp import default_init
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-GROUP_NORM_EPSILON = 1e-5  # with the stem's (3, 3) padding as SERL's ResNet-10 has it, so its weights give its features
 
 
 def normalize_image(images: jnp.ndarray) -> jnp.ndarray:
@@ -31,14 +30,14 @@ class ResNetBlock(nn.Module):
     def __call__(self, x):
         residual = x
         y = nn.Conv(self.filters, (3, 3), (self.strides, self.strides), use_bias=False, name="conv1")(x)
-        y = nn.relu(nn.GroupNorm(self.groups, epsilon=GROUP_NORM_EPSILON, name="norm1")(y))
+        y = nn.relu(nn.GroupNorm(self.groups, name="norm1")(y))
         y = nn.Conv(self.filters, (3, 3), use_bias=False, name="conv2")(y)
-        y = nn.GroupNorm(self.groups, epsilon=GROUP_NORM_EPSILON, name="norm2")(y)
+        y = nn.GroupNorm(self.groups, name="norm2")(y)
         if residual.shape != y.shape:
             residual = nn.Conv(self.filters, (1, 1), (self.strides, self.strides), use_bias=False, name="proj_conv")(
                 residual
             )
-            residual = nn.GroupNorm(self.groups, epsilon=GROUP_NORM_EPSILON, name="proj_norm")(residual)
+            residual = nn.GroupNorm(self.groups, name="proj_norm")(residual)
         return nn.relu(residual + y)
 
 
@@ -53,8 +52,8 @@ class ResNet10(nn.Module):
     @nn.compact
     def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
         x = normalize_image(images)
-        x = nn.Conv(self.num_filters, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False, name="conv_init")(x)
-        x = nn.relu(nn.GroupNorm(self.groups, epsilon=GROUP_NORM_EPSILON, name="norm_init")(x))
+        x = nn.Conv(self.num_filters, (7, 7), (2, 2), use_bias=False, name="conv_init")(x)
+        x = nn.relu(nn.GroupNorm(self.groups, name="norm_init")(x))
         x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
         for i, size in enumerate(self.stage_sizes):
             for j in range(size):
@@ -92,6 +91,11 @@ class SpatialLearnedEmbeddings(nn.Module):
 BACKBONES = ("resnet10", "small")
 
 
+def is_frame(images) -> bool:
+    """Camera frames have 3 (RGB) channels; a backbone's output has many more."""
+    return images.shape[-1] == 3
+
+
 def make_backbone(backbone: str, resnet_filters: int = 64, name: str | None = "backbone") -> nn.Module:
     """The backbone module by name; ``ImageEncoder`` calls it under the name "backbone"."""
     if backbone == "resnet10":
@@ -104,8 +108,9 @@ def make_backbone(backbone: str, resnet_filters: int = 64, name: str | None = "b
 class ImageEncoder(nn.Module):
     """Backbone (optionally frozen) -> spatial embedding or mean pooling -> Dense -> LayerNorm -> tanh.
 
-    Takes uint8 frames (B, H, W, 3), or, with a frozen backbone, the backbone's float output for them
-    (B, h, w, c), computed once elsewhere (a replay feature cache); the backbone is then not run.
+    Takes frames (B, H, W, 3), uint8 or float in [0, 255], or, with a frozen backbone, the backbone's output for
+    them (B, h, w, c), computed once elsewhere (a replay feature cache): an input without exactly 3 channels is
+    such features, and the backbone is then not run.
     """
 
     backbone: str = "resnet10"
@@ -118,13 +123,13 @@ class ImageEncoder(nn.Module):
     @nn.compact
     def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
         backbone = make_backbone(self.backbone, self.resnet_filters)
-        if images.dtype == jnp.uint8:
+        if is_frame(images):
             x = backbone(images)
         elif self.freeze_backbone:
             x = images.astype(jnp.float32)
         else:
             raise ValueError("encoder: precomputed backbone features need a frozen backbone "
-                             f"(got {images.dtype} input with freeze_backbone=False)")
+                             f"(got input of shape {images.shape[1:]} with freeze_backbone=False)")
         if self.freeze_backbone:
             x = jax.lax.stop_gradient(x)
         if self.pooling == "spatial_learned":
