@@ -173,6 +173,9 @@ def test_a_controller_that_does_not_follow_is_a_fault_naming_the_controller():
 
 def test_gripper_commands_follow_the_franka_hand_adapter():
     with arm_and_backend(5) as (arm, backend):
+        # the backend is up once the arm's state arrives; DDS may not have matched the gripper topic yet, and a
+        # command published before that match is lost (reliable QoS delivers only to matched readers)
+        assert wait_for(lambda: backend._gripper_pub.get_subscription_count() > 0, 20.0)
         backend.set_gripper(0.03)
         backend.set_gripper(0.05)
         assert wait_for(lambda: len(arm.received["gripper"]) == 2, 20.0)
