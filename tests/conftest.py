@@ -16,7 +16,7 @@ def pytest_sessionstart(session):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-REALTIME_MARKERS = ("ros2", "franka")  # tests whose simulators keep a wall-clock control rate
+REALTIME_MARKERS = ("ros2", "franka", "realtime_twin")  # tests whose simulators keep a wall-clock control rate
 BATCH_NICENESS = 10
 
 

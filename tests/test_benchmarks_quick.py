@@ -7,10 +7,12 @@ import sys
 
 import pytest
 
-BENCHMARKS = sorted((pathlib.Path(__file__).parent.parent / "benchmarks").glob("*.py"))
+REAL_TIME = {"dual_arm"}  # two twins at a wall-clock 1 kHz: run beside no other real-time simulator
+BENCHMARKS = [pytest.param(path, marks=[pytest.mark.realtime_twin] if path.stem in REAL_TIME else [], id=path.stem)
+              for path in sorted((pathlib.Path(__file__).parent.parent / "benchmarks").glob("*.py"))]
 
 
-@pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("script", BENCHMARKS)
 def test_benchmark_quick_prints_one_json_object(script, tmp_path):
     result = subprocess.run(
         [sys.executable, str(script), "--quick"],

@@ -76,6 +76,7 @@ def two_servers():
         backend.close()
 
 
+@pytest.mark.realtime_twin
 def test_real_time_targets_land_together_and_a_lost_server_is_named_while_the_other_arm_holds(two_servers):
     backends, servers = two_servers
     task = with_overrides(get_task("PandaPickCube"), scene_objects=(), reset_hooks=(), **TASK)
