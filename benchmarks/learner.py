@@ -289,7 +289,7 @@ def bench_feature_cache(quick: bool) -> dict:
             nxt = {k: rng.integers(0, 256, v.shape, np.uint8) if v.dtype == np.uint8 else v for k, v in example.items()}
             buffer.insert(make_transition(obs, rng.uniform(-1, 1, 4), 0.0, nxt, terminated=False, truncated=False))
             obs = nxt
-        cache = FeatureCache(buffer, agent.backbone_views, views, cfg.augment_pad, dtype=cfg.feature_dtype)
+        cache = FeatureCache.from_config(buffer, agent.backbone_views, cfg)
         cache.sync()  # compiles the chunk shapes
         frames = buffer.frames["front"][:1]
         offsets = cache.offsets(np.arange(1))
@@ -357,7 +357,7 @@ def bench_cache_memory(quick: bool) -> dict:
 
     before = rss_mb()
     buffer = ReplayBuffer(example, 4, 200_000)  # the learner's default capacity
-    cache = FeatureCache(buffer, encode, views, cfg.augment_pad, dtype=cfg.feature_dtype)
+    cache = FeatureCache.from_config(buffer, encode, cfg)
     rng = np.random.default_rng(0)
     pool = [{k: rng.integers(0, 256, v.shape, np.uint8) if v.dtype == np.uint8 else v for k, v in example.items()}
             for _ in range(64)]

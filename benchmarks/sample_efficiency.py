@@ -104,6 +104,26 @@ def eval_success(run_dir: Path, episodes: int) -> float:
     return float(json.loads(result.stdout.strip().splitlines()[-1])["success_rate"])
 
 
+def rolling_success(episodes: list[dict]) -> np.ndarray:
+    """Success rate over the last ``WINDOW`` episodes (fewer at the start), after each episode."""
+    success = np.array([e["episode/success"] for e in episodes], dtype=float)
+    return np.array([success[max(0, i - WINDOW + 1): i + 1].mean() for i in range(len(success))])
+
+
+def first_reaching(episodes: list[dict], level: float) -> dict | None:
+    """The first episode after which a full window's success rate is at least ``level`` (None: none)."""
+    rolling = rolling_success(episodes)
+    return next((e for i, e in enumerate(episodes) if i + 1 >= WINDOW and rolling[i] >= level), None)
+
+
+def on_grid(at: np.ndarray, values: np.ndarray, grid: np.ndarray, end: float | None = None) -> np.ndarray:
+    """``values`` (known at the increasing positions ``at``) at each grid point, the last one carried forward
+    (0 before the first); NaN beyond ``end``."""
+    index = np.searchsorted(at, grid, side="right") - 1
+    out = np.where(index >= 0, values[np.clip(index, 0, None)], 0.0)
+    return np.where(grid <= end, out, np.nan) if end is not None else out
+
+
 def curve(run_dir: Path, grid: np.ndarray, steps_key: str = "env_steps", run_steps: int | None = None) -> np.ndarray:
     """Rolling success rate of training episodes, evaluated at each grid step (last value carried forward);
     ``steps_key``: which step count the grid is in (a cycle's task: ``cycle_env_steps``, all tasks together);
@@ -111,12 +131,7 @@ def curve(run_dir: Path, grid: np.ndarray, steps_key: str = "env_steps", run_ste
     episodes = episode_log(run_dir)
     if not episodes:
         return np.zeros_like(grid, dtype=float)
-    steps = np.array([e[steps_key] for e in episodes])
-    success = np.array([e["episode/success"] for e in episodes], dtype=float)
-    rolling = np.array([success[max(0, i - WINDOW + 1): i + 1].mean() for i in range(len(success))])
-    index = np.searchsorted(steps, grid, side="right") - 1
-    values = np.where(index >= 0, rolling[np.clip(index, 0, None)], 0.0)
-    return np.where(grid <= run_steps, values, np.nan) if run_steps is not None else values
+    return on_grid(np.array([e[steps_key] for e in episodes]), rolling_success(episodes), grid, run_steps)
 
 
 def run_started(run_dir: Path) -> float:
@@ -124,28 +139,24 @@ def run_started(run_dir: Path) -> float:
     return (run_dir / "train_config.json").stat().st_mtime
 
 
+def minutes_since_start(run_dir: Path, episode: dict) -> float:
+    return (episode["time"] - run_started(run_dir)) / 60.0
+
+
 def wall_curve(run_dir: Path, minutes: np.ndarray) -> np.ndarray:
     """Rolling success of training episodes against wall minutes since the run started (NaN after its end)."""
     episodes = episode_log(run_dir)
     if not episodes:
         return np.full_like(minutes, np.nan, dtype=float)
-    at = (np.array([e["time"] for e in episodes]) - run_started(run_dir)) / 60.0
-    success = np.array([e["episode/success"] for e in episodes], dtype=float)
-    rolling = np.array([success[max(0, i - WINDOW + 1): i + 1].mean() for i in range(len(success))])
-    index = np.searchsorted(at, minutes, side="right") - 1
-    values = np.where(index >= 0, rolling[np.clip(index, 0, None)], 0.0)
-    return np.where(minutes <= at[-1], values, np.nan)
+    at = np.array([minutes_since_start(run_dir, e) for e in episodes])
+    return on_grid(at, rolling_success(episodes), minutes, at[-1])
 
 
 def wall_minutes_to(level: float, run_dir: Path) -> float | None:
     """Wall minutes from the run's start to the end of the first episode at which its rolling success reached
     ``level`` (None: never)."""
-    episodes = episode_log(run_dir)
-    success = np.array([e["episode/success"] for e in episodes], dtype=float)
-    for i, e in enumerate(episodes):
-        if i + 1 >= WINDOW and success[i - WINDOW + 1: i + 1].mean() >= level:
-            return (e["time"] - run_started(run_dir)) / 60.0
-    return None
+    episode = first_reaching(episode_log(run_dir), level)
+    return None if episode is None else minutes_since_start(run_dir, episode)
 
 
 def steps_to(levels, grid: np.ndarray, mean_curve: np.ndarray) -> dict[str, int | None]:
@@ -205,13 +216,10 @@ def cycle_reached(run_dir: Path, name: str, level: float = CYCLE_LEVEL) -> int |
     """The cycle's env step at which every task's rolling success first reached ``level`` (None: not yet)."""
     reached = []
     for task in CYCLES[name]:
-        episodes = episode_log(run_dir / task)
-        success = np.array([e["episode/success"] for e in episodes], dtype=float)
-        hits = [e["cycle_env_steps"] for i, e in enumerate(episodes)
-                if i + 1 >= WINDOW and success[i - WINDOW + 1: i + 1].mean() >= level]
-        if not hits:
+        episode = first_reaching(episode_log(run_dir / task), level)
+        if episode is None:
             return None
-        reached.append(hits[0])
+        reached.append(episode["cycle_env_steps"])
     return max(reached)
 
 
@@ -325,6 +333,8 @@ def main() -> None:
             results[name], report["tasks"][name] = cycle_report(name, run_dirs, steps, target)
             continue
         curves = np.stack([curve(run_dir, grid) for run_dir in run_dirs])
+        ran = [minutes_since_start(run_dir, episode_log(run_dir)[-1]) if episode_log(run_dir) else None
+               for run_dir in run_dirs]  # wall minutes each run trained
         mean_curve = curves.mean(axis=0)
         late = [late_success(run_dir, steps) for run_dir in run_dirs]
         late_known = [rate for rate in late if rate is not None]
@@ -341,12 +351,10 @@ def main() -> None:
             "eval_success_rate_per_seed": evals,
             "target_env_steps_to_90pct": target,
             "meets_target": bool(mean_curve[grid <= target].max(initial=0.0) >= 0.9),
-            "wall_time_s_per_seed": float(np.mean([episode_log(run_dir)[-1]["time"] - run_started(run_dir)
-                                                   for run_dir in run_dirs if episode_log(run_dir)] or [0.0])),
+            "wall_time_s_per_seed": float(np.mean([60.0 * m for m in ran if m is not None] or [0.0])),
         }
         if name in WALL_TARGETS:
             reached = [wall_minutes_to(0.8, run_dir) for run_dir in run_dirs]
-            ran = [(episode_log(run_dir)[-1]["time"] - run_started(run_dir)) / 60.0 for run_dir in run_dirs]
             minutes = np.linspace(0.0, max(ran), 101)
             wall = np.stack([wall_curve(run_dir, minutes) for run_dir in run_dirs])
             results[name].update(wall_minutes=minutes.tolist(), wall_curves=np.where(np.isnan(wall), None, wall).tolist(),

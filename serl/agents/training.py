@@ -54,8 +54,7 @@ def train(config: SACConfig, loop: LoopConfig) -> tuple[SACAgent, dict]:
     buffer = ReplayBuffer(_flat(obs), action_dim, loop.total_steps, seed=loop.seed)
     source = buffer
     if agent.caches_features:
-        source = FeatureCache(buffer, agent.backbone_views, config.feature_views, config.augment_pad,
-                              seed=loop.seed, dtype=config.feature_dtype)
+        source = FeatureCache.from_config(buffer, agent.backbone_views, config, loop.seed)
     initial = evaluate(agent, eval_env, loop.eval_episodes, seed=10_000)
     rng = jax.random.PRNGKey(loop.seed + 1)
     for step in range(loop.total_steps):

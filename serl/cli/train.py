@@ -81,13 +81,12 @@ def apply_task_defaults(cfg: "TrainConfig") -> "TrainConfig":
                 "train": {k: v for e in entries for k, v in e.get("train", {}).items()}}
     if not any(defaults.values()):
         return cfg
-    base_agent, base = TrainConfig.__dataclass_fields__["agent"].default, TrainConfig.__dataclass_fields__
-    train = {k: v for k, v in defaults["train"].items() if getattr(cfg, k) == base[k].default}
-    cfg = dataclasses.replace(cfg, **train)
+    plain = TrainConfig()
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in defaults["train"].items() if getattr(cfg, k) == getattr(plain, k)})
     given = EnvConfig(task=cfg.task, overrides=cfg.overrides).override_dict()
     extra = tuple(item for item in defaults["overrides"] if item.partition("=")[0] not in given)
     agent = dataclasses.replace(cfg.agent, **{k: v for k, v in defaults["agent"].items()
-                                              if getattr(cfg.agent, k) == getattr(base_agent, k)})
+                                              if getattr(cfg.agent, k) == getattr(plain.agent, k)})
     merged = EnvConfig(task=cfg.task, overrides=cfg.overrides + extra).override_dict()
     if merged.get("reward_shaping") is True and "shaping_discount" not in merged:
         extra += (f"shaping_discount={agent.discount}",)  # shaping with the agent's discount keeps its optimal policy

@@ -50,6 +50,11 @@ class FeatureCache:
             # np.zeros maps pages on first write: resident memory grows with the frames actually stored
             self.features[key] = np.zeros((buffer.frame_capacity, self.num_views) + tuple(shape), self.dtype)
 
+    @classmethod
+    def from_config(cls, buffer: ReplayBuffer, encode: Encode, config, seed: int = 0) -> "FeatureCache":
+        """The cache an agent config asks for: its ``feature_views``, ``augment_pad`` and ``feature_dtype``."""
+        return cls(buffer, encode, config.feature_views, config.augment_pad, seed=seed, dtype=config.feature_dtype)
+
     def __len__(self) -> int:
         return len(self.buffer)
 
@@ -57,10 +62,6 @@ class FeatureCache:
     def bytes_per_frame(self) -> int:
         """Feature bytes per stored frame, over all cameras and views."""
         return int(sum(v[0].nbytes for v in self.features.values()))
-
-    @property
-    def nbytes(self) -> int:
-        return int(sum(v.nbytes for v in self.features.values()))
 
     def offsets(self, frame_ids: np.ndarray) -> np.ndarray:
         """Each frame's view offsets, (N, num_views, 2) in [0, 2 * pad]: a function of (seed, frame id) only."""

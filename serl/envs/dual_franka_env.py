@@ -131,10 +131,8 @@ class DualFrankaEnv(gym.Env):
         halves = dict(zip(ARMS, np.split(arr, [self._sizes[0]])))
         commands = {}
         for arm, env in self.arms.items():
-            try:
+            with _naming(arm):
                 commands[arm] = env.command(halves[arm])
-            except ValueError as err:
-                raise ValueError(f"{arm} arm: {err}") from None
         return commands
 
     def _send(self, commands: dict[str, ArmCommand]) -> None:

@@ -154,13 +154,10 @@ class Learner:
         """Online and demo sources of update batches: the buffers, or with a frozen backbone their feature caches."""
         if not self.agent.caches_features:
             return self.online, self.demo
-        agent_cfg = self.cfg.agent
-
         def encode(camera, frames, offsets):  # the backbone is frozen: any version of the agent gives the same output
             return self.agent.backbone_views(camera, frames, offsets)
 
-        return tuple(FeatureCache(buffer, encode, agent_cfg.feature_views, agent_cfg.augment_pad, seed=seed,
-                                  dtype=agent_cfg.feature_dtype)
+        return tuple(FeatureCache.from_config(buffer, encode, self.cfg.agent, seed)
                      for buffer, seed in ((self.online, self.cfg.run.seed), (self.demo, self.cfg.run.seed + 1)))
 
     # ---- the on-disk logs --------------------------------------------------------------------------
