@@ -10,6 +10,8 @@ loaded machine slows down together with the arm.
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import time
 
 import numpy as np
@@ -187,6 +189,29 @@ def test_lost_connection_is_a_fault_not_a_crash_and_recover_reconnects():
                 settle_at(backend, target)
         finally:
             backend.close()
+
+
+def test_a_loop_that_stops_answering_is_a_fault_and_recover_replaces_it():
+    """A loop stuck in a call (here: stopped by SIGSTOP) neither publishes nor answers; recover() ends it and
+    connects a new one."""
+    host = unique_loopback().rsplit(".", 1)[0] + ".243"
+    with running_simulator(host), TorqueLoopBackend(LibfrankaConfig(hostname=host, gripper=False,
+                                                                    stale_after=STALE_AFTER)) as backend:
+        stuck = backend._process
+        os.kill(stuck.pid, signal.SIGSTOP)
+        try:
+            assert wait_for(lambda: backend.state().errors != [], 20.0)
+            assert "no new robot state" in backend.state().errors[0]
+            backend.recover()
+        finally:
+            if stuck.is_alive():
+                os.kill(stuck.pid, signal.SIGCONT)
+        assert not stuck.is_alive() and backend._process.pid != stuck.pid
+        state = backend.state()
+        assert state.errors == [] and state.controller_mode == "impedance"
+        target = state.tcp_pose.copy()
+        target[2] += 0.03
+        settle_at(backend, target)
 
 
 def test_a_host_without_a_robot_is_a_clear_error():

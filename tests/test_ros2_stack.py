@@ -149,6 +149,7 @@ def test_a_second_publisher_on_target_pose_is_a_fault_until_it_goes():
     with arm_and_backend(3) as (arm, backend):
         intruder = arm.node.create_publisher(PoseStamped, "target_pose", 10)
         assert wait_for(lambda: any("publishers on target_pose" in e for e in backend.state().errors), 20.0)
+        assert any("/franka_shaped_arm" in e for e in backend.state().errors), "the error names the other node"
         assert backend.state().controller_mode == "hold"
         with pytest.raises(RuntimeError, match="target_pose"):
             backend.recover()

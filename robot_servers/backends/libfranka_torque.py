@@ -603,10 +603,10 @@ class TorqueLoopBackend(Backend):
                     self._expect("recovered")
                     self._send("recover")
                     outcome = self._wait("recovered", 10.0)
-                    if outcome is not None:
+                    if outcome is not None:  # a lost link, or a loop stuck on it: a new loop, a new connection
                         log.warning("%s; reconnecting", outcome)
-                        self._process.join(timeout=5.0)
-                if not self._process.is_alive():  # a lost link or a dead loop: a new loop, a new connection
+                        self._end_loop()
+                if not self._process.is_alive():
                     self._conn.close()
                     self._listener.join(timeout=2.0)
                     self._start_loop()
@@ -618,6 +618,13 @@ class TorqueLoopBackend(Backend):
             self._hold_here()
             if self._gripper is not None:
                 self._gripper.error = None
+
+    def _end_loop(self) -> None:
+        """End a loop process that gave up on its link or no longer answers (stuck in a call on a dead link)."""
+        self._process.join(timeout=5.0)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(timeout=5.0)
 
     def hold(self) -> None:
         with self._lock:

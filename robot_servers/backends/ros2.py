@@ -190,15 +190,20 @@ class Ros2Backend(Backend):
                         self._fault(f"stale state: no {topic} for more than {1000 * self.config.stale_after:.0f} ms")
                     return
 
-    def competing_publishers(self) -> dict[str, int]:
-        """Command topics with publishers besides this backend (crisp then ignores every target)."""
-        counts = {t: self._node.count_publishers(t) for t in (self.config.target_pose_topic, self.config.target_joint_topic)}
-        return {topic: n for topic, n in counts.items() if n > 1}
+    def competing_publishers(self) -> dict[str, list[str]]:
+        """Command topics with publishers besides this backend (crisp then ignores every target): the
+        publishing nodes on each, this backend's own included."""
+        nodes = {}
+        for topic in (self.config.target_pose_topic, self.config.target_joint_topic):
+            publishers = self._node.get_publishers_info_by_topic(self._node.resolve_topic_name(topic))
+            if len(publishers) > 1:
+                nodes[topic] = sorted(f"{p.node_namespace.rstrip('/')}/{p.node_name}" for p in publishers)
+        return nodes
 
     def _check_faults(self) -> None:
-        for topic, n in self.competing_publishers().items():
-            self._fault(f"{n} publishers on {topic}: crisp_controllers ignores its targets while another node "
-                        "publishes there; stop the other publisher")
+        for topic, nodes in self.competing_publishers().items():
+            self._fault(f"{len(nodes)} publishers on {topic} (nodes {', '.join(nodes)}): crisp_controllers "
+                        "ignores its targets while another node publishes there; stop the other publisher")
         with self._lock:
             if self._mode != "impedance" or self._errors or self._pose.value is None or self._target is None:
                 self._following.reset()
@@ -393,7 +398,7 @@ class Ros2Backend(Backend):
             time.sleep(0.01)
         competing = self.competing_publishers()
         if competing:
-            raise RuntimeError(f"other publishers on {sorted(competing)}: crisp ignores targets until they stop")
+            raise RuntimeError(f"other publishers on {competing}: crisp ignores targets until they stop")
         with self._lock:
             self._errors.clear()
             self._mode = "impedance"
