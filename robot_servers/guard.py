@@ -7,7 +7,9 @@ twin rehearsal runs exactly the checks the real arm gets:
 - the task's safety box on targets (clip or reject) and on the measured pose (leaving it holds the
   arm and latches a safety stop until ``recover``);
 - the watchdog: no command for ``watchdog_timeout`` holds the current pose (real-time backends);
-- one motion at a time: while a joint reset runs, reads are served and every other command is refused.
+- one motion at a time: while a joint reset runs, reads are served and every other command is refused;
+- two arms served by one process (``ArmPair``): a target that would bring this arm's hand within the clearance of
+  the other arm's hand, where it is or where it was last sent, is held (clip) or refused (reject).
 
 A refused command raises a ``GuardError`` subclass and reaches no backend.
 """
@@ -17,15 +19,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 import uuid
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
 from robot_servers.backends.base import Backend, ImpedanceParams, RobotState, SimulatedBackend
-from robot_servers.control.safety import SafetyBox
+from robot_servers.control.pose import compose_pose
+from robot_servers.control.safety import HandClearance, SafetyBox
 from robot_servers.limits import (
     JOINT_RESET_DURATION,
     MAX_ADVANCE_S,
@@ -79,6 +83,49 @@ class NotSupported(GuardError, NotImplementedError):
     """The backend cannot do this (e.g. advance simulated time on a real arm)."""
 
 
+class ArmPair:
+    """Two arms whose guards keep their hands apart, with each arm's base pose (xyz + quat xyzw) in one shared
+    frame. Each arm's guard joins with ``GuardConfig(paired=pair.arm(name))``; a check reads the other arm's
+    backend directly, so it sees where that hand is now, not where it was at its last command."""
+
+    def __init__(self, bases: Mapping[str, Any], clearance: HandClearance = HandClearance()):
+        if len(bases) != 2:
+            raise ValueError(f"ArmPair: expected the base poses of two arms, got {sorted(bases)}")
+        self.bases = {name: _checked(validate_pose, pose, f"bases.{name}") for name, pose in bases.items()}
+        self.clearance = clearance
+        self.lock = threading.RLock()  # a check and the command it lets through, one arm at a time
+        self._backends: dict[str, Backend] = {}
+
+    def arm(self, name: str) -> "PairedArm":
+        if name not in self.bases:
+            raise ValueError(f"ArmPair: unknown arm {name!r}; the pair has {sorted(self.bases)}")
+        return PairedArm(self, name)
+
+    def attach(self, name: str, backend: Backend) -> None:
+        self._backends[name] = backend
+
+    def violation(self, name: str, target: np.ndarray) -> str | None:
+        """Why ``target`` (arm ``name``'s base frame) would bring the hands too close, or None."""
+        (other,) = set(self.bases) - {name}
+        other_backend = self._backends.get(other)
+        if other_backend is None:  # the other arm is not served yet
+            return None
+        theirs = other_backend.state()
+        mine = self._backends[name].state()
+        shared = lambda arm, pose: compose_pose(self.bases[arm], pose)  # noqa: E731
+        found = self.clearance.violation(shared(name, target), shared(name, mine.tcp_pose),
+                                         [shared(other, theirs.tcp_pose), shared(other, theirs.target_pose)])
+        return None if found is None else f"{found} from the {other} arm's hand"
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedArm:
+    """One arm of an ``ArmPair``, as its guard's config names it."""
+
+    pair: ArmPair
+    name: str
+
+
 @dataclasses.dataclass(frozen=True)
 class GuardConfig:
     """What the guard enforces. ``safety_box`` None: no box (the server warns about it)."""
@@ -91,6 +138,7 @@ class GuardConfig:
     measured_rotation_tolerance: float = 0.05
     watchdog_timeout: float | None = 0.5  # s without a command → hold; None disables
     monitor_hz: float = 100.0  # rate of the watchdog / measured-pose checks
+    paired: PairedArm | None = None  # the other arm this one keeps its hand away from (two arms in one process)
 
     def __post_init__(self):
         if self.on_violation not in ("clip", "reject"):
@@ -141,17 +189,22 @@ class RobotGuard:
         self.joint_resetting = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        if config.paired is not None:
+            config.paired.pair.attach(config.paired.name, backend)
 
     # -- commands
     def set_target(self, pose, gripper: float | None = None) -> tuple[np.ndarray, bool]:
-        """New impedance equilibrium; returns the target actually sent and whether the box clipped it."""
+        """New impedance equilibrium; returns the target actually sent and whether the box clipped it (or the
+        other arm's hand held it)."""
         pose = _checked(validate_pose, pose, "pose")
         width = None if gripper is None else _checked(validate_gripper, gripper, "gripper")
-        with self._exclusive():
+        paired = self.config.paired
+        with self._exclusive(), (contextlib.nullcontext() if paired is None else paired.pair.lock):
             self._require_no_stop()
             target, clipped = self._boxed(pose)
+            target, held = self._apart(target)
             self._call(self.backend.set_target, target, width)
-            return target, clipped
+            return target, clipped or held
 
     def set_gripper(self, width: float) -> float:
         width = _checked(validate_gripper, width, "width")
@@ -281,6 +334,8 @@ class RobotGuard:
             "ok": not errors,
             "backend": self.backend.name,
             "lockstep": self.lockstep,
+            # which simulation a lockstep twin advances: two arms of one world share it (advance it once per period)
+            "simulation": f"{os.getpid()}:{id(getattr(self.backend, 'world', self.backend))}" if self.lockstep else None,
             "session": self.session,
             "uptime_s": time.monotonic() - self.started,
             "errors": errors,
@@ -342,6 +397,16 @@ class RobotGuard:
         if self.config.on_violation == "reject":
             raise CommandRejected("pose", f"pose: target outside the safety box: {violation}")
         return box.clip(pose), True
+
+    def _apart(self, target: np.ndarray) -> tuple[np.ndarray, bool]:
+        """``target``, or (clip) the target the arm holds now when it would bring the hands too close."""
+        paired = self.config.paired
+        violation = None if paired is None else paired.pair.violation(paired.name, target)
+        if violation is None:
+            return target, False
+        if self.config.on_violation == "reject":
+            raise CommandRejected("pose", f"pose: {violation}")
+        return self.backend.state().target_pose, True
 
     def _check_measured(self, state: RobotState) -> None:
         box = self.config.safety_box

@@ -19,6 +19,7 @@ import time
 from typing import Any, Literal, Mapping, Optional
 
 import h11
+import numpy as np
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -55,6 +56,10 @@ class ServeConfig:
     check: bool = False  # connect, print the backend's pre-flight report (ros2: controller, rates, QoS, limits) and exit
     serl_api: bool = False  # also serve SERL's / HIL-SERL's Flask robot-server API under /serl/
     serl_api_flavor: Literal["serl", "hil-serl"] = "hil-serl"  # gripper_pos: metres (serl) or 1 = open (hil-serl)
+    arms: tuple[str, ...] = ()  # two arms in this process, e.g. left right: arm i on port + i, hands kept apart
+    arm_option: tuple[str, ...] = ()  # one arm's backend option as ARM:KEY=VALUE (e.g. left:namespace=left)
+    arm_base: tuple[str, ...] = ()  # ARM=x,y,z,yaw: where each real arm's base stands in one shared frame (m, rad)
+    clearance: Optional[float] = None  # m kept between the two hands (None: the task's, else HandClearance's)
     serl_api_without_token: bool = False  # with a token set: open /serl/ anyway (SERL's clients send none)
     max_body_bytes: int = MAX_BODY_BYTES  # a larger request body is refused with 413 before it is read
     timeout_keep_alive: float = 5.0  # s a connection may sit idle (before its first request or between requests)
@@ -69,6 +74,10 @@ class ServedTask:
     safety_box: SafetyBox | None = None
     cameras: tuple = ()  # the task's camera specs (name, size, crop, serial)
     twin: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # TwinConfig options: robot, scene, ...
+    # A two-arm task: each arm's safety box by name, in serving order; the twin's layout and the hands' clearance.
+    arms: Mapping[str, SafetyBox | None] = dataclasses.field(default_factory=dict)
+    layout: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # bimanual_twin options: layout, separation
+    clearance: float | None = None
 
 
 def backend_options(config: ServeConfig, task: ServedTask | None = None) -> dict[str, Any]:
@@ -159,12 +168,109 @@ def preflight_check(config: ServeConfig, task: ServedTask | None = None) -> int:
     return 1 if report["problems"] else 0
 
 
+@dataclasses.dataclass
+class ServedArm:
+    """One arm of a two-arm server: its app on its port, its backend and its cameras."""
+
+    name: str
+    port: int
+    app: FastAPI
+    backend: Backend
+    cameras: dict[str, Camera]
+
+    def close(self) -> None:
+        for camera in self.cameras.values():
+            camera.close()
+        self.backend.close()
+
+
+def _per_arm(items: tuple[str, ...], arms: tuple[str, ...], flag: str, separator: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {arm: [] for arm in arms}
+    for item in items:
+        arm, sep, rest = item.partition(separator)
+        if not sep or arm not in out:
+            raise ValueError(f"{flag} {item!r}: expected ARM{separator}... with ARM one of {list(arms)}")
+        out[arm].append(rest)
+    return out
+
+
+def _bases(config: ServeConfig, arms: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Each real arm's base pose from ``--arm-base ARM=x,y,z,yaw``."""
+    given = _per_arm(config.arm_base, arms, "--arm-base", "=")
+    bases = {}
+    for arm in arms:
+        if len(given[arm]) != 1:
+            raise ValueError(f"--arm-base: give {arm}=x,y,z,yaw once (where its base stands in one frame shared by "
+                             "both arms, m and rad): the guard keeps the hands apart in that frame")
+        try:
+            x, y, z, yaw = (float(v) for v in given[arm][0].split(","))
+        except ValueError:
+            raise ValueError(f"--arm-base {arm}={given[arm][0]}: expected four numbers x,y,z,yaw") from None
+        bases[arm] = np.array([x, y, z, 0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2)])
+    return bases
+
+
+def build_pair(config: ServeConfig, task: ServedTask | None = None) -> list[ServedArm]:
+    """Two arms in one process, arm i on ``config.port + i``, each behind its own guard (its own box) and both
+    guards in one ``ArmPair``: the twin's two arms in one world, or two real backends with per-arm options."""
+    from robot_servers.control.safety import HandClearance
+    from robot_servers.guard import ArmPair
+
+    arms = tuple(config.arms) or (tuple(task.arms) if task is not None else ())
+    if len(arms) != 2 or len(set(arms)) != 2:
+        raise ValueError(f"--arms: two different arm names, e.g. left right (got {list(arms)})")
+    if config.camera or config.serl_api:
+        raise ValueError("--camera and --serl-api serve one arm; a two-arm server renders the twin's cameras only")
+    boxes = {arm: (task.arms.get(arm) if task is not None and task.arms else None) for arm in arms}
+    options = backend_options(config, task)
+    if config.backend == "twin":
+        from robot_servers.backends.twin import TwinConfig, bimanual_twin
+
+        if config.arm_option or config.arm_base:
+            raise ValueError("--arm-option and --arm-base are for real arms; the twin places its arms by its layout")
+        layout = dict(task.layout) if task is not None else {}
+        backends = dict(zip(arms, bimanual_twin(TwinConfig(**options), **layout)))
+        bases = {arm: backend.base_pose for arm, backend in backends.items()}
+    else:
+        bases = _bases(config, arms)
+        per_arm = _per_arm(config.arm_option, arms, "--arm-option", ":")
+        backends = {}
+        try:
+            for arm in arms:
+                backends[arm] = make_backend(config.backend, **{**options, **parse_overrides(tuple(per_arm[arm]),
+                                                                                             "--arm-option")})
+        except BaseException:
+            for backend in backends.values():
+                backend.close()
+            raise
+    clearance = config.clearance if config.clearance is not None else (task.clearance if task is not None else None)
+    pair = ArmPair(bases, HandClearance() if clearance is None else HandClearance(clearance))
+    token = config.token or os.environ.get("SERL_ROBOT_TOKEN") or None
+    served = []
+    for index, arm in enumerate(arms):
+        backend = backends[arm]
+        cameras = backend.cameras()
+        if not backend.lockstep:
+            from robot_servers.cameras.threaded import threaded_cameras
+
+            cameras = threaded_cameras(cameras, max_fps=config.camera_fps, shared_thread=True)
+        server_config = ServerConfig(
+            safety_box=boxes[arm], on_violation=config.on_violation, measured_tolerance=config.measured_tolerance,
+            measured_rotation_tolerance=config.measured_rotation_tolerance, watchdog_timeout=config.watchdog_timeout,
+            token=token, max_body_bytes=config.max_body_bytes, paired=pair.arm(arm))
+        served.append(ServedArm(arm, config.port + index, create_app(backend, cameras, server_config), backend,
+                                cameras))
+    return served
+
+
 def serve(config: ServeConfig, task: ServedTask | None = None) -> None:
     """Run the robot server until interrupted; closes cameras and backend on the way out."""
     import uvicorn
 
     if config.check:
         sys.exit(preflight_check(config, task))
+    if config.arms or (task is not None and task.arms):
+        return serve_pair(config, task)
 
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = config.token or os.environ.get("SERL_ROBOT_TOKEN")
@@ -184,6 +290,30 @@ def serve(config: ServeConfig, task: ServedTask | None = None) -> None:
         for camera in cameras.values():
             camera.close()
         backend.close()
+
+
+def serve_pair(config: ServeConfig, task: ServedTask | None = None) -> None:
+    """Two arms until interrupted: the first arm's server on this thread, the second's beside it."""
+    import uvicorn
+
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = config.token or os.environ.get("SERL_ROBOT_TOKEN")
+    if config.host not in LOOPBACK and not token:
+        log.warning("binding %s WITHOUT a token: anyone on the network can move the robots. Pass --token.", config.host)
+    sys.setswitchinterval(0.001)
+    first, second = build_pair(config, task)
+    for arm in (first, second):
+        log.info("%s arm on http://%s:%d", arm.name, config.host, arm.port)
+    beside = ServerThread(second.app, config.host, second.port, log_level=config.log_level,
+                          timeout_keep_alive=config.timeout_keep_alive, timeout_request=config.timeout_request)
+    try:
+        beside.start()
+        uvicorn.run(first.app, host=config.host, port=first.port, log_level=config.log_level,
+                    **uvicorn_options(config.timeout_keep_alive, config.timeout_request))
+    finally:
+        beside.stop()
+        first.close()
+        second.close()
 
 
 class TimedH11Protocol(H11Protocol):

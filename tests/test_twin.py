@@ -316,7 +316,7 @@ def test_compiled_tick_loop_matches_the_python_loop():
     for compiled in (True, False):
         with TwinBackend(TwinConfig(scene="pick_cube", seed=4)) as backend:
             if not compiled:
-                backend._fast = None
+                backend.world.fast = None
             backend.set_target(backend.state().tcp_pose + np.r_[0.04, -0.03, -0.2, 0, 0, 0, 0], gripper=0.0)
             backend.advance(0.8)
             runs.append((backend.state(), backend.controller.tau.copy()))

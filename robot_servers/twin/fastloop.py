@@ -1,7 +1,7 @@
 """The twin's impedance tick loop compiled with numba, calling MuJoCo's C API directly.
 
 A Python loop costs ~20 µs per tick around a ~10 µs ``mj_step``; here the whole loop of
-``mj_step1`` → ``mj_jacSite`` → impedance law → gripper ramp → ``mj_step2`` runs without the
+``mj_step1`` → (per arm) ``mj_jacSite`` → impedance law → gripper ramp → ``mj_step2`` runs without the
 interpreter, calling MuJoCo's C functions by symbol name (numba external functions, so the machine
 code is cached on disk). The arrays passed in are views into MjData: MuJoCo and the law share memory.
 ``runner()`` is None when numba (sim extra) or the library is missing; the backend then runs the
@@ -46,20 +46,27 @@ if _AVAILABLE:
     _mj_jac_site = types.ExternalFunction("mj_jacSite", types.void(_ptr, _ptr, _ptr, _ptr, types.int32))
 
     @numba.njit(cache=True)
-    def run_impedance_ticks(n, model_ptr, data_ptr, site, jacp, jacr, tcp_pos, tcp_xmat, qpos, qvel, bias,
-                            gravcomp, ctrl, target, command, alpha, gains, q_ns, tau, force, gripper, gripper_ctrl):
-        """``n`` physics ticks with the impedance law tracking ``target`` (filtered towards ``command``
-        by ``alpha`` per tick); ``gripper`` = [goal, reference, max step] widths."""
+    def run_impedance_ticks(n, model_ptr, data_ptr, sites, jacp, jacr, jacp_arm, jacr_arm, tcp_pos, tcp_xmat, qpos,
+                            qvel, bias, gravcomp, ctrl, ctrl_all, target, command, alpha, gains, q_ns, tau, force,
+                            gripper, gripper_ctrl):
+        """``n`` physics ticks with every arm's impedance law tracking its ``target`` (filtered towards its
+        ``command`` by ``alpha`` per tick). One entry per arm in each tuple: views into MjData (``qpos`` … ``ctrl``:
+        the arm's 7 joints; ``jacp_arm``: its columns of ``jacp``) and into its law; ``gripper`` = [goal,
+        reference, max step] widths."""
+        arms = len(sites)
         for _ in range(n):
-            filter_target(target, command, alpha)
+            for a in range(arms):
+                filter_target(target[a], command[a], alpha[a])
             _mj_step1(model_ptr, data_ptr)
-            _mj_jac_site(model_ptr, data_ptr, jacp.ctypes.data, jacr.ctypes.data, site)
-            impedance_kernel(jacp, jacr, tcp_pos, tcp_xmat, qpos, qvel, bias, gravcomp, target, gains, q_ns,
-                             tau, force, ctrl)
-            diff = gripper[0] - gripper[1]  # ramp the finger reference at the hand's speed
-            if diff != 0.0:
-                gripper[1] += min(max(diff, -gripper[2]), gripper[2])
-                ctrl[gripper_ctrl] = 0.5 * gripper[1]
+            for a in range(arms):
+                _mj_jac_site(model_ptr, data_ptr, jacp[a].ctypes.data, jacr[a].ctypes.data, sites[a])
+                impedance_kernel(jacp_arm[a], jacr_arm[a], tcp_pos[a], tcp_xmat[a], qpos[a], qvel[a], bias[a],
+                                 gravcomp[a], target[a], gains[a], q_ns[a], tau[a], force[a], ctrl[a])
+                hand = gripper[a]
+                diff = hand[0] - hand[1]  # ramp the finger reference at the hand's speed
+                if diff != 0.0:
+                    hand[1] += min(max(diff, -hand[2]), hand[2])
+                    ctrl_all[gripper_ctrl[a]] = 0.5 * hand[1]
             _mj_step2(model_ptr, data_ptr)
 
     def _flush_if_kernel_changed() -> None:

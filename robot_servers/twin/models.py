@@ -15,6 +15,7 @@ robot without ``set_load``).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from robot_servers.franka import HOME_Q
 
@@ -121,40 +122,40 @@ REGION_RADIUS = 0.04  # m
 REGION_COLORS = {"A": "0.15 0.45 0.9 1", "B": "0.95 0.75 0.1 1"}
 
 
-def _link_xml(name: str, link: ArmLink, inner: str, capsule_class: str) -> str:
+def _link_xml(name: str, link: ArmLink, inner: str, prefix: str = "") -> str:
     capsules = "\n".join(
-        f'<geom class="{capsule_class}" type="capsule" fromto="{ft}" size="{r}"/>' for ft, r in LINK_CAPSULES[name]
+        f'<geom class="{prefix}robot" type="capsule" fromto="{ft}" size="{r}"/>' for ft, r in LINK_CAPSULES[name]
     )
     lo, hi = link.joint_range
     return f"""
-<body name="{name}" pos="{link.pos}" quat="{link.quat}" gravcomp="1">
+<body name="{prefix}{name}" pos="{link.pos}" quat="{link.quat}" gravcomp="1">
   <inertial mass="{link.mass}" pos="{link.com}" {link.inertia}/>
-  <joint name="joint{name[-1]}" axis="0 0 1" range="{lo} {hi}" armature="{link.armature}" damping="{link.damping}"/>
+  <joint name="{prefix}joint{name[-1]}" axis="0 0 1" range="{lo} {hi}" armature="{link.armature}" damping="{link.damping}"/>
   {capsules}
   {inner}
 </body>"""
 
 
-def _hand_xml(wrist_camera: str) -> str:
+def _hand_xml(prefix: str = "") -> str:
     finger_geom = (
-        'type="box" size="0.009 0.005 0.027" pos="0 0.005 0.027" class="finger_pad"'
+        f'type="box" size="0.009 0.005 0.027" pos="0 0.005 0.027" class="{prefix}finger_pad"'
     )
     return f"""
-<body name="hand" pos="0 0 0.107" quat="{HAND_QUAT}" gravcomp="1">
+<body name="{prefix}hand" pos="0 0 0.107" quat="{HAND_QUAT}" gravcomp="1">
   <inertial mass="{HAND_MASS}" pos="-0.01 0 0.03" diaginertia="0.001 0.0025 0.0017"/>
-  <geom class="robot" type="box" size="0.02 0.1 0.025" pos="0 0 0.03" material="hand"/>
-  <geom class="robot" type="cylinder" size="0.035 0.006" pos="0 0 0.004" material="dark"/>
-  <site name="tcp" pos="0 0 {TCP_OFFSET}" size="0.004" rgba="1 0 0 0.5" group="4"/>
-  {wrist_camera}
-  <body name="left_finger" pos="0 0 {FINGER_ORIGIN}" gravcomp="1">
+  <geom name="{prefix}hand" class="{prefix}robot" type="box" size="0.02 0.1 0.025" pos="0 0 0.03" material="hand"/>
+  <geom class="{prefix}robot" type="cylinder" size="0.035 0.006" pos="0 0 0.004" material="dark"/>
+  <site name="{prefix}tcp" pos="0 0 {TCP_OFFSET}" size="0.004" rgba="1 0 0 0.5" group="4"/>
+  {WRIST_CAMERA.format(prefix=prefix)}
+  <body name="{prefix}left_finger" pos="0 0 {FINGER_ORIGIN}" gravcomp="1">
     <inertial mass="{FINGER_MASS}" pos="0 0.005 0.027" diaginertia="2.375e-6 2.375e-6 7.5e-7"/>
-    <joint name="finger_joint1" type="slide" axis="0 1 0" range="0 0.04" armature="0.002" damping="2"/>
-    <geom name="left_pad" {finger_geom}/>
+    <joint name="{prefix}finger_joint1" type="slide" axis="0 1 0" range="0 0.04" armature="0.002" damping="2"/>
+    <geom name="{prefix}left_pad" {finger_geom}/>
   </body>
-  <body name="right_finger" pos="0 0 {FINGER_ORIGIN}" quat="0 0 0 1" gravcomp="1">
+  <body name="{prefix}right_finger" pos="0 0 {FINGER_ORIGIN}" quat="0 0 0 1" gravcomp="1">
     <inertial mass="{FINGER_MASS}" pos="0 0.005 0.027" diaginertia="2.375e-6 2.375e-6 7.5e-7"/>
-    <joint name="finger_joint2" type="slide" axis="0 1 0" range="0 0.04" armature="0.002" damping="2"/>
-    <geom name="right_pad" {finger_geom}/>
+    <joint name="{prefix}finger_joint2" type="slide" axis="0 1 0" range="0 0.04" armature="0.002" damping="2"/>
+    <geom name="{prefix}right_pad" {finger_geom}/>
   </body>
 </body>"""
 
@@ -203,37 +204,145 @@ def _scene_xml(scene: str) -> str:
   <freejoint name="peg"/>
   <geom name="peg" class="object" type="box" size="{PEG_HALF} {PEG_HALF} {PEG_HALF_LENGTH}" mass="0.05" material="peg"/>
 </body>"""
+    if scene == "handover":
+        hx, hy, hz = BAR_HALF
+        return f"""
+<body name="bar" pos="{BAR_START[0]} {BAR_START[1]} {TABLE_TOP + hz}">
+  <freejoint name="bar"/>
+  <geom name="bar" class="object" type="box" size="{hx} {hy} {hz}" mass="0.08" material="cube"/>
+</body>
+<site name="handover_goal" pos="{HANDOVER_GOAL[0]} {HANDOVER_GOAL[1]} {HANDOVER_GOAL[2]}" size="0.01" rgba="0.2 0.8 0.2 0.4" group="4"/>"""
     raise ValueError(f"scene: unknown scene {scene!r}; choose one of {SCENES}")
 
 
-SCENES = ("empty", "pick_cube", "peg_insertion", "relocate")
+BIMANUAL_SCENES = ("handover",)
+SCENES = ("empty", "pick_cube", "peg_insertion", "relocate", *BIMANUAL_SCENES)
+# Handover (two arms facing each other along x, world frame midway between the bases): a bar lies along x on the
+# left arm's side (y < 0); each hand takes the end nearer its own base, so the wrists stay on the outside
+# (hands 12 cm apart: 3 cm of air between the 9 cm wide wrists above them).
+BAR_HALF = (0.1, 0.0125, 0.0125)  # m: 20 cm long, 2.5 cm square
+BAR_START = (0.0, -0.15)  # xy of the bar's centre before noise
+HANDOVER_GOAL = (0.0, 0.15, 0.15)  # where the right hand brings the bar's centre
 
 # Wrist: beside the hand, looking past the fingertips (as a wrist-mounted RealSense D405).
-WRIST_CAMERA = '<camera name="wrist" pos="-0.07 0 0.06" xyaxes="0 -1 0 -0.753 0 0.659" fovy="70"/>'
+WRIST_CAMERA = '<camera name="{prefix}wrist" pos="-0.07 0 0.06" xyaxes="0 -1 0 -0.753 0 0.659" fovy="70"/>'
+# Two arms: further back and higher, both arms' workspaces in view; facing arms are seen from the side.
+SIDE_BY_SIDE_FRONT_CAMERA = '<camera name="front" pos="1.6 0 0.8" xyaxes="0 1 0 -0.4 0 0.9" fovy="55"/>'
+FACING_FRONT_CAMERA = '<camera name="front" pos="0 -1.4 0.8" xyaxes="1 0 0 0 0.4 0.9" fovy="55"/>'
 # Front: facing the robot across the table, aimed at (0.45, 0, 0.25): table and the hand at home in view.
 FRONT_CAMERA = '<camera name="front" pos="1.35 0 0.55" xyaxes="0 1 0 -0.3 0 0.9" fovy="50"/>'
 
 
-def build_mjcf(robot: str = "panda", scene: str = "pick_cube", timestep: float = 0.001,
-               offscreen_size: tuple[int, int] = (640, 480)) -> str:
-    """The full MJCF string: arm + hand + table + scene objects + cameras + actuators."""
-    if robot not in ROBOTS:
-        raise ValueError(f"robot: unknown robot {robot!r}; choose one of {sorted(ROBOTS)}")
-    links = ROBOTS[robot]
-    body = _hand_xml(WRIST_CAMERA)
+@dataclasses.dataclass(frozen=True)
+class ArmMount:
+    """Where one arm stands in the world: its names' prefix, its base position on the table and its yaw."""
+
+    prefix: str = ""
+    pos: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    yaw: float = 0.0
+
+    @property
+    def quat_xyzw(self) -> tuple[float, float, float, float]:
+        return (0.0, 0.0, math.sin(self.yaw / 2), math.cos(self.yaw / 2))
+
+
+SINGLE_ARM = (ArmMount(),)
+LAYOUTS = ("side_by_side", "facing")
+BIMANUAL_SEPARATION = 1.0  # m between the two bases
+
+
+def bimanual_mounts(layout: str = "side_by_side", separation: float = BIMANUAL_SEPARATION) -> tuple[ArmMount, ArmMount]:
+    """The left and right arms' mounts, the world origin midway between their bases.
+
+    ``side_by_side``: both face +x, the left arm at +y (as HIL-SERL's two-Franka cell); ``facing``: across the
+    table from each other along x, the left arm at −x facing +x.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: unknown layout {layout!r}; choose one of {LAYOUTS}")
+    if not 0.3 <= separation <= 1.6:
+        raise ValueError(f"separation: expected 0.3..1.6 m between the bases, got {separation}")
+    half = separation / 2
+    if layout == "side_by_side":
+        return ArmMount("left/", (0.0, half, 0.0)), ArmMount("right/", (0.0, -half, 0.0))
+    return ArmMount("left/", (-half, 0.0, 0.0)), ArmMount("right/", (half, 0.0, 0.0), math.pi)
+
+
+def _arm_xml(links: tuple[ArmLink, ...], mount: ArmMount) -> str:
+    body = _hand_xml(mount.prefix)
     for index in range(7, 0, -1):
-        body = _link_xml(f"link{index}", links[index - 1], body, "robot")
-    capsules0 = "\n".join(f'<geom class="robot" type="capsule" fromto="{ft}" size="{r}"/>' for ft, r in LINK_CAPSULES["link0"])
-    motors = "\n".join(
-        f'<motor name="motor{i + 1}" joint="joint{i + 1}" ctrlrange="{-link.torque_limit} {link.torque_limit}"/>'
+        body = _link_xml(f"link{index}", links[index - 1], body, mount.prefix)
+    capsules0 = "\n".join(f'<geom class="{mount.prefix}robot" type="capsule" fromto="{ft}" size="{r}"/>'
+                          for ft, r in LINK_CAPSULES["link0"])
+    x, y, z = mount.pos
+    return f"""
+    <body name="{mount.prefix}link0" pos="{x} {y} {z}" euler="0 0 {mount.yaw}">
+      <inertial mass="0.629769" pos="-0.041018 -0.00014 0.049974" diaginertia="0.00315 0.00388 0.004285"/>
+      {capsules0}
+      {body}
+    </body>"""
+
+
+def _arm_parts(links: tuple[ArmLink, ...], mount: ArmMount) -> tuple[str, str, str, str]:
+    """(contact excludes, tendon, equality, actuators) of one arm."""
+    p = mount.prefix
+    contact = f'<exclude body1="{p}link0" body2="{p}link1"/>\n    <exclude body1="{p}hand" body2="{p}link7"/>'
+    tendon = (f'<fixed name="{p}split"><joint joint="{p}finger_joint1" coef="0.5"/>'
+              f'<joint joint="{p}finger_joint2" coef="0.5"/></fixed>')
+    equality = (f'<joint joint1="{p}finger_joint1" joint2="{p}finger_joint2" solimp="0.95 0.99 0.001" '
+                'solref="0.005 1"/>')
+    motors = "\n    ".join(
+        f'<motor name="{p}motor{i + 1}" joint="{p}joint{i + 1}" ctrlrange="{-link.torque_limit} {link.torque_limit}"/>'
         for i, link in enumerate(links)
     )
     # Gripper: position servo on the mean finger opening (half the width), force-limited.
     kp, kv = 5000.0, 40.0
+    gripper = (f'<general name="{p}gripper" tendon="{p}split" ctrlrange="0 0.04" gainprm="{kp}" biastype="affine" '
+               f'biasprm="0 {-kp} {-kv}" forcerange="{-2 * GRIPPER_FORCE} {2 * GRIPPER_FORCE}"/>')
+    return contact, tendon, equality, f"{motors}\n    {gripper}"
+
+
+def _arm_classes(mounts: tuple[ArmMount, ...]) -> str:
+    """Each arm's geom classes. One arm never collides with itself (its capsules overlap at the joints); two arms
+    collide with each other: arm k has contype bit k+1 and, with another arm, that arm's bit as conaffinity."""
+    classes = []
+    for k, mount in enumerate(mounts):
+        contype = 2 << k
+        conaffinity = sum(2 << j for j in range(len(mounts)) if j != k)
+        classes.append(f"""
+    <default class="{mount.prefix}robot">
+      <geom contype="{contype}" conaffinity="{conaffinity}" material="arm" density="0"/>
+    </default>
+    <default class="{mount.prefix}finger_pad">
+      <geom contype="{contype}" conaffinity="{conaffinity}" material="dark" friction="1.5 0.01 0.001" condim="4" density="0"/>
+    </default>""")
+    return "".join(classes)
+
+
+def build_mjcf(robot: str = "panda", scene: str = "pick_cube", timestep: float = 0.001,
+               offscreen_size: tuple[int, int] = (640, 480), mounts: tuple[ArmMount, ...] = SINGLE_ARM) -> str:
+    """The full MJCF string: arms + hands + table + scene objects + cameras + actuators (arm after arm)."""
+    if robot not in ROBOTS:
+        raise ValueError(f"robot: unknown robot {robot!r}; choose one of {sorted(ROBOTS)}")
+    if scene in BIMANUAL_SCENES and len(mounts) != 2:
+        raise ValueError(f"scene: {scene!r} needs two arms (bimanual_twin)")
+    links = ROBOTS[robot]
+    parts = [_arm_parts(links, mount) for mount in mounts]
+    contacts, tendons, equalities, actuators = ("\n    ".join(column) for column in zip(*parts))
+    arms = "".join(_arm_xml(links, mount) for mount in mounts)
+    everything = sum(2 << k for k in range(len(mounts))) | 1  # objects and the table touch every arm
+    if len(mounts) == 1:
+        table_x, table_half, front = 0.45, 0.6, FRONT_CAMERA
+    elif all(mount.yaw == 0.0 for mount in mounts):  # side by side
+        table_x, table_half, front = 0.35, 0.75, SIDE_BY_SIDE_FRONT_CAMERA
+    else:
+        table_x, table_half, front = 0.0, 0.8, FACING_FRONT_CAMERA
+    # A bar held by one end pivots about the finger axis, against friction alone: harder friction cones (MuJoCo's
+    # advice for grasping) keep it from creeping round in the hand.
+    grip = ' impratio="10"' if scene in BIMANUAL_SCENES else ""
     return f"""
 <mujoco model="{robot}_{scene}">
   <compiler angle="radian" autolimits="true"/>
-  <option timestep="{timestep}" integrator="implicitfast" iterations="20" ls_iterations="8"/>
+  <option timestep="{timestep}" integrator="implicitfast" iterations="20" ls_iterations="8"{grip}/>
   <visual>
     <quality shadowsize="0" offsamples="0"/>
     <global offwidth="{offscreen_size[0]}" offheight="{offscreen_size[1]}"/>
@@ -242,17 +351,12 @@ def build_mjcf(robot: str = "panda", scene: str = "pick_cube", timestep: float =
   <default>
     <geom solref="0.005 1"/>
     <joint solreflimit="0.004 1"/>  <!-- stiff end stops: < 2 mrad overshoot at full joint torque -->
-    <default class="robot">
-      <geom contype="2" conaffinity="0" material="arm" density="0"/>
-    </default>
-    <default class="finger_pad">
-      <geom contype="2" conaffinity="0" material="dark" friction="1.5 0.01 0.001" condim="4" density="0"/>
-    </default>
+    {_arm_classes(mounts)}
     <default class="object">
-      <geom contype="1" conaffinity="3" friction="1 0.01 0.001" condim="4"/>
+      <geom contype="1" conaffinity="{everything}" friction="1 0.01 0.001" condim="4"/>
     </default>
     <default class="fixture">
-      <geom contype="1" conaffinity="3" material="fixture" friction="0.3 0.005 0.0001"/>
+      <geom contype="1" conaffinity="{everything}" material="fixture" friction="0.3 0.005 0.0001"/>
     </default>
   </default>
   <asset>
@@ -268,29 +372,22 @@ def build_mjcf(robot: str = "panda", scene: str = "pick_cube", timestep: float =
   <worldbody>
     <light name="top" pos="0.4 0 1.5" dir="0 0 -1" directional="true" castshadow="false" diffuse="0.5 0.5 0.5"/>
     <geom name="floor" type="plane" size="3 3 0.1" pos="0 0 -0.75" rgba="0.45 0.45 0.47 1" contype="0" conaffinity="0"/>
-    <geom name="table" type="box" size="0.6 0.6 0.02" pos="0.45 0 {TABLE_TOP - 0.02}" material="table" contype="1" conaffinity="3"/>
-    {FRONT_CAMERA}
-    <body name="link0">
-      <inertial mass="0.629769" pos="-0.041018 -0.00014 0.049974" diaginertia="0.00315 0.00388 0.004285"/>
-      {capsules0}
-      {body}
-    </body>
+    <geom name="table" type="box" size="{table_half} {table_half} 0.02" pos="{table_x} 0 {TABLE_TOP - 0.02}" material="table" contype="1" conaffinity="{everything}"/>
+    {front}
+    {arms}
     {_scene_xml(scene)}
   </worldbody>
   <contact>
-    <exclude body1="link0" body2="link1"/>
-    <exclude body1="hand" body2="link7"/>
+    {contacts}
   </contact>
   <tendon>
-    <fixed name="split"><joint joint="finger_joint1" coef="0.5"/><joint joint="finger_joint2" coef="0.5"/></fixed>
+    {tendons}
   </tendon>
   <equality>
-    <joint joint1="finger_joint1" joint2="finger_joint2" solimp="0.95 0.99 0.001" solref="0.005 1"/>
+    {equalities}
   </equality>
   <actuator>
-    {motors}
-    <general name="gripper" tendon="split" ctrlrange="0 0.04" gainprm="{kp}" biastype="affine"
-             biasprm="0 {-kp} {-kv}" forcerange="{-2 * GRIPPER_FORCE} {2 * GRIPPER_FORCE}"/>
+    {actuators}
   </actuator>
 </mujoco>
 """

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from serl.agents.checkpoint import Checkpointer
-from serl.envs.franka_env import franka_env_under
+from serl.envs.dual_franka_env import robot_env_under
 from serl.runtime import enable_compilation_cache
 from serl.runtime.config import EvalConfig, LearnerConfig, from_dict
 from serl.runtime.envs import build_env, observation_example
@@ -40,10 +40,10 @@ def evaluate_policy(agent, env, episodes: int, seed: int) -> dict:
                 obs, reward, terminated, truncated, info = env.step(action)
             except RuntimeError as err:
                 faults.append(str(err))
-                base = franka_env_under(env)
+                base = robot_env_under(env)
                 if base is None:
                     raise
-                base.client.recover()
+                base.recover()
                 break
             total += float(reward)
             success |= bool(info.get("succeed", False))

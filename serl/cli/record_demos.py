@@ -38,6 +38,7 @@ import tyro
 from robot_servers.clock import PeriodicClock
 from serl.data.episodes import EpisodeRecorder, EpisodeWriter, episode_count
 from serl.devices.keyboard import TerminalKeyboard, TerminalKeyReader
+from serl.envs.dual_franka_env import DualFrankaEnv, robot_env_under
 from serl.envs.franka_env import franka_env_under
 from serl.envs.intervention import InterventionWrapper
 from serl.runtime.env_config import EnvConfig
@@ -137,16 +138,16 @@ def recording_env(cfg: RecordDemosConfig, hub=None, robot=None) -> InterventionW
     stored = ObservationWrappers(relative_frame=cfg.relative_frame, euler=cfg.euler, flat=False)
     env = build_env(env_cfg, seed=cfg.seed, teleop=cfg.teleop, teleop_options=options, observations=stored,
                     robot=robot)
-    if franka_env_under(env) is None:
+    if robot_env_under(env) is None:
         env.close()
-        raise ValueError(f"task: record-demos records FrankaEnv tasks, got {cfg.task!r}")
+        raise ValueError(f"task: record-demos records robot tasks (one arm or two), got {cfg.task!r}")
     assert isinstance(env, InterventionWrapper)  # build_env puts the teleop device outermost
     return env
 
 
 def file_config(cfg: RecordDemosConfig, env: gym.Env) -> dict[str, Any]:
     """The file's ``config`` attribute: how it was recorded and the stored observation and action layout."""
-    base = franka_env_under(env)
+    base = robot_env_under(env)
     task = base.task
     state_space = env.observation_space["state"]
     order = [k for k in base.state_order if k in state_space.spaces]
@@ -234,16 +235,20 @@ def _render(progress: Progress, cfg: RecordDemosConfig):
 
 def _status(env: gym.Env) -> dict[str, str]:
     """What a person needs to steer without seeing the twin: gripper and object positions."""
-    base = franka_env_under(env)
-    state = base.state
-    if state is None:
-        return {}
-    tcp = np.asarray(state.tcp_pose[:3])
-    out = {"tcp xyz": np.array2string(tcp, precision=3, suppress_small=True),
-           "gripper width": f"{state.gripper_width * 1000:.1f} mm"}
-    with contextlib.suppress(NotImplementedError, AttributeError, OSError):
-        for name, pose in base.client.scene().items():
-            out[f"{name} − tcp"] = np.array2string(np.asarray(pose[:3]) - tcp, precision=3, suppress_small=True)
+    base = robot_env_under(env)
+    arms = base.arms if isinstance(base, DualFrankaEnv) else {"": base}
+    out = {}
+    for arm, arm_env in arms.items():
+        state, label = arm_env.state, f"{arm} " if arm else ""
+        if state is None:
+            continue
+        tcp = np.asarray(state.tcp_pose[:3])
+        out[f"{label}tcp xyz"] = np.array2string(tcp, precision=3, suppress_small=True)
+        out[f"{label}gripper width"] = f"{state.gripper_width * 1000:.1f} mm"
+        with contextlib.suppress(NotImplementedError, AttributeError, OSError):
+            for name, pose in arm_env.client.scene().items():
+                out[f"{label}{name} − tcp"] = np.array2string(np.asarray(pose[:3]) - tcp, precision=3,
+                                                              suppress_small=True)
     return out
 
 
@@ -282,7 +287,7 @@ def record_demos(cfg: RecordDemosConfig) -> None:
     recorder = EpisodeRecorder(task=cfg.task, source="scripted" if cfg.teleop == "scripted" else "teleop")
     controls = Controls(cfg.teleop, teleop, console)
     realtime = cfg.teleop != "scripted" if cfg.realtime is None else cfg.realtime
-    period = 1.0 / franka_env_under(env).task.control_hz
+    period = 1.0 / robot_env_under(env).task.control_hz
     max_attempts = cfg.max_episodes or (3 * cfg.n if cfg.teleop == "scripted" else 0)
     kept_names: list[str] = []
     total_steps = 0

@@ -23,12 +23,18 @@ class ServeCommand(ServeConfig):
 
 
 def served_task(name: str, task_module: str | None = None) -> ServedTask:
-    """What the robot server needs to know of task ``name``."""
+    """What the robot server needs to know of task ``name`` (one arm, or a two-arm task's both)."""
+    from serl.envs.bimanual import get_bimanual_task, is_bimanual
     from serl.envs.tasks import get_task, twin_options
     from serl.runtime.envs import import_task_module
 
     if task_module:
         import_task_module(task_module)
+    if is_bimanual(name):
+        pair = get_bimanual_task(name)
+        return ServedTask(name=pair.name, twin=twin_options(pair.left),
+                          arms={"left": pair.left.safety_box, "right": pair.right.safety_box},
+                          layout={"layout": pair.layout, "separation": pair.separation}, clearance=pair.clearance)
     task = get_task(name)
     return ServedTask(name=task.name, safety_box=task.safety_box, cameras=task.cameras, twin=twin_options(task))
 

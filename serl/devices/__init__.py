@@ -33,7 +33,22 @@ __all__ = [
 
 def make_teleop(kind: str, env: Any = None, config: TeleopConfig | None = None, **options) -> Teleop:
     """Open a teleop device by name: "keyboard", "spacemouse", "gamepad", "scripted" (needs ``env``) or "browser"
-    (the training console's page; needs ``hub``, its ``ConsoleHub``)."""
+    (the training console's page; needs ``hub``, its ``ConsoleHub``).
+
+    On a two-arm env a person's device drives one arm at a time (``TwoArmTeleop``, tab switches); a SpaceMouse per
+    arm, as HIL-SERL drives two arms, with ``arm_paths=(left_hid_path, right_hid_path)``."""
+    from serl.envs.dual_franka_env import DualFrankaEnv
+
+    if kind not in ("scripted", "browser") and env is not None and isinstance(env.unwrapped, DualFrankaEnv):
+        from serl.devices.two_arms import TwoArmTeleop
+
+        paths = options.pop("arm_paths", None)
+        if paths is not None:
+            if kind != "spacemouse" or len(paths) != 2:
+                raise ValueError("arm_paths: two SpaceMouse HID paths, one per arm (teleop 'spacemouse')")
+            return TwoArmTeleop(env, {arm: make_teleop(kind, config=config, path=path, **options)
+                                      for arm, path in zip(env.unwrapped.arms, paths)})
+        return TwoArmTeleop(env, make_teleop(kind, config=config, **options))
     # a device's module loads only when that device is opened (the scripted expert's brings the env stack)
     extra = {} if config is None else {"config": config}
     if kind == "keyboard":
@@ -51,9 +66,11 @@ def make_teleop(kind: str, env: Any = None, config: TeleopConfig | None = None, 
     if kind == "scripted":
         if env is None:
             raise ValueError("teleop 'scripted' needs the env it drives (make_teleop('scripted', env=env))")
-        from serl.devices.scripted import ExpertConfig, ScriptedExpert
+        from serl.devices.scripted import ExpertConfig, HandoverExpert, ScriptedExpert
+        from serl.envs.dual_franka_env import DualFrankaEnv
 
-        return ScriptedExpert(env, ExpertConfig(**options))
+        expert = HandoverExpert if isinstance(env.unwrapped, DualFrankaEnv) else ScriptedExpert
+        return expert(env, ExpertConfig(**options))
     if kind == "browser":
         if options.get("hub") is None:
             raise ValueError("teleop 'browser' needs the console's hub (make_teleop('browser', hub=hub))")

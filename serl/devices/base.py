@@ -3,6 +3,7 @@
 A command is a 6-D twist in [-1, 1] (translation xyz, rotation xyz, in the env's action frame
 after the configured axis mapping), an optional gripper command, the device's named buttons,
 and ``active``: whether a person is giving input now (the intervention wrapper takes over then).
+A device that knows the env's whole action (a two-arm scripted expert) gives it as ``action`` instead.
 """
 
 from __future__ import annotations
@@ -29,8 +30,15 @@ class TeleopCommand:
     buttons: Mapping[str, bool] = dataclasses.field(default_factory=dict)
     active: bool = False
     timestamp: float = 0.0
+    # The whole env action, from a device that gives one (the scripted expert of a two-arm task); taken as is.
+    action: np.ndarray | None = None
 
     def __post_init__(self):
+        if self.action is not None:
+            action = np.asarray(self.action, dtype=np.float64).reshape(-1)
+            if not np.all(np.isfinite(action)):
+                raise ValueError("TeleopCommand.action: contains NaN or inf")
+            object.__setattr__(self, "action", action)
         twist = np.asarray(self.twist, dtype=np.float64).reshape(-1)
         if twist.shape != (6,):
             raise ValueError(f"TeleopCommand.twist: expected 6 values, got shape {twist.shape}")

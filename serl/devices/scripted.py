@@ -11,6 +11,8 @@ demos are not all identical. Used by ``serl record-demos --teleop scripted`` and
 - ``PandaPegInsertion``: peg tip above the hole (yaw aligned) → down into the hole.
 - ``PandaRelocateFw`` / ``PandaRelocateBw`` (scene ``relocate``): grasp as for the pick → lift → carry above the
   goal region (the reward's ``goal_xy``) → lower until the cube rests on the table → open.
+- ``PandaHandover`` (two arms, ``HandoverExpert``): the left hand brings the bar to the middle, the right hand
+  takes it and carries it to the goal.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import numpy as np
 
 from robot_servers.control.pose import (
     DOWN_QUAT,
+    compose_pose,
     euler_to_quat,
     orientation_error,
     quat_conjugate,
     quat_multiply,
     quat_to_euler,
+    rotate,
 )
-from robot_servers.twin.models import CUBE_HALF, HOLE_DEPTH, TABLE_TOP  # geometry only; does not import mujoco
+from robot_servers.twin.models import CUBE_HALF, HANDOVER_GOAL, HOLE_DEPTH, TABLE_TOP  # geometry only; does not import mujoco
 from serl.devices.base import Teleop, TeleopCommand
 from serl.envs.franka_env import franka_env_under
 from serl.envs.rewards import peg_tip
@@ -192,3 +196,118 @@ class ScriptedExpert(Teleop):
         if self.task.gripper_mode == "none":
             gripper = None
         return TeleopCommand(twist, gripper, {"phase_" + self.phase: True}, active=True, timestamp=0.0)
+
+
+class HandoverExpert(Teleop):
+    """Solves ``PandaHandover`` from ground truth, both arms at once (its commands carry the whole 8-value action).
+
+    Left: above its end of the bar → down → close → carry to the middle. Right: above its end → down → close.
+    Then the left opens and rises while the right carries the bar to the goal. Waypoints are in the world frame
+    of the twin layout (``BimanualTask.bases``), each arm's motion turned into its own base frame.
+    """
+
+    def __init__(self, env: gym.Env, config: ExpertConfig = ExpertConfig()):
+        from serl.envs.bimanual import GRASP_OFFSET, HANDOVER_Y
+        from serl.envs.dual_franka_env import robot_env_under
+
+        base = robot_env_under(env)
+        if base is None or getattr(base.task, "scene", None) != "handover":
+            raise ValueError("HandoverExpert needs the DualFrankaEnv of a handover task under the wrappers")
+        self.base, self.task = base, base.task
+        self.bases = self.task.bases()
+        self.grasp_offset, self.handover_y = GRASP_OFFSET, HANDOVER_Y
+        self.goal = np.asarray(getattr(base.reward_fn, "goal", HANDOVER_GOAL), dtype=np.float64)
+        self.expert_config = config
+        self.rng = np.random.default_rng(config.seed)
+        self.reset()
+
+    def reset(self) -> None:
+        self.phase = "left_approach"
+        self.phase_steps = 0
+        self.handover: np.ndarray | None = None
+        self.right_wait: np.ndarray | None = None
+
+    def _enter(self, phase: str) -> None:
+        self.phase = phase
+        self.phase_steps = 0
+
+    def _world(self, arm: str, point) -> np.ndarray:
+        return compose_pose(self.bases[arm], np.r_[point[:3], 0.0, 0.0, 0.0, 1.0])[:3]
+
+    def _plan(self, hands: dict, bar: np.ndarray) -> dict[str, tuple[np.ndarray, str | None]]:
+        """Each arm's (world target, gripper) for the current phase; advances the phase."""
+        g, above = self.grasp_offset, self.expert_config.approach_height
+        left_grasp, right_grasp = bar - [g, 0.0, 0.0], bar + [g, 0.0, 0.0]
+        left, right = hands["left"], hands["right"]
+        grasp_steps = self.expert_config.grasp_steps + 4  # the hand closes 5.5 cm onto the 2.5 cm bar
+        if self.phase in ("carry", "right_approach") and self.handover is None:  # fixed once the carry starts
+            self.handover = np.array([left[0], self.handover_y + (left[1] - bar[1]), self.goal[2] - 0.03])
+        handover = self.handover
+        right_wait = self.right_wait if self.right_wait is not None else right.copy()
+        self.right_wait = right_wait
+        phase, steps = self.phase, self.phase_steps
+        if phase == "left_approach":
+            target = left_grasp + [0.0, 0.0, above]
+            if np.linalg.norm(left[:2] - target[:2]) < 0.006 and abs(left[2] - target[2]) < 0.02:
+                self._enter("left_descend")
+            return {"left": (target, "open"), "right": (right_wait, None)}
+        if phase == "left_descend":
+            if np.linalg.norm(left[:2] - left_grasp[:2]) > 0.015:
+                self._enter("left_approach")
+            elif left[2] - bar[2] < 0.008:
+                self._enter("left_grasp")
+            return {"left": (left_grasp - [0.0, 0.0, 0.004], "open"), "right": (right_wait, None)}
+        if phase == "left_grasp":
+            if steps >= grasp_steps:
+                self._enter("carry")
+            return {"left": (left_grasp - [0.0, 0.0, 0.004], "close"), "right": (right_wait, None)}
+        if phase == "carry":
+            if left[2] - bar[2] > 0.03:  # slipped out
+                self._enter("left_approach")
+            elif abs(bar[1] - self.handover_y) < 0.01 and abs(handover[2] - left[2]) < 0.015:
+                self._enter("right_approach")
+            return {"left": (handover, "close"), "right": (right_wait, None)}
+        if phase in ("right_approach", "right_descend", "right_grasp"):
+            held = (handover, "close")
+            if phase == "right_approach":
+                target = right_grasp + [0.0, 0.0, above]
+                if np.linalg.norm(right[:2] - target[:2]) < 0.006 and abs(right[2] - target[2]) < 0.02:
+                    self._enter("right_descend")
+                return {"left": held, "right": (target, "open")}
+            if phase == "right_descend":
+                if np.linalg.norm(right[:2] - right_grasp[:2]) > 0.015:
+                    self._enter("right_approach")
+                elif right[2] - bar[2] < 0.008:
+                    self._enter("right_grasp")
+                return {"left": held, "right": (right_grasp - [0.0, 0.0, 0.004], "open")}
+            if steps >= grasp_steps:
+                self._enter("release")
+            return {"left": held, "right": (right_grasp - [0.0, 0.0, 0.004], "close")}
+        if phase == "release":
+            if steps >= self.expert_config.grasp_steps:
+                self._enter("deliver")
+            return {"left": (left, "open"), "right": (right, "close")}
+        # deliver: the left rises out of the way, the right carries its end of the bar to the goal
+        if right[2] - bar[2] > 0.03:
+            self._enter("right_approach")
+        away = left + [0.0, 0.0, 0.08]
+        return {"left": (away, "open"), "right": (self.goal + [g, 0.0, 0.0], "close")}
+
+    def read(self) -> TeleopCommand:
+        base = self.base
+        states = {arm: env.state if env.state is not None else env.read_state() for arm, env in base.arms.items()}
+        hands = {arm: self._world(arm, state.tcp_pose) for arm, state in states.items()}
+        bar = self._world("left", base.arms["left"].client.scene()["bar"])
+        plan = self._plan(hands, bar)
+        self.phase_steps += 1
+        cfg = self.expert_config
+        action = []
+        for arm, env in base.arms.items():
+            target, gripper = plan[arm]
+            inverse = quat_conjugate(self.bases[arm][3:])
+            motion = rotate(inverse, target - hands[arm]) / env.task.action_scale[0] * cfg.gain
+            if cfg.noise > 0:
+                motion = motion + self.rng.normal(0.0, cfg.noise, 3)
+            action += [*np.clip(motion, -1.0, 1.0), {"open": 1.0, "close": -1.0, None: 0.0}[gripper]]
+        return TeleopCommand(np.zeros(6), None, {"phase_" + self.phase: True}, active=True, timestamp=0.0,
+                             action=np.array(action))

@@ -8,7 +8,7 @@ hand-off, not a round trip), keeps one period, then observes both arms.
 
 Observation: ``{"state": {"left/<name>": ..., "right/<name>": ...}, "images": {"left/<camera>": ...}}``.
 Resets run one arm at a time (the left arm's hooks while the right holds still, then the right's), so a reset
-never moves both arms at once.
+never moves both arms at once. Two arms of one simulated world (``bimanual_twin``) advance it once per period.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import collections
 import concurrent.futures
 import contextlib
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
 
 from robot_servers.clock import PeriodicClock
+from robot_servers.backends.base import RobotState
 from serl.envs.franka_env import ArmCommand, FrankaEnv, RobotClientError
 
 ARMS = ("left", "right")
@@ -38,10 +39,11 @@ class DualFrankaEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, left: FrankaEnv, right: FrankaEnv, *,
+    def __init__(self, left: FrankaEnv, right: FrankaEnv, *, task: Any = None,
                  reward_fn: Callable[["DualFrankaEnv"], tuple[float, bool]] | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.arms = {"left": left, "right": right}
+        self.task = task  # the pair's task (a BimanualTask), or None
         if left.period != right.period:
             raise ValueError(f"control_hz: the arms must share one clock, got {left.task.control_hz} Hz (left) and "
                              f"{right.task.control_hz} Hz (right)")
@@ -49,6 +51,8 @@ class DualFrankaEnv(gym.Env):
             raise ValueError("clients: both arms must be simulated in lockstep, or both run in real time")
         self.period = left.period
         self.lockstep = left.client.lockstep
+        # two arms in one simulated world advance together: one advance per period, not one per arm
+        self.one_world = left.client.simulation is not None and left.client.simulation == right.client.simulation
         self.reward_fn = reward_fn
         self._clock, self._sleep = clock, sleep
         self._pacing = PeriodicClock(self.period, clock)
@@ -76,18 +80,22 @@ class DualFrankaEnv(gym.Env):
             with _naming(arm):
                 results[arm] = env.reset(seed=None if seed is None else seed + i, options=options)
         self._pacing.restart()
+        if hasattr(self.reward_fn, "reset"):
+            self.reward_fn.reset(self)
         info = {"succeed": False, "intervened": False, **{arm: info for arm, (_, info) in results.items()}}
         return self._merge({arm: obs for arm, (obs, _) in results.items()}), info
 
     def step(self, action):
         commands = self.commands(action)
-        if self.lockstep:  # separate simulations: each advances one period, so both see the same clock
+        if self.lockstep:  # each simulation advances one period, so both arms see the same clock
             for arm, env in self.arms.items():
                 with _naming(arm):
                     env.send(commands[arm])
             for arm, env in self.arms.items():
                 with _naming(arm):
                     env.wait_period()
+                if self.one_world:
+                    break
             period_error = 0.0
         else:
             self._send(commands)
@@ -111,6 +119,36 @@ class DualFrankaEnv(gym.Env):
         info = {"succeed": bool(succeed), "intervened": False, "control_period_error": period_error,
                 **{arm: r[4] for arm, r in results.items()}}
         return obs, float(reward), terminated, truncated, info
+
+    @property
+    def state(self) -> dict[str, RobotState | None]:
+        """The newest state each arm's env has read."""
+        return {arm: env.state for arm, env in self.arms.items()}
+
+    @property
+    def state_order(self) -> tuple[str, ...]:
+        """State entry names in the arms' task order, left first."""
+        return tuple(f"{arm}/{key}" for arm, env in self.arms.items() for key in env.state_order)
+
+    def hold(self) -> None:
+        """One control period with both arms' targets unchanged (see ``FrankaEnv.hold``)."""
+        for arm, env in self.arms.items():
+            with _naming(arm):
+                env.send_hold()
+        for arm, env in self.arms.items():
+            with _naming(arm):
+                env.wait_period()
+            if self.one_world or not self.lockstep:
+                break
+        for arm, env in self.arms.items():
+            with _naming(arm):
+                env.read_state()
+
+    def recover(self) -> None:
+        """Clear both arms' error states (a safety stop, a reflex)."""
+        for arm, env in self.arms.items():
+            with _naming(arm):
+                env.recover()
 
     def close(self):
         self._sender.shutdown(wait=True)
@@ -164,3 +202,9 @@ def _naming(arm: str):
         raise RobotClientError(f"{arm} arm: {err}") from err
     except ValueError as err:
         raise ValueError(f"{arm} arm: {err}") from err
+
+
+def robot_env_under(env: gym.Env) -> FrankaEnv | DualFrankaEnv | None:
+    """The robot env (one arm or two) under ``env``'s wrappers, or None when ``env`` wraps another env."""
+    base = env.unwrapped
+    return base if isinstance(base, (FrankaEnv, DualFrankaEnv)) else None

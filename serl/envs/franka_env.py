@@ -29,6 +29,7 @@ from serl.envs.task_config import TaskConfig
 
 STATE_SIZES = {
     "tcp_pose": 7,
+    "tcp_position": 3,
     "tcp_vel": 6,
     "wrench": 6,
     "gripper_width": 1,
@@ -250,6 +251,22 @@ class FrankaEnv(gym.Env):
         self.client.set_gripper(width)
         self._gripper_command = float(width)
 
+    def send_hold(self) -> None:
+        """Send the target the arm tracks now again (a real-time robot's watchdog sees a live client)."""
+        with self._client_call("hold"):
+            self.client.set_target(self._state.target_pose)
+
+    def hold(self) -> None:
+        """One control period without an env step, the robot's target unchanged: the target is sent again, the
+        period passes, and the state is read."""
+        self.send_hold()
+        self.wait_period()
+        self.read_state()
+
+    def recover(self) -> None:
+        """Clear the robot's error state (a safety stop, a reflex) before the next reset."""
+        self.client.recover()
+
     def wait_period(self) -> float:
         """Let one control period pass (advance the twin, or sleep on the drift-free clock)."""
         return self._keep_period()
@@ -297,6 +314,7 @@ class FrankaEnv(gym.Env):
         self._state = state
         values = {
             "tcp_pose": state.tcp_pose,
+            "tcp_position": state.tcp_pose[:3],
             "tcp_vel": state.tcp_vel,
             "wrench": state.wrench,
             "gripper_width": [state.gripper_width],

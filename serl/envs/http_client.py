@@ -80,7 +80,9 @@ class HttpRobotClient(RobotClient):
         self._session: str | None = None
         self._conn: http.client.HTTPConnection | None = None
         self._scene: dict[str, np.ndarray] | None = None
-        self.lockstep = bool(self.health()["lockstep"])
+        health = self.health()
+        self.lockstep = bool(health["lockstep"])
+        self.simulation = health.get("simulation")
 
     # -- transport
     def _connection(self) -> http.client.HTTPConnection:
@@ -163,7 +165,9 @@ class HttpRobotClient(RobotClient):
         """Start afresh with whichever server answers now (the env calls it on the reset after an error)."""
         self._drop_connection()
         self._session = None
-        self.lockstep = bool(self.health()["lockstep"])
+        health = self.health()
+        self.lockstep = bool(health["lockstep"])
+        self.simulation = health.get("simulation")
 
     # -- RobotClient
     def health(self) -> dict[str, Any]:

@@ -94,6 +94,10 @@ class InterventionWrapper(gym.Wrapper):
         space = self.env.action_space
         low = np.asarray(space.low, dtype=np.float64)
         high = np.asarray(space.high, dtype=np.float64)
+        if command.action is not None:
+            if command.action.shape != space.shape:
+                raise ValueError(f"teleop action: expected shape {space.shape}, got {command.action.shape}")
+            return np.clip(command.action, low, high).astype(space.dtype)
         dim = space.shape[0]
         centre, half = (high + low) / 2.0, (high - low) / 2.0
         action = centre.copy() if policy_action is None else np.asarray(policy_action, dtype=np.float64).copy()

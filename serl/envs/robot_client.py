@@ -24,6 +24,8 @@ class RobotClient(abc.ABC):
     """
 
     lockstep: bool = False
+    # The simulation a lockstep client advances (two arms in one world share it); None in real time.
+    simulation: object | None = None
     # True when ``step(wait=...)`` waits on the robot side, so a real-time env step is one round trip;
     # otherwise the env sleeps on its own clock between ``set_target`` and the observation.
     waits_remotely: bool = False
@@ -113,6 +115,7 @@ class LocalRobot(RobotClient):
         self.cameras = dict(cameras or {})
         self.guard = RobotGuard(backend, guard)
         self.lockstep = backend.lockstep
+        self.simulation = getattr(backend, "world", backend) if backend.lockstep else None
         self.guard.start()
 
     def state(self) -> RobotState:

@@ -30,6 +30,7 @@ import numpy as np
 from serl.console.hub import ConsoleHub, StepView
 from serl.console.reward import MARKS, console_marks
 from serl.data.transition import Transition, make_transition
+from serl.envs.dual_franka_env import DualFrankaEnv, robot_env_under
 from serl.envs.franka_env import franka_env_under
 from serl.envs.intervention import InterventionWrapper
 from serl.runtime import run_until_signalled
@@ -575,11 +576,11 @@ def _frames(obs) -> dict[str, np.ndarray]:
 
 def _recover(env) -> None:
     """Clear the robot's error state (safety stop, reflex) before the next reset, when the client can."""
-    base = franka_env_under(env)
+    base = robot_env_under(env)
     if base is None:
         return
     try:
-        base.client.recover()
+        base.recover()
     except (RuntimeError, ConnectionError, OSError) as err:
         print(f"[actor] recover failed: {err}", flush=True)
 
@@ -698,14 +699,12 @@ def _hold_reason(weights: WeightsSlot, cfg: ActorConfig, now: float) -> str:
 def _hold(env) -> None:
     """One control period without an env step, the robot's target unchanged: the target is sent again (a
     real-time robot's watchdog sees a live client), the period passes, and the state is read."""
-    base = franka_env_under(env)
+    base = robot_env_under(env)
     if base is None or base.state is None:
         time.sleep(0.05)  # no robot to hold (a gym env): only wait
         return
-    base.client.set_target(base.state.target_pose)
-    base.wait_period()
-    base.read_state()
-    if base.client.lockstep:
+    base.hold()
+    if base.lockstep if isinstance(base, DualFrankaEnv) else base.client.lockstep:
         time.sleep(base.period)  # a lockstep twin advances at once; newer weights take wall time
 
 

@@ -17,11 +17,14 @@ import numpy as np
 
 from serl.devices import make_teleop
 from serl.devices.base import Teleop
+from serl.envs.bimanual import get_bimanual_task, is_bimanual, make_bimanual_sim_env, with_bimanual_overrides
+from serl.envs.dual_franka_env import DualFrankaEnv
 from serl.envs.franka_env import FrankaEnv
 from serl.envs.intervention import InterventionWrapper
 from serl.envs.rewards import make_reward
 from serl.envs.tasks import get_task, make_sim_env, with_overrides
-from serl.envs.wrappers import FlattenState, GripperPenalty, QuatToEuler, RelativeFrame, default_wrappers
+from serl.envs.wrappers import (FlattenState, GripperPenalty, InterventionInfo, QuatToEuler, RelativeFrame,
+                                default_wrappers)
 from serl.runtime.env_config import EnvConfig
 
 
@@ -93,6 +96,10 @@ def check_task(cfg: EnvConfig) -> None:
             gym.spec(cfg.task[len("gym:"):])
         except gym.error.Error as err:
             raise ValueError(f"unknown gymnasium env {cfg.task!r}: {err}") from None
+    elif is_bimanual(cfg.task):
+        if cfg.pixels:
+            raise ValueError(f"env.pixels: the two-arm task {cfg.task} trains from state")
+        with_bimanual_overrides(get_bimanual_task(cfg.task), **overrides)
     else:
         with_overrides(get_task(cfg.task, pixels=cfg.pixels), **overrides)
 
@@ -122,6 +129,11 @@ def _task_env(cfg: EnvConfig, seed: int | None, robot=None) -> gym.Env:
         if robot is not None:
             raise ValueError(f"env.task: {cfg.task} is a gymnasium env; only robot tasks share a robot")
         return _make_gym_env(cfg.task[len("gym:"):], seed, overrides)
+    if is_bimanual(cfg.task):
+        if cfg.robot_url is not None or robot is not None:
+            raise ValueError(f"env.task: the two-arm task {cfg.task} runs on the bimanual twin in this process "
+                             "(no --robot-url); real arms: DualFrankaEnv over two robot clients (docs/env.md)")
+        return make_bimanual_sim_env(cfg.task, seed=seed, **overrides)
     if cfg.robot_url is None and robot is None:
         return make_sim_env(cfg.task, pixels=cfg.pixels, seed=seed, **overrides)
     task = with_overrides(get_task(cfg.task, pixels=cfg.pixels), **overrides)
@@ -160,6 +172,8 @@ def _with_observation_wrappers(env: gym.Env, observations: ObservationWrappers) 
         return env if observations.flat else gym.wrappers.TransformObservation(
             env, lambda obs: {"state": {GYM_STATE_KEY: obs["state"]}},
             gym.spaces.Dict({"state": gym.spaces.Dict({GYM_STATE_KEY: space["state"]})}))
+    if isinstance(env.unwrapped, DualFrankaEnv):  # each arm in its own base frame, positions only: nothing to turn
+        return InterventionInfo(FlattenState(env)) if observations.flat else env
     if observations.flat:
         return default_wrappers(env, relative=observations.relative_frame, euler=observations.euler)
     if observations.relative_frame:

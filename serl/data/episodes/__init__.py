@@ -6,6 +6,9 @@ Layout (T = number of steps of the episode)::
     episode_000000/
         observations/state/<name>     (T+1, d) float32   proprio entries, final obs included
         observations/images/<camera>  (T+1, H, W, 3) uint8, one chunk per frame, lzf by default
+        observations/state/<arm>/<name>, observations/images/<arm>/<camera>
+                                      two arms: one group per arm (``left``, ``right``), read back as
+                                      ``<arm>/<name>``; files of one arm are unchanged
         actions                       (T, A) float32     the executed action (the human's when intervened)
         rewards                       (T,) float32
         terminated, truncated         (T,) bool

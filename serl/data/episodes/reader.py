@@ -14,7 +14,7 @@ import numpy as np
 
 from serl.data.episodes.files import open_h5
 from serl.data.episodes.journal import PreAppendView, journal_path, read_journal
-from serl.data.episodes.schema import OPTIONAL_STEP_FIELDS, STEP_FIELDS, Episode, check_schema, episode_names
+from serl.data.episodes.schema import OPTIONAL_STEP_FIELDS, STEP_FIELDS, Episode, check_schema, entries, episode_names
 
 
 @contextlib.contextmanager
@@ -41,7 +41,7 @@ def _open_for_read(path: str) -> Iterator[h5py.File]:
 def _read_group(group: h5py.Group) -> Episode:
     obs = group.get("observations")
     observations = {
-        kind: {name: ds[()] for name, ds in obs[kind].items()} if obs is not None and kind in obs else {}
+        kind: entries(obs[kind]) if obs is not None and kind in obs else {}
         for kind in ("state", "images")
     }
     attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in group.attrs.items()}

@@ -102,8 +102,21 @@ def _canonical_observations(observations: Mapping | None, length: int) -> dict:
 
 
 def _check_name(field: str, name: str) -> None:
-    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+    """A plain name, or one arm's entry ``<arm>/<name>`` (two arms' observations: a group per arm in the file)."""
+    parts = name.split("/") if isinstance(name, str) else [None]
+    if len(parts) > 2 or any(not part or part in (".", "..") for part in parts):
         raise ValueError(f"{field}: invalid entry name {name!r}")
+
+
+def entries(group: h5py.Group) -> dict[str, np.ndarray]:
+    """The datasets below an observations group, one arm's group level flattened into ``<arm>/<name>``."""
+    out = {}
+    for name, item in group.items():
+        if isinstance(item, h5py.Group):
+            out.update({f"{name}/{inner}": ds[()] for inner, ds in item.items()})
+        else:
+            out[name] = item[()]
+    return out
 
 
 def json_default(value: Any) -> Any:

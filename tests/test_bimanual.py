@@ -1,0 +1,231 @@
+"""Two arms in one MuJoCo world: each arm a backend in its own base frame, one clock for both, contact between the
+arms in the physics; the guard's hand clearance (hand-computed distances, a stream that drives the hands into each
+other); the PandaHandover task, its scripted expert and reward; two-arm episode files; two arms served by one
+process over HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("robot_servers.backends.twin")  # sets MUJOCO_GL before mujoco loads
+
+from robot_servers.backends.twin import TwinConfig, bimanual_twin  # noqa: E402
+from robot_servers.control.pose import DOWN_QUAT, compose_pose, relative_pose  # noqa: E402
+from robot_servers.control.safety import HandClearance, hands_gap, segment_distance  # noqa: E402
+from robot_servers.guard import ArmPair, CommandRejected, GuardConfig  # noqa: E402
+from robot_servers.twin import models  # noqa: E402
+from serl.envs.robot_client import LocalRobot  # noqa: E402
+
+
+def _same_pose(a, b, atol: float = 1e-9) -> bool:
+    """Same position and rotation (q and −q are one rotation)."""
+    return bool(np.allclose(a[:3], b[:3], atol=atol) and abs(np.dot(a[3:], b[3:])) > 1 - atol)
+
+
+def test_segment_distance_against_hand_computed_cases():
+    o, x = np.zeros(3), np.array([1.0, 0, 0])
+    assert segment_distance(o, x, np.array([0.5, 1, 0]), np.array([0.5, 2, 0])) == pytest.approx(1.0)  # T shape
+    assert segment_distance(o, x, np.array([2.0, 0, 0]), np.array([3.0, 0, 0])) == pytest.approx(1.0)  # collinear
+    assert segment_distance(o, x, np.array([0, 0.3, 0.4]), np.array([1, 0.3, 0.4])) == pytest.approx(0.5)  # parallel
+    assert segment_distance(o, x, np.array([0.5, -1, 0]), np.array([0.5, 1, 0])) == pytest.approx(0.0)  # crossing
+    assert segment_distance(o, x, np.array([-1.0, 1, 1]), np.array([-1.0, 1, 1.5])) == pytest.approx(np.sqrt(3))
+
+
+def test_hands_and_wrists_side_by_side_and_end_to_end():
+    down = np.array([0.5, 0.0, 0.2, *DOWN_QUAT])  # fingers along y: the blade spans y ± 0.105
+    beside = down + [0.14, 0, 0, 0, 0, 0, 0]  # parallel: 14 cm between the tool axes
+    assert hands_gap(down, beside) == pytest.approx(0.14 - 2 * 0.045)  # the wrists (link 7) are the widest part
+    end_to_end = down + [0, 0.3, 0, 0, 0, 0, 0]  # collinear blades, 30 cm between the centres
+    assert hands_gap(down, end_to_end) == pytest.approx(0.3 - 2 * 0.105 - 2 * 0.02)
+    tilted = np.array([0.5, 0.0, 0.5, 1.0, 0.0, 0.0, 0.0])  # same hand 30 cm higher: wrist top to fingertips
+    assert hands_gap(down, tilted) == pytest.approx(0.3 - 0.22 - 0.045 - 0.02)
+    clearance = HandClearance(0.02)
+    assert clearance.violation(beside, beside, [down]) is None
+    closer = down + [0.10, 0, 0, 0, 0, 0, 0]
+    assert "1.0 cm apart" in clearance.violation(closer, beside, [down])
+    # moving away is always allowed, even inside the clearance
+    assert clearance.violation(closer, down + [0.095, 0, 0, 0, 0, 0, 0], [down]) is None
+    with pytest.raises(ValueError, match="clearance"):
+        HandClearance(float("nan"))
+
+
+def test_each_arm_reports_in_its_own_base_frame_and_one_advance_moves_both():
+    left, right = bimanual_twin(TwinConfig(scene="empty"), layout="facing", separation=1.0)
+    try:
+        assert left.world is right.world
+        a, b = left.state(), right.state()
+        assert _same_pose(a.tcp_pose, b.tcp_pose)  # both at home, in their own frames
+        world_a, world_b = compose_pose(left.base_pose, a.tcp_pose), compose_pose(right.base_pose, b.tcp_pose)
+        assert world_a[0] == pytest.approx(-0.5 + 0.3069, abs=1e-3) and world_b[0] == pytest.approx(0.5 - 0.3069, abs=1e-3)
+        target = a.tcp_pose + [0.05, 0.02, -0.1, 0, 0, 0, 0]  # forward is +x for the left arm, −x for the right
+        left.set_target(target)
+        right.set_target(target)
+        left.advance(1.5)
+        assert right.state().timestamp == pytest.approx(1.5) and left.state().timestamp == pytest.approx(1.5)
+        for arm in (left, right):
+            np.testing.assert_allclose(arm.state().tcp_pose[:3], target[:3], atol=3e-3)
+            assert _same_pose(arm.state().target_pose, target)
+        moved = compose_pose(right.base_pose, right.state().tcp_pose)[:3] - world_b[:3]
+        np.testing.assert_allclose(moved, [-0.05, -0.02, -0.1], atol=3e-3)
+    finally:
+        left.close()
+        right.close()
+    assert left.world._closed
+
+
+def _drive_hands_together(paired: bool, on_violation: str = "reject"):
+    """Both hands 1 cm a step towards each other along the line between them, for 4 s; the most arm-to-arm
+    contacts the physics saw, the commands refused, and the hands' final distance."""
+    left, right = bimanual_twin(TwinConfig(scene="empty"), layout="side_by_side", separation=0.6)
+    pair = ArmPair({"left": left.base_pose, "right": right.base_pose})
+    robots = {arm: LocalRobot(backend, {}, GuardConfig(paired=pair.arm(arm) if paired else None,
+                                                       on_violation=on_violation))
+              for arm, backend in (("left", left), ("right", right))}
+    poses = {arm: robot.state().tcp_pose.copy() for arm, robot in robots.items()}
+    for pose in poses.values():
+        pose[0], pose[2] = 0.45, 0.25
+    contacts, refused, held = 0, 0, 0
+    for _ in range(40):
+        for arm, sign in (("left", -1.0), ("right", 1.0)):
+            poses[arm][1] += sign * 0.01
+            try:
+                _, clipped = robots[arm].guard.set_target(poses[arm])
+                held += clipped
+            except CommandRejected:
+                refused += 1
+                poses[arm][1] -= sign * 0.01
+        robots["left"].advance(0.1)
+        contacts = max(contacts, left.world.arm_contacts())
+    world = {arm: compose_pose(b.base_pose, robots[arm].state().tcp_pose) for arm, b in (("left", left), ("right", right))}
+    distance = hands_gap(world["left"], world["right"])
+    for robot in robots.values():
+        robot.close()
+    return contacts, refused, held, distance
+
+
+def test_hands_driven_into_each_other_collide_in_the_physics_without_the_pair():
+    contacts, refused, held, _ = _drive_hands_together(paired=False)
+    assert contacts > 0 and refused == 0 and held == 0
+
+
+@pytest.mark.parametrize("on_violation", ["reject", "clip"])
+def test_the_guard_refuses_targets_inside_the_clearance_and_the_hands_never_touch(on_violation):
+    contacts, refused, held, distance = _drive_hands_together(paired=True, on_violation=on_violation)
+    assert contacts == 0
+    assert (refused if on_violation == "reject" else held) > 20  # both arms, every step after the limit
+    assert HandClearance().clearance - 0.005 <= distance < HandClearance().clearance + 0.02  # held at the limit
+
+
+def test_handover_expert_succeeds_and_the_reward_needs_the_left_hand_away():
+    from serl.devices import make_teleop
+    from serl.envs.bimanual import make_bimanual_sim_env
+    from serl.envs.intervention import InterventionWrapper
+
+    base = make_bimanual_sim_env("PandaHandover", seed=0)
+    env = InterventionWrapper(base, make_teleop("scripted", env=base, noise=0.1, seed=0))
+    successes, contacts = 0, 0
+    world = base.arms["left"].client.backend.world
+    for episode in range(3):
+        env.reset(seed=episode)
+        for _ in range(base.task.max_episode_steps):
+            _, reward, terminated, truncated, info = env.step(np.zeros(8, np.float32))
+            contacts = max(contacts, world.arm_contacts())
+            if terminated or truncated:
+                break
+        successes += info["succeed"]
+        if info["succeed"]:
+            assert reward >= 1.0 and env.teleop.phase == "deliver"
+    assert successes >= 2 and contacts == 0
+    reward = base.reward_fn
+    bar, hands = reward._measure(base)
+    assert reward.success(bar, hands)
+    assert not reward.success(bar, {**hands, "left": bar + [0.0, 0.0, 0.05]})  # the left still at the bar
+    assert not reward.success(bar + [0.0, -0.1, 0.0], {**hands, "left": bar + [0.0, 0.3, 0.0]})  # short of the goal
+    env.close()
+
+
+def test_handover_task_layout_keeps_each_arm_on_its_side():
+    from serl.envs.bimanual import PANDA_HANDOVER, to_arm
+
+    for arm, side in (("left", -1.0), ("right", 1.0)):
+        box = getattr(PANDA_HANDOVER, arm).safety_box
+        start = to_arm(arm, (*models.BAR_START, 0.0125))
+        goal = to_arm(arm, models.HANDOVER_GOAL)
+        inside = [np.all(np.asarray(box.position_low) <= p) and np.all(p <= np.asarray(box.position_high))
+                  for p in (start, goal)]
+        assert inside == ([True, False] if side < 0 else [False, True])  # neither arm can do it alone
+
+
+def test_a_bad_handover_action_moves_neither_arm_and_the_env_goes_on():
+    from serl.envs.bimanual import make_bimanual_sim_env
+
+    env = make_bimanual_sim_env("PandaHandover", seed=1)
+    env.reset(seed=1)
+    before = {arm: e.client.state().target_pose.copy() for arm, e in env.arms.items()}
+    for action, match in ((np.zeros(7), r"shape \(8,\)"), (np.zeros(9), r"shape \(8,\)"),
+                          ([0, 0, 0, 0, 0, float("nan"), 0, 0], "right arm: action")):
+        with pytest.raises(ValueError, match=match):
+            env.step(action)
+    for arm, arm_env in env.arms.items():
+        np.testing.assert_array_equal(arm_env.client.state().target_pose, before[arm])
+    start = env.arms["left"].client.state().timestamp
+    env.step(np.zeros(8))
+    assert env.arms["right"].client.state().timestamp - start == pytest.approx(env.period)  # advanced once
+    env.close()
+
+
+def test_two_arm_episodes_round_trip_through_hdf5(tmp_path):
+    from serl.data.episodes import Episode, EpisodeWriter, read_episodes
+
+    steps = 3
+    state = {"left/tcp_position": np.ones((steps + 1, 3)), "right/tcp_position": np.zeros((steps + 1, 3)),
+             "left/bar_position": np.full((steps + 1, 3), 2.0)}
+    episode = Episode({"state": state}, np.zeros((steps, 8)), np.zeros(steps), np.zeros(steps, bool),
+                      np.zeros(steps, bool), np.zeros(steps, bool), np.zeros(steps, bool), np.arange(steps + 1.0))
+    path = tmp_path / "two_arms.h5"
+    EpisodeWriter(path).write(episode)
+    (back,) = read_episodes(path)
+    assert set(back.observations["state"]) == set(state)
+    np.testing.assert_array_equal(back.observations["state"]["left/bar_position"], state["left/bar_position"])
+    for bad in ("left/tcp/position", "/tcp", "left/", "left/.."):
+        with pytest.raises(ValueError, match="invalid entry name"):
+            dataclasses.replace(episode, observations={"state": {bad: np.zeros((steps + 1, 1))}}).validate()
+
+
+@pytest.mark.realtime_twin
+def test_two_arms_served_by_one_process_keep_their_hands_apart_over_http():
+    from robot_servers.serve import ServeConfig, ServerThread, build_pair
+    from serl.cli.serve import served_task
+    from serl.envs.http_client import HttpRobotClient
+
+    arms = build_pair(ServeConfig(on_violation="reject"), served_task("PandaHandover"))
+    servers = [ServerThread(arm.app).start() for arm in arms]
+    try:
+        left, right = (HttpRobotClient(server.url) for server in servers)
+        assert [a.name for a in arms] == ["left", "right"] and not left.lockstep
+        assert left.health()["safety"]["box"]["position_high"][1] == pytest.approx(0.05)
+        # the left hand to the middle of the table, where both boxes meet
+        bases = {arm.name: arm.backend.base_pose for arm in arms}
+        middle = np.array([0.0, 0.0, 0.15, 0.0, 0.0, 0.0, 1.0])
+        at = lambda arm, offset: np.r_[relative_pose(middle + [*offset, 0, 0, 0, 0], bases[arm])[:3], DOWN_QUAT]  # noqa: E731
+        left_target = at("left", (0.0, 0.0, 0.0))
+        deadline = time.monotonic() + 30.0
+        while np.linalg.norm(left.state().tcp_pose[:3] - left_target[:3]) > 0.005:  # the watchdog wants commands
+            assert time.monotonic() < deadline, "the left hand never reached the middle"
+            left.set_target(left_target)
+            time.sleep(0.05)
+        # the right hand 3 cm beside it: refused, and its arm keeps its target
+        before = right.state().target_pose
+        with pytest.raises(CommandRejected, match="clearance from the left arm's hand"):
+            right.set_target(at("right", (0.03, 0.0, 0.0)))
+        assert _same_pose(right.state().target_pose, before)
+        right.set_target(at("right", (0.13, 0.0, 0.05)))  # 13 cm away: taken
+    finally:
+        for server in servers:
+            server.stop()
+        for arm in arms:
+            arm.close()
