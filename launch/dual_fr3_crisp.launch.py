@@ -7,8 +7,9 @@ Brings up crisp_controllers_robot_demos' ``dual_franka.launch.py`` (each arm's f
 controllers in its own namespace, ``left`` and ``right``); then, in each namespace, switches from the joint
 trajectory controller to crisp's ``cartesian_impedance_controller``; then one robot server per arm
 (robot_server.launch.py with that namespace), on ``left_port`` and ``right_port``. Each server has its own task
-(safety box, cameras), guard and watchdog, so every single-arm guarantee holds per arm. The two arms' safety boxes
-must not overlap: nothing here keeps the hands apart (docs/env.md, "Two arms").
+(safety box, cameras), guard and watchdog, so every single-arm guarantee holds per arm. Two servers do not see each
+other's arm: keep the safety boxes apart, or serve both arms from one process (``serl serve --arms left right``),
+whose guards keep the hands apart (docs/env.md, "Two arms").
 """
 
 import os

@@ -229,3 +229,42 @@ def test_two_arms_served_by_one_process_keep_their_hands_apart_over_http():
             server.stop()
         for arm in arms:
             arm.close()
+
+
+def test_one_device_drives_one_arm_at_a_time_and_tab_switches_arms():
+    from serl.devices.base import ScriptedTeleop, TeleopCommand
+    from serl.devices.two_arms import TwoArmTeleop
+    from serl.envs.bimanual import make_bimanual_sim_env
+    from serl.envs.intervention import InterventionWrapper
+
+    up = [1.0, 0, 0.5, 0, 0, 0]
+    device = ScriptedTeleop([TeleopCommand.move(up, "close"), TeleopCommand.move(np.zeros(6), tab=True),
+                             TeleopCommand.move(up, "open")])
+    base = make_bimanual_sim_env("PandaHandover", seed=2)
+    env = InterventionWrapper(base, TwoArmTeleop(base, device))
+    env.reset(seed=2)
+    executed = []
+    for _ in range(4):
+        _, _, _, _, info = env.step(np.full(8, 0.5, np.float32))
+        executed.append((info["intervened"], np.round(info["executed_action"], 3).tolist()))
+    assert executed[0] == (True, [1.0, 0.0, 0.5, -1.0, 0.0, 0.0, 0.0, 0.0])  # the left arm, the right one still
+    assert executed[1] == (True, [0.0] * 8)  # the switch: both still
+    assert executed[2] == (True, [0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.5, 1.0])  # now the right arm
+    assert executed[3] == (False, [0.5] * 8)  # idle: the policy acts again
+    env.close()
+
+
+def test_a_teleop_action_of_the_wrong_size_is_refused():
+    from serl.devices.base import ScriptedTeleop, TeleopCommand
+    from serl.envs.bimanual import make_bimanual_sim_env
+    from serl.envs.intervention import InterventionWrapper
+
+    base = make_bimanual_sim_env("PandaHandover", seed=0)
+    wrong = TeleopCommand(np.zeros(6), active=True, action=np.zeros(7))
+    env = InterventionWrapper(base, ScriptedTeleop([wrong]))
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"teleop action: expected shape \(8,\)"):
+        env.step(np.zeros(8, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        TeleopCommand(np.zeros(6), action=[0.0, float("nan")])
+    env.close()
