@@ -268,3 +268,49 @@ def test_a_teleop_action_of_the_wrong_size_is_refused():
     with pytest.raises(ValueError, match="NaN"):
         TeleopCommand(np.zeros(6), action=[0.0, float("nan")])
     env.close()
+
+
+def test_a_lockstep_two_arm_server_is_one_simulation_advanced_once_per_step():
+    from robot_servers.serve import ServeConfig, ServerThread, build_pair
+    from serl.cli.serve import served_task
+    from serl.envs.bimanual import PANDA_HANDOVER
+    from serl.envs.dual_franka_env import DualFrankaEnv
+    from serl.envs.franka_env import FrankaEnv
+    from serl.envs.http_client import HttpRobotClient
+    from serl.envs.tasks import with_overrides
+
+    arms = build_pair(ServeConfig(lockstep=True), served_task("PandaHandover"))
+    servers = [ServerThread(arm.app).start() for arm in arms]
+    try:
+        clients = [HttpRobotClient(server.url) for server in servers]
+        assert clients[0].simulation is not None and clients[0].simulation == clients[1].simulation
+        tasks = [with_overrides(task, reset_hooks=(), scene_objects=()) for task in (PANDA_HANDOVER.left,
+                                                                                      PANDA_HANDOVER.right)]
+        env = DualFrankaEnv(*(FrankaEnv(client, task, reward_fn=None) for client, task in zip(clients, tasks)))
+        assert env.one_world
+        env.reset(seed=0)
+        start = clients[1].state().timestamp
+        env.step(np.zeros(8))
+        assert clients[1].state().timestamp - start == pytest.approx(env.period)
+        env.close()
+    finally:
+        for server in servers:
+            server.stop()
+        for arm in arms:
+            arm.close()
+
+
+def test_serving_two_real_arms_asks_where_their_bases_stand():
+    from robot_servers.serve import ServeConfig, build_pair
+
+    with pytest.raises(ValueError, match="--arms: two different arm names"):
+        build_pair(ServeConfig(arms=("left",)))
+    with pytest.raises(ValueError, match="--arm-base: give left=x,y,z,yaw once"):
+        build_pair(ServeConfig(backend="ros2", arms=("left", "right")))
+    with pytest.raises(ValueError, match="--arm-base right=0,1: expected four numbers"):
+        build_pair(ServeConfig(backend="ros2", arms=("left", "right"), arm_base=("left=0,0.3,0,0", "right=0,1")))
+    with pytest.raises(ValueError, match="--arm-option 'middle:namespace=x': expected ARM:"):
+        build_pair(ServeConfig(backend="ros2", arms=("left", "right"), arm_option=("middle:namespace=x",),
+                               arm_base=("left=0,0.3,0,0", "right=0,-0.3,0,0")))
+    with pytest.raises(ValueError, match="for real arms; the twin places its arms"):
+        build_pair(ServeConfig(arms=("left", "right"), arm_base=("left=0,0.3,0,0", "right=0,-0.3,0,0")))

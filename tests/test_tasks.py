@@ -45,7 +45,7 @@ def test_registry():
 pytest.importorskip("robot_servers.backends.twin")  # the rest needs the twin (sets MUJOCO_GL first)
 
 
-@pytest.mark.parametrize("env_id", sorted(serl.envs.SIM_ENV_IDS))
+@pytest.mark.parametrize("env_id", sorted(serl.envs.SIM_ENV_IDS) + sorted(serl.envs.TWO_ARM_ENV_IDS))
 def test_registered_envs_pass_check_env(env_id):
     env = gym.make(env_id)
     check_env(env.unwrapped, skip_render_check=True)

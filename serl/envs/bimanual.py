@@ -3,9 +3,8 @@
 ``PandaHandover``: two Pandas facing each other across the table (bases 1 m apart along x, world frame midway). A
 20 cm bar lies along x on the left arm's side of the table (y < 0); the left hand picks it up by its end and brings
 it to the middle, the right hand takes the other end, the left lets go, and the right lifts the bar to a goal on the
-other side (y > 0). Each arm acts in xyz plus a
-binary gripper (8 action values in all) and sees its own TCP position, velocity and gripper width in its own base
-frame; the left arm also sees the bar's position. Each arm's safety box keeps it on its side of the middle, so
+other side (y > 0). Each arm acts in xyz plus a binary gripper (8 action values in all) and sees its own TCP
+position, velocity and gripper width in its own base frame; the left arm also sees the bar's position. Each arm's safety box keeps it on its side of the middle, so
 neither can finish alone. ``make_bimanual_sim_env`` builds the bimanual twin, both arms' guards (their hands kept
 ``clearance`` apart by one ``ArmPair``) and the ``DualFrankaEnv``.
 """

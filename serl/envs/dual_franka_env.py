@@ -8,7 +8,8 @@ hand-off, not a round trip), keeps one period, then observes both arms.
 
 Observation: ``{"state": {"left/<name>": ..., "right/<name>": ...}, "images": {"left/<camera>": ...}}``.
 Resets run one arm at a time (the left arm's hooks while the right holds still, then the right's), so a reset
-never moves both arms at once. Two arms of one simulated world (``bimanual_twin``) advance it once per period.
+never moves both arms at once. Two arms of one simulated world (``bimanual_twin``) advance it once per period, and
+each reset first puts both arms at rest at home and the scene back, so that a seed gives one episode start.
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ class DualFrankaEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        if self.one_world:  # both arms at rest and the scene back before either arm's hooks: a seed, one start
+            for arm, env in self.arms.items():
+                with _naming(arm):
+                    env.client.reset_robot()
+            self.arms["left"].client.reset_scene(int(self.np_random.integers(0, 2**31 - 1)))
         results = {}
         for i, (arm, env) in enumerate(self.arms.items()):
             with _naming(arm):
