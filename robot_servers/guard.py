@@ -110,11 +110,11 @@ class ArmPair:
         other_backend = self._backends.get(other)
         if other_backend is None:  # the other arm is not served yet
             return None
-        theirs = other_backend.state()
-        mine = self._backends[name].state()
+        their_tcp, their_target = other_backend.hand_poses()
+        my_tcp, _ = self._backends[name].hand_poses()
         shared = lambda arm, pose: compose_pose(self.bases[arm], pose)  # noqa: E731
-        found = self.clearance.violation(shared(name, target), shared(name, mine.tcp_pose),
-                                         [shared(other, theirs.tcp_pose), shared(other, theirs.target_pose)])
+        found = self.clearance.violation(shared(name, target), shared(name, my_tcp),
+                                         [shared(other, their_tcp), shared(other, their_target)])
         return None if found is None else f"{found} from the {other} arm's hand"
 
 
@@ -406,7 +406,7 @@ class RobotGuard:
             return target, False
         if self.config.on_violation == "reject":
             raise CommandRejected("pose", f"pose: {violation}")
-        return self.backend.state().target_pose, True
+        return self.backend.hand_poses()[1], True
 
     def _check_measured(self, state: RobotState) -> None:
         box = self.config.safety_box

@@ -293,7 +293,8 @@ def serve(config: ServeConfig, task: ServedTask | None = None) -> None:
 
 
 def serve_pair(config: ServeConfig, task: ServedTask | None = None) -> None:
-    """Two arms until interrupted: the first arm's server on this thread, the second's beside it."""
+    """Two arms until interrupted, both servers on one event loop: a step's two requests are answered by one thread
+    one after the other, not by two threads taking turns at the interpreter."""
     import uvicorn
 
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -301,19 +302,29 @@ def serve_pair(config: ServeConfig, task: ServedTask | None = None) -> None:
     if config.host not in LOOPBACK and not token:
         log.warning("binding %s WITHOUT a token: anyone on the network can move the robots. Pass --token.", config.host)
     sys.setswitchinterval(0.001)
-    first, second = build_pair(config, task)
-    for arm in (first, second):
+    arms = build_pair(config, task)
+    servers = [uvicorn.Server(uvicorn.Config(arm.app, host=config.host, port=arm.port, log_level=config.log_level,
+                                             **uvicorn_options(config.timeout_keep_alive, config.timeout_request)))
+               for arm in arms]
+
+    async def both() -> None:
+        async def one_stops_both() -> None:
+            while not any(server.should_exit for server in servers):
+                await asyncio.sleep(0.1)
+            for server in servers:
+                server.should_exit = True
+
+        await asyncio.gather(*(server.serve() for server in servers), one_stops_both())
+
+    for arm in arms:
         log.info("%s arm on http://%s:%d", arm.name, config.host, arm.port)
-    beside = ServerThread(second.app, config.host, second.port, log_level=config.log_level,
-                          timeout_keep_alive=config.timeout_keep_alive, timeout_request=config.timeout_request)
     try:
-        beside.start()
-        uvicorn.run(first.app, host=config.host, port=first.port, log_level=config.log_level,
-                    **uvicorn_options(config.timeout_keep_alive, config.timeout_request))
+        asyncio.run(both())
+    except KeyboardInterrupt:
+        pass
     finally:
-        beside.stop()
-        first.close()
-        second.close()
+        for arm in arms:
+            arm.close()
 
 
 class TimedH11Protocol(H11Protocol):

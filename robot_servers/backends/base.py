@@ -136,6 +136,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def state(self) -> RobotState: ...
 
+    def hand_poses(self) -> tuple[np.ndarray, np.ndarray]:
+        """(measured TCP pose, commanded target): what another arm's guard checks its hand against."""
+        state = self.state()
+        return state.tcp_pose, state.target_pose
+
     @abc.abstractmethod
     def set_target(self, pose: np.ndarray, gripper: float | None = None) -> None:
         """New equilibrium pose for the impedance controller (and optionally a gripper width)."""

@@ -538,6 +538,13 @@ class TwinBackend(SimulatedBackend):
                 timestamp=float(data.time),
             )
 
+    def hand_poses(self) -> tuple[np.ndarray, np.ndarray]:
+        """The TCP pose of the last physics tick and the command, without the Jacobian and wrench ``state`` adds."""
+        with self._lock:
+            tcp = np.concatenate([self._tcp_pos, matrix_to_quat_xyzw(self._tcp_xmat, np.empty(4))])
+            command = self._command.copy()
+        return self._to_base(tcp), self._to_base(command)
+
     def jacobian(self) -> np.ndarray:
         with self._lock:
             jac = self._tcp_jacobian()
