@@ -342,7 +342,7 @@ def main() -> None:
         late_known = [rate for rate in late if rate is not None]
         evals = [eval_success(run_dir, args.eval_episodes) for run_dir in run_dirs] if args.eval_episodes else []
         results[name] = {"grid": grid.tolist(), "curves": curves.tolist(), "mean_curve": mean_curve.tolist(),
-                         "target_env_steps": target}
+                         "target_env_steps": target, "level": TARGET_LEVEL.get(name, 0.9)}
         report["tasks"][name] = {
             "env_steps": steps,
             **steps_to(LEVELS, grid, mean_curve),
