@@ -5,6 +5,7 @@ process over HTTP."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 
@@ -19,6 +20,23 @@ from robot_servers.control.safety import HandClearance, hands_gap, segment_dista
 from robot_servers.guard import ArmPair, CommandRejected, GuardConfig  # noqa: E402
 from robot_servers.twin import models  # noqa: E402
 from serl.envs.robot_client import LocalRobot  # noqa: E402
+
+
+@contextlib.contextmanager
+def served_handover(**config):
+    """PandaHandover's two arms served by one process (``build_pair``), each on a loopback port: (arms, urls)."""
+    from robot_servers.serve import ServeConfig, ServerThread, build_pair
+    from serl.cli.serve import served_task
+
+    arms = build_pair(ServeConfig(**config), served_task("PandaHandover"))
+    servers = [ServerThread(arm.app).start() for arm in arms]
+    try:
+        yield arms, [server.url for server in servers]
+    finally:
+        for server in servers:
+            server.stop()
+        for arm in arms:
+            arm.close()
 
 
 def _same_pose(a, b, atol: float = 1e-9) -> bool:
@@ -198,14 +216,10 @@ def test_two_arm_episodes_round_trip_through_hdf5(tmp_path):
 
 @pytest.mark.realtime_twin
 def test_two_arms_served_by_one_process_keep_their_hands_apart_over_http():
-    from robot_servers.serve import ServeConfig, ServerThread, build_pair
-    from serl.cli.serve import served_task
     from serl.envs.http_client import HttpRobotClient
 
-    arms = build_pair(ServeConfig(on_violation="reject"), served_task("PandaHandover"))
-    servers = [ServerThread(arm.app).start() for arm in arms]
-    try:
-        left, right = (HttpRobotClient(server.url) for server in servers)
+    with served_handover(on_violation="reject") as (arms, urls):
+        left, right = (HttpRobotClient(url) for url in urls)
         assert [a.name for a in arms] == ["left", "right"] and not left.lockstep
         assert left.health()["safety"]["box"]["position_high"][1] == pytest.approx(0.05)
         # the left hand to the middle of the table, where both boxes meet
@@ -224,11 +238,6 @@ def test_two_arms_served_by_one_process_keep_their_hands_apart_over_http():
             right.set_target(at("right", (0.03, 0.0, 0.0)))
         assert _same_pose(right.state().target_pose, before)
         right.set_target(at("right", (0.13, 0.0, 0.05)))  # 13 cm away: taken
-    finally:
-        for server in servers:
-            server.stop()
-        for arm in arms:
-            arm.close()
 
 
 def test_one_device_drives_one_arm_at_a_time_and_tab_switches_arms():
@@ -271,18 +280,14 @@ def test_a_teleop_action_of_the_wrong_size_is_refused():
 
 
 def test_a_lockstep_two_arm_server_is_one_simulation_advanced_once_per_step():
-    from robot_servers.serve import ServeConfig, ServerThread, build_pair
-    from serl.cli.serve import served_task
     from serl.envs.bimanual import PANDA_HANDOVER
     from serl.envs.dual_franka_env import DualFrankaEnv
     from serl.envs.franka_env import FrankaEnv
     from serl.envs.http_client import HttpRobotClient
     from serl.envs.tasks import with_overrides
 
-    arms = build_pair(ServeConfig(lockstep=True), served_task("PandaHandover"))
-    servers = [ServerThread(arm.app).start() for arm in arms]
-    try:
-        clients = [HttpRobotClient(server.url) for server in servers]
+    with served_handover(lockstep=True) as (_, urls):
+        clients = [HttpRobotClient(url) for url in urls]
         assert clients[0].simulation is not None and clients[0].simulation == clients[1].simulation
         tasks = [with_overrides(task, reset_hooks=(), scene_objects=()) for task in (PANDA_HANDOVER.left,
                                                                                       PANDA_HANDOVER.right)]
@@ -293,11 +298,6 @@ def test_a_lockstep_two_arm_server_is_one_simulation_advanced_once_per_step():
         env.step(np.zeros(8))
         assert clients[1].state().timestamp - start == pytest.approx(env.period)
         env.close()
-    finally:
-        for server in servers:
-            server.stop()
-        for arm in arms:
-            arm.close()
 
 
 def test_serving_two_real_arms_asks_where_their_bases_stand():

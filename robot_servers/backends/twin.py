@@ -419,10 +419,6 @@ class TwinBackend(SimulatedBackend):
         return np.concatenate([rotate(inverse, vector[:3]), rotate(inverse, vector[3:])])
 
     # ------------------------------------------------------------------ physics of this arm
-    @property
-    def _fast(self):
-        return self.world.fast
-
     def _reset_robot(self, q: np.ndarray) -> None:
         data = self.data
         self._q[:] = q
