@@ -125,15 +125,7 @@ def build_server(config: ServeConfig, task: ServedTask | None = None) -> tuple[F
         # Lockstep frames are rendered on request so that they belong to the simulated instant.
         # Cameras the backend renders share its render context, hence one thread.
         cameras = threaded_cameras(cameras, max_fps=config.camera_fps, shared_thread=backend_cameras)
-    server_config = ServerConfig(
-        safety_box=None if task is None else task.safety_box,
-        on_violation=config.on_violation,
-        measured_tolerance=config.measured_tolerance,
-        measured_rotation_tolerance=config.measured_rotation_tolerance,
-        watchdog_timeout=config.watchdog_timeout,
-        token=token,
-        max_body_bytes=config.max_body_bytes,
-    )
+    server_config = _server_config(config, None if task is None else task.safety_box, token)
     try:
         return create_app(backend, cameras, server_config, extensions), backend, cameras
     except ValueError:
@@ -141,6 +133,26 @@ def build_server(config: ServeConfig, task: ServedTask | None = None) -> tuple[F
             camera.close()
         backend.close()
         raise
+
+
+def _server_config(config: ServeConfig, box: SafetyBox | None, token: str | None, paired=None) -> ServerConfig:
+    """What one arm's guard and app enforce, from the serve options."""
+    return ServerConfig(safety_box=box, on_violation=config.on_violation, measured_tolerance=config.measured_tolerance,
+                        measured_rotation_tolerance=config.measured_rotation_tolerance,
+                        watchdog_timeout=config.watchdog_timeout, token=token, max_body_bytes=config.max_body_bytes,
+                        paired=paired)
+
+
+def _prepare_process(config: ServeConfig) -> None:
+    """Logging, the warning for a server open to the network without a token, and the interpreter's switch interval."""
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = config.token or os.environ.get("SERL_ROBOT_TOKEN")
+    if config.host not in LOOPBACK and not token:
+        log.warning("\n%s\nbinding %s WITHOUT a token: anyone on the network can move the robot. "
+                    "Pass --token (or set SERL_ROBOT_TOKEN).\n%s", "!" * 72, config.host, "!" * 72)
+    # The physics/control and camera threads share the GIL with the request handlers; a shorter
+    # switch interval (default 5 ms) bounds how long a request waits for it.
+    sys.setswitchinterval(0.001)
 
 
 def _extensions(config: ServeConfig, token: str | None) -> tuple:
@@ -254,10 +266,7 @@ def build_pair(config: ServeConfig, task: ServedTask | None = None) -> list[Serv
             from robot_servers.cameras.threaded import threaded_cameras
 
             cameras = threaded_cameras(cameras, max_fps=config.camera_fps, shared_thread=True)
-        server_config = ServerConfig(
-            safety_box=boxes[arm], on_violation=config.on_violation, measured_tolerance=config.measured_tolerance,
-            measured_rotation_tolerance=config.measured_rotation_tolerance, watchdog_timeout=config.watchdog_timeout,
-            token=token, max_body_bytes=config.max_body_bytes, paired=pair.arm(arm))
+        server_config = _server_config(config, boxes[arm], token, paired=pair.arm(arm))
         served.append(ServedArm(arm, config.port + index, create_app(backend, cameras, server_config), backend,
                                 cameras))
     return served
@@ -272,16 +281,9 @@ def serve(config: ServeConfig, task: ServedTask | None = None) -> None:
     if config.arms or (task is not None and task.arms):
         return serve_pair(config, task)
 
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    token = config.token or os.environ.get("SERL_ROBOT_TOKEN")
-    if config.host not in LOOPBACK and not token:
-        log.warning("\n%s\nbinding %s WITHOUT a token: anyone on the network can move the robot. "
-                    "Pass --token (or set SERL_ROBOT_TOKEN).\n%s", "!" * 72, config.host, "!" * 72)
+    _prepare_process(config)
     if task is None or task.safety_box is None:
         log.warning("no task safety box: commands are not limited by any box (serl serve --task NAME sets one)")
-    # The physics/control and camera threads share the GIL with the request handlers; a shorter
-    # switch interval (default 5 ms) bounds how long a request waits for it.
-    sys.setswitchinterval(0.001)
     app, backend, cameras = build_server(config, task)
     try:
         uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level,
@@ -297,11 +299,7 @@ def serve_pair(config: ServeConfig, task: ServedTask | None = None) -> None:
     one after the other, not by two threads taking turns at the interpreter."""
     import uvicorn
 
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    token = config.token or os.environ.get("SERL_ROBOT_TOKEN")
-    if config.host not in LOOPBACK and not token:
-        log.warning("binding %s WITHOUT a token: anyone on the network can move the robots. Pass --token.", config.host)
-    sys.setswitchinterval(0.001)
+    _prepare_process(config)
     arms = build_pair(config, task)
     servers = [uvicorn.Server(uvicorn.Config(arm.app, host=config.host, port=arm.port, log_level=config.log_level,
                                              **uvicorn_options(config.timeout_keep_alive, config.timeout_request)))

@@ -93,15 +93,11 @@ class DualFrankaEnv(gym.Env):
 
     def step(self, action):
         commands = self.commands(action)
-        if self.lockstep:  # each simulation advances one period, so both arms see the same clock
+        if self.lockstep:
             for arm, env in self.arms.items():
                 with _naming(arm):
                     env.send(commands[arm])
-            for arm, env in self.arms.items():
-                with _naming(arm):
-                    env.wait_period()
-                if self.one_world:
-                    break
+            self._advance()
             period_error = 0.0
         else:
             self._send(commands)
@@ -141,11 +137,11 @@ class DualFrankaEnv(gym.Env):
         for arm, env in self.arms.items():
             with _naming(arm):
                 env.send_hold()
-        for arm, env in self.arms.items():
-            with _naming(arm):
-                env.wait_period()
-            if self.one_world or not self.lockstep:
-                break
+        if self.lockstep:
+            self._advance()
+        else:
+            self._pacing.wait(self._sleep)
+            self._pacing.tick()
         for arm, env in self.arms.items():
             with _naming(arm):
                 env.read_state()
@@ -178,6 +174,14 @@ class DualFrankaEnv(gym.Env):
             with _naming(arm):
                 commands[arm] = env.command(halves[arm])
         return commands
+
+    def _advance(self) -> None:
+        """Lockstep: each simulation one period on, so both arms see the same clock (one world: once)."""
+        for arm, env in self.arms.items():
+            with _naming(arm):
+                env.wait_period()
+            if self.one_world:
+                break
 
     def _send(self, commands: dict[str, ArmCommand]) -> None:
         """Both targets at once: the right arm's from a worker thread, the left arm's from this one."""

@@ -251,6 +251,11 @@ class FrankaEnv(gym.Env):
         self.client.set_gripper(width)
         self._gripper_command = float(width)
 
+    @property
+    def lockstep(self) -> bool:
+        """Simulated time: the client advances the twin instead of the env sleeping."""
+        return self.client.lockstep
+
     def send_hold(self) -> None:
         """Send the target the arm tracks now again (a real-time robot's watchdog sees a live client)."""
         with self._client_call("hold"):

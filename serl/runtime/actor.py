@@ -30,7 +30,7 @@ import numpy as np
 from serl.console.hub import ConsoleHub, StepView
 from serl.console.reward import MARKS, console_marks
 from serl.data.transition import Transition, make_transition
-from serl.envs.dual_franka_env import DualFrankaEnv, robot_env_under
+from serl.envs.dual_franka_env import robot_env_under
 from serl.envs.franka_env import franka_env_under
 from serl.envs.intervention import InterventionWrapper
 from serl.runtime import run_until_signalled
@@ -704,7 +704,7 @@ def _hold(env) -> None:
         time.sleep(0.05)  # no robot to hold (a gym env): only wait
         return
     base.hold()
-    if base.lockstep if isinstance(base, DualFrankaEnv) else base.client.lockstep:
+    if base.lockstep:
         time.sleep(base.period)  # a lockstep twin advances at once; newer weights take wall time
 
 
