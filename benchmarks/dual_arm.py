@@ -1,6 +1,7 @@
 """Inter-arm command skew of ``DualFrankaEnv`` over HTTP on loopback, one env stepping both arms at 10 Hz: two
 real-time twin robot servers in two processes, and the bimanual twin (both arms in one world) served by one process.
-The skew of a step is the time between the two arms' acknowledged targets.
+The skew of a step is the time between the two arms' acknowledged targets; one process serving both takes them in
+one request (``/pair/target``) and measures the time between the two targets it set.
 
 Prints one JSON object: p50 / p99 / max skew in ms for the concurrent sends the env makes and, in the same run
 against the same servers, for sending the two targets one after the other (the naive way), and their ratio.

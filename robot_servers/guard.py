@@ -30,6 +30,7 @@ import numpy as np
 from robot_servers.backends.base import Backend, ImpedanceParams, RobotState, SimulatedBackend
 from robot_servers.control.pose import compose_pose
 from robot_servers.control.safety import HandClearance, SafetyBox
+from robot_servers.franka import tcp_pose
 from robot_servers.limits import (
     JOINT_RESET_DURATION,
     MAX_ADVANCE_S,
@@ -94,15 +95,53 @@ class ArmPair:
         self.bases = {name: _checked(validate_pose, pose, f"bases.{name}") for name, pose in bases.items()}
         self.clearance = clearance
         self.lock = threading.RLock()  # a check and the command it lets through, one arm at a time
-        self._backends: dict[str, Backend] = {}
+        self.id = uuid.uuid4().hex[:12]  # names this pair in each arm's /health
+        self._guards: dict[str, RobotGuard] = {}
+        self._joint_paths: dict[str, list[np.ndarray]] = {}  # hand poses (shared frame) of a joint move under way
 
     def arm(self, name: str) -> "PairedArm":
         if name not in self.bases:
             raise ValueError(f"ArmPair: unknown arm {name!r}; the pair has {sorted(self.bases)}")
         return PairedArm(self, name)
 
-    def attach(self, name: str, backend: Backend) -> None:
-        self._backends[name] = backend
+    def attach(self, name: str, guard: "RobotGuard") -> None:
+        self._guards[name] = guard
+
+    @property
+    def _backends(self) -> dict[str, Backend]:
+        return {name: guard.backend for name, guard in self._guards.items()}
+
+    def set_targets(self, targets: Mapping[str, tuple[Any, float | None]]) -> dict[str, Any]:
+        """Both arms' (pose, gripper) set back to back, each through its own guard, as one step of a two-arm env
+        sends them: each arm's target sent and whether it was clipped or held, and ``skew_s``, the time between
+        the two. Both inputs are validated before either arm moves."""
+        if set(targets) != set(self.bases):
+            raise CommandRejected("targets", f"targets: expected one per arm {sorted(self.bases)}, got "
+                                             f"{sorted(targets)}")
+        missing = sorted(set(self.bases) - set(self._guards))
+        if missing:
+            raise RobotFault(f"arm {missing[0]} of the pair is not served")
+        for arm, (pose, gripper) in targets.items():
+            _checked(validate_pose, pose, f"targets.{arm}.pose")
+            if gripper is not None:
+                _checked(validate_gripper, gripper, f"targets.{arm}.gripper")
+        guards = [self._guards[arm] for arm in self.bases]
+        # Two arms of one simulated world: its lock held across both, so the physics takes both targets on the
+        # same tick. Locks in the order every command takes them: guards, then the pair, then the world.
+        worlds = {id(world): world for world in (getattr(guard.backend, "world", None) for guard in guards)}
+        world = worlds.popitem()[1] if len(worlds) == 1 else None
+        sent, times = {}, []
+        with guards[0].lock, guards[1].lock, self.lock, (contextlib.nullcontext() if world is None else world.lock):
+            for arm, guard in zip(self.bases, guards):
+                try:
+                    target, clipped = guard.set_target(*targets[arm])
+                except CommandRejected as err:
+                    raise CommandRejected(err.field, f"{arm} arm: {err}") from err
+                except GuardError as err:
+                    raise type(err)(f"{arm} arm: {err}") from err
+                times.append(time.perf_counter())
+                sent[arm] = {"target": target.tolist(), "clipped": clipped}
+        return {"targets": sent, "skew_s": times[1] - times[0]}
 
     def violation(self, name: str, target: np.ndarray) -> str | None:
         """Why ``target`` (arm ``name``'s base frame) would bring the hands too close, or None."""
@@ -110,12 +149,50 @@ class ArmPair:
         other_backend = self._backends.get(other)
         if other_backend is None:  # the other arm is not served yet
             return None
-        their_tcp, their_target = other_backend.hand_poses()
         my_tcp, _ = self._backends[name].hand_poses()
-        shared = lambda arm, pose: compose_pose(self.bases[arm], pose)  # noqa: E731
-        found = self.clearance.violation(shared(name, target), shared(name, my_tcp),
-                                         [shared(other, their_tcp), shared(other, their_target)])
+        found = self.clearance.violation(self._shared(name, target), self._shared(name, my_tcp),
+                                         self._hands_of(other))
         return None if found is None else f"{found} from the {other} arm's hand"
+
+    def claim_joint_path(self, name: str, q_from, q_to) -> None:
+        """Before arm ``name`` moves in joint space from ``q_from`` to ``q_to`` (a straight line, as every backend's
+        joint reset moves): ``CommandRejected`` when its hand would pass within the clearance of the other arm's
+        hand; else the other arm's targets keep clear of the whole path until ``release_joint_path``."""
+        (other,) = set(self.bases) - {name}
+        path = [self._shared(name, pose) for pose in joint_path_hands(q_from, q_to)]
+        with self.lock:
+            found = None if other not in self._guards else self.clearance.path_violation(path, self._hands_of(other))
+            if found is not None:
+                raise CommandRejected("q", f"q: the joint move would pass the {name} hand too close to the {other} "
+                                           f"arm's hand ({found}); move that arm away first")
+            self._joint_paths[name] = path
+
+    def release_joint_path(self, name: str) -> None:
+        with self.lock:
+            self._joint_paths.pop(name, None)
+
+    def _shared(self, arm: str, pose: np.ndarray) -> np.ndarray:
+        return compose_pose(self.bases[arm], pose)
+
+    def _hands_of(self, arm: str) -> list[np.ndarray]:
+        """Where ``arm``'s hand may be (shared frame): now, at its target and along a joint move under way."""
+        tcp, target = self._backends[arm].hand_poses()
+        return [self._shared(arm, tcp), self._shared(arm, target), *self._joint_paths.get(arm, ())]
+
+
+def joint_path_hands(q_from, q_to, step: float = 0.005) -> list[np.ndarray]:
+    """TCP poses along the straight joint-space line from ``q_from`` to ``q_to``, the first and last included and
+    in between one wherever the hand has moved ``step`` m (or turned ``step`` / 0.1 rad, its blade's half length)."""
+    q_from, q_to = np.asarray(q_from, dtype=np.float64), np.asarray(q_to, dtype=np.float64)
+    samples = max(2, int(np.ceil(np.max(np.abs(q_to - q_from)) / 0.002)) + 1)
+    poses = [tcp_pose(q_from + s * (q_to - q_from)) for s in np.linspace(0.0, 1.0, samples)]
+    kept = [poses[0]]
+    for pose in poses[1:-1]:
+        last = kept[-1]
+        turned = 2.0 * np.arccos(min(1.0, abs(float(np.dot(pose[3:], last[3:])))))
+        if np.linalg.norm(pose[:3] - last[:3]) >= step or turned * 0.1 >= step:
+            kept.append(pose)
+    return kept + [poses[-1]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +201,12 @@ class PairedArm:
 
     pair: ArmPair
     name: str
+
+    def claim_joint_path(self, q_from, q_to) -> None:
+        self.pair.claim_joint_path(self.name, q_from, q_to)
+
+    def release_joint_path(self) -> None:
+        self.pair.release_joint_path(self.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +273,7 @@ class RobotGuard:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if config.paired is not None:
-            config.paired.pair.attach(config.paired.name, backend)
+            config.paired.pair.attach(config.paired.name, self)
 
     # -- commands
     def set_target(self, pose, gripper: float | None = None) -> tuple[np.ndarray, bool]:
@@ -228,8 +311,15 @@ class RobotGuard:
         """
         q = None if q is None else _checked(validate_joints, q, "q")
         duration = _checked(validate_seconds, duration, "duration", *JOINT_RESET_DURATION)
+        paired = self.config.paired
         with self._exclusive():
             self._require_no_stop()
+            if paired is not None:
+                goal = q if q is not None else self.backend.home_joints()
+                if goal is None:
+                    raise CommandRejected("q", "q: this backend's home is not known here; give the joint reset's q, "
+                                               "so that its path can be checked against the other arm's hand")
+                paired.claim_joint_path(self.backend.state().q, goal)
             self.armed = False
             self.joint_resetting = True
         try:
@@ -238,6 +328,8 @@ class RobotGuard:
             with self.lock:
                 self.joint_resetting = False
                 self.armed = False
+            if paired is not None:
+                paired.release_joint_path()
 
     def clear_backend_errors(self) -> None:
         """Clear the arm's own errors (reflexes, a stale driver) but never a latched safety stop."""
@@ -341,6 +433,9 @@ class RobotGuard:
             "errors": errors,
             "warnings": warnings,  # degraded but usable, e.g. a velocity estimated from pose differences
             "joint_reset_running": self.joint_resetting,
+            # two arms served by one process: this arm's name and its pair (``/pair/target`` sets both arms)
+            "pair": None if self.config.paired is None else {"id": self.config.paired.pair.id,
+                                                            "arm": self.config.paired.name},
             "watchdog": {"timeout_s": self.config.watchdog_timeout, "active": self._watchdog_active(),
                          "holding": self.watchdog_tripped, "trips": self.watchdog_trips,
                          "since_last_command_s": time.monotonic() - self.last_command},

@@ -130,6 +130,20 @@ def test_bc_weight_pulls_the_policy_onto_demo_actions():
     with_bc, without_bc = distance_after_updates(10.0), distance_after_updates(0.0)
     assert with_bc < 0.12 and without_bc > 3 * with_bc
 
+def test_policy_std_max_caps_the_spread_of_sampled_actions():
+    obs = {"state": np.zeros((4096, 3), np.float32)}
+
+    def pre_tanh_spread(cap):
+        agent = SACAgent.create(0, {"state": np.zeros(3, np.float32)}, 2, SACConfig(hidden_dims=(16, 16),
+                                                                                   policy_std_max=cap))
+        actions = np.asarray(agent.sample_actions(obs, jax.random.PRNGKey(1)))
+        return np.arctanh(np.clip(actions, -0.999999, 0.999999)).std(axis=0)
+
+    capped, free = pre_tanh_spread(0.1), pre_tanh_spread(float(np.exp(2.0)))
+    assert np.all(capped < 0.105) and np.all(free > 0.5), (capped, free)
+    with pytest.raises(ValueError, match="policy_std_max"):
+        SACConfig(policy_std_max=0.0)
+
 
 def test_update_runs_utd_critic_steps_and_one_actor_step():
     obs = {"state": np.zeros(3, np.float32)}

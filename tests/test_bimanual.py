@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ pytest.importorskip("robot_servers.backends.twin")  # sets MUJOCO_GL before mujo
 from robot_servers.backends.twin import TwinConfig, bimanual_twin  # noqa: E402
 from robot_servers.control.pose import DOWN_QUAT, compose_pose, relative_pose  # noqa: E402
 from robot_servers.control.safety import HandClearance, hands_gap, segment_distance  # noqa: E402
-from robot_servers.guard import ArmPair, CommandRejected, GuardConfig  # noqa: E402
+from robot_servers.guard import ArmPair, CommandRejected, GuardConfig, SafetyStopActive  # noqa: E402
 from robot_servers.twin import models  # noqa: E402
 from serl.envs.robot_client import LocalRobot  # noqa: E402
 
@@ -159,7 +160,7 @@ def test_handover_expert_succeeds_and_the_reward_needs_the_left_hand_away():
             assert reward >= 1.0 and env.teleop.phase == "deliver"
     assert successes >= 2 and contacts == 0
     reward = base.reward_fn
-    bar, hands = reward._measure(base)
+    bar, hands = reward.measure(base)
     assert reward.success(bar, hands)
     assert not reward.success(bar, {**hands, "left": bar + [0.0, 0.0, 0.05]})  # the left still at the bar
     assert not reward.success(bar + [0.0, -0.1, 0.0], {**hands, "left": bar + [0.0, 0.3, 0.0]})  # short of the goal
@@ -240,6 +241,42 @@ def test_two_arms_served_by_one_process_keep_their_hands_apart_over_http():
         right.set_target(at("right", (0.13, 0.0, 0.05)))  # 13 cm away: taken
 
 
+def test_one_process_serving_both_arms_takes_both_targets_in_one_request():
+    from serl.envs.bimanual import PANDA_HANDOVER
+    from serl.envs.dual_franka_env import DualFrankaEnv
+    from serl.envs.franka_env import FrankaEnv
+    from serl.envs.http_client import HttpRobotClient
+    from serl.envs.tasks import with_overrides
+
+    with served_handover() as (_, urls):
+        left, right = (HttpRobotClient(url) for url in urls)
+        assert left.pair["id"] == right.pair["id"] and (left.pair["arm"], right.pair["arm"]) == ("left", "right")
+        poses = {arm: client.state().target_pose for arm, client in (("left", left), ("right", right))}
+        lower = {arm: np.array(getattr(PANDA_HANDOVER, arm).reset_pose) for arm in poses}  # inside each box
+        skew = left.set_targets({"left": (lower["left"], None), "right": (lower["right"], 0.03)})
+        assert 0.0 <= skew < 0.5
+        assert _same_pose(left.state().target_pose, lower["left"]) and _same_pose(right.state().target_pose,
+                                                                                    lower["right"])
+        # bad input for one arm: neither arm's target changes
+        bad = lower["right"].copy()
+        bad[0] = np.nan
+        with pytest.raises(CommandRejected, match="pose"):
+            right.set_targets({"left": (poses["left"], None), "right": (bad, None)})
+        with pytest.raises(CommandRejected, match="targets"):
+            right.set_targets({"left": (poses["left"], None)})
+        assert _same_pose(left.state().target_pose, lower["left"]) and _same_pose(right.state().target_pose,
+                                                                                    lower["right"])
+
+        tasks = [with_overrides(task, reset_hooks=(), scene_objects=(), max_episode_steps=10 ** 6)
+                 for task in (PANDA_HANDOVER.left, PANDA_HANDOVER.right)]
+        env = DualFrankaEnv(*(FrankaEnv(client, task, reward_fn=None) for client, task in zip((left, right), tasks)))
+        env.reset(seed=0)
+        for _ in range(3):
+            env.step(np.zeros(8))
+        assert len(env.command_skews) == 3 and max(env.command_skews) < 0.5  # the server's own measure
+        env.close()
+
+
 def test_one_device_drives_one_arm_at_a_time_and_tab_switches_arms():
     from serl.devices.base import ScriptedTeleop, TeleopCommand
     from serl.devices.two_arms import TwoArmTeleop
@@ -314,3 +351,109 @@ def test_serving_two_real_arms_asks_where_their_bases_stand():
                                arm_base=("left=0,0.3,0,0", "right=0,-0.3,0,0")))
     with pytest.raises(ValueError, match="for real arms; the twin places its arms"):
         build_pair(ServeConfig(arms=("left", "right"), arm_base=("left=0,0.3,0,0", "right=0,-0.3,0,0")))
+
+
+def test_the_published_kinematics_put_the_tcp_where_the_twin_does():
+    from robot_servers.franka import HOME_Q, tcp_pose
+
+    (arm,) = bimanual_twin(TwinConfig(scene="empty"), layout="side_by_side", separation=0.6)[:1]
+    rng = np.random.default_rng(0)
+    for q in [np.array(HOME_Q)] + [np.array(HOME_Q) + rng.uniform(-0.6, 0.6, 7) for _ in range(5)]:
+        arm.reset_robot(q)
+        assert _same_pose(tcp_pose(q), arm.state().tcp_pose, atol=1e-6)
+    arm.world.release()
+
+
+def _left_hand_swung_towards_the_right_arm(left, right):
+    """The left arm turned at its base joint so that its hand points at the right arm; returns that start q."""
+    from robot_servers.franka import HOME_Q, tcp_pose
+
+    starts = [np.array(HOME_Q) + [turn, 0, 0, 0, 0, 0, 0] for turn in (-1.5, 1.5)]
+    towards = min(starts, key=lambda q: np.linalg.norm(compose_pose(left.base_pose, tcp_pose(q))[:3]
+                                                       - right.base_pose[:3]))
+    left.reset_robot(towards)
+    return towards
+
+
+def test_a_joint_reset_whose_path_passes_the_other_hand_is_refused_and_moves_nothing():
+    from robot_servers.franka import HOME_Q, tcp_pose
+
+    left, right = bimanual_twin(TwinConfig(scene="empty"), layout="side_by_side", separation=0.6)
+    pair = ArmPair({"left": left.base_pose, "right": right.base_pose})
+    robots = {arm: LocalRobot(backend, {}, GuardConfig(paired=pair.arm(arm)))
+              for arm, backend in (("left", left), ("right", right))}
+    start = _left_hand_swung_towards_the_right_arm(left, right)
+    # the right hand waits on the left hand's way home, most of the way along it
+    on_the_way = compose_pose(left.base_pose, tcp_pose(start + 0.7 * (np.array(HOME_Q) - start)))
+    right.reset_robot()
+    in_the_way = relative_pose(on_the_way, right.base_pose)
+    for _ in range(60):
+        robots["right"].guard.set_target(in_the_way)
+        robots["right"].advance(0.1)
+    assert np.linalg.norm(robots["right"].state().tcp_pose[:3] - in_the_way[:3]) < 0.01
+    before = left.state().q.copy()
+    with pytest.raises(CommandRejected, match="right arm's hand"):
+        robots["left"].guard.joint_reset()
+    np.testing.assert_allclose(left.state().q, before, atol=1e-3)
+
+    robots["right"].guard.set_target(tcp_pose(HOME_Q))  # out of the way, back in front of its own base
+    for _ in range(60):
+        robots["right"].advance(0.1)
+    robots["left"].guard.joint_reset()
+    np.testing.assert_allclose(left.state().q, HOME_Q, atol=0.02)
+    for robot in robots.values():
+        robot.close()
+
+
+@pytest.mark.parametrize("on_violation", ["reject", "clip"])
+def test_while_one_arm_moves_in_joint_space_the_other_keeps_clear_of_its_path(on_violation):
+    from robot_servers.franka import HOME_Q, tcp_pose
+
+    left, right = bimanual_twin(TwinConfig(scene="empty"), layout="side_by_side", separation=0.6)
+    pair = ArmPair({"left": left.base_pose, "right": right.base_pose})
+    robots = {arm: LocalRobot(backend, {}, GuardConfig(paired=pair.arm(arm), on_violation=on_violation))
+              for arm, backend in (("left", left), ("right", right))}
+    start = _left_hand_swung_towards_the_right_arm(left, right)
+    right.reset_robot()
+    on_the_path = relative_pose(compose_pose(left.base_pose, tcp_pose(start + 0.7 * (np.array(HOME_Q) - start))),
+                                right.base_pose)
+    pair.claim_joint_path("left", start, HOME_Q)  # as the left arm's joint reset does while it moves
+    if on_violation == "reject":
+        with pytest.raises(CommandRejected, match="left arm's hand"):
+            robots["right"].guard.set_target(on_the_path)
+    else:
+        sent, held = robots["right"].guard.set_target(on_the_path)
+        assert held and not _same_pose(sent, on_the_path, atol=1e-3)
+    pair.release_joint_path("left")
+    sent, held = robots["right"].guard.set_target(on_the_path)
+    assert not held and _same_pose(sent, on_the_path)
+    for robot in robots.values():
+        robot.close()
+
+
+def test_the_console_stop_latches_both_arms_and_sends_nothing_until_recover():
+    from serl.console.hub import ConsoleHub
+    from serl.envs.bimanual import make_bimanual_sim_env
+    from serl.runtime.actor import ActorConsole
+
+    env = make_bimanual_sim_env("PandaHandover", seed=0)
+    env.reset(seed=0)
+    console = ActorConsole(ConsoleHub(), env, None)
+    console.hub.command("safety_stop")
+    assert console.apply_commands(Path("unused.jsonl"), 0, 0) == "" and console.stopped
+    for arm in env.arms.values():
+        assert any(error.startswith("safety_stop") for error in arm.client.state().errors)
+        with pytest.raises(SafetyStopActive):
+            arm.client.set_target(arm.client.state().target_pose)
+    targets = {name: arm.client.state().target_pose for name, arm in env.arms.items()}
+    start = env.arms["right"].client.state().timestamp
+    for _ in range(3):
+        console.hold()
+    assert env.arms["right"].client.state().timestamp > start  # the world went on; nothing was sent
+    for name, arm in env.arms.items():
+        assert _same_pose(arm.client.state().target_pose, targets[name])
+    console.hub.command("recover")
+    assert console.apply_commands(Path("unused.jsonl"), 0, 0) == "new episode" and not console.stopped
+    env.reset(seed=1)
+    env.step(np.zeros(8))  # both arms take commands again
+    env.close()

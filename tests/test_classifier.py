@@ -359,3 +359,47 @@ def test_live_labelling_marks_frames_with_a_toggle_key(tmp_path):
     summary = label(ClassifierLabelCommand(out=tmp_path / "cli.h5", live="PandaPickCube", teleop="scripted", episodes=1,
                                            image_size=(SIZE, SIZE)), stdout=io.StringIO())
     assert summary["episodes"] == 1 and summary["positives"] == 0  # nobody pressed the mark key
+
+
+def test_a_classifier_over_both_arms_cameras_rewards_the_handover(tmp_path):
+    """Two arms: ground-truth labelled handover frames of both wrists and the scene camera → a classifier that
+    tells held-out frames apart → ``ClassifierReward`` on the two-arm env ends the expert's handover once the bar
+    is handed over and carried near the goal (the ground truth's 4 cm are finer than 32-pixel frames show)."""
+    from serl.devices.scripted import ExpertConfig, HandoverExpert
+    from serl.envs.bimanual import bimanual_reward, get_bimanual_task
+    from serl.envs.dual_franka_env import robot_env_under
+    from serl.envs.intervention import InterventionWrapper
+    from serl.runtime.config import EnvConfig
+    from serl.runtime.envs import build_env
+
+    data = tmp_path / "handover.h5"
+    summary = label(ClassifierLabelCommand(out=data, from_twin="PandaHandover", episodes=8, image_size=(SIZE, SIZE),
+                                           fail_fraction=0.4, seed=1), stdout=io.StringIO())
+    assert summary["episodes"] == 8 and 0 < summary["successes"] < 8, summary
+    frames = frames_from_episodes(data)
+    assert frames.cameras == ("left/front", "left/wrist", "right/wrist")
+    out = tmp_path / "checkpoint"
+    trained = train(ClassifierTrainCommand(data=(data,), out=out, progress=False,
+                                           train=ClassifierTrainingParams(max_steps=150, min_steps=60, eval_every=20,
+                                                                          shift_pad=1, seed=0)), log=None)
+    assert trained["heldout"]["roc_auc"] >= 0.9 and trained["heldout"]["positives"] > 0, trained
+    assert load_checkpoint(out).spec.camera_names == frames.cameras
+
+    env = build_env(EnvConfig(task="PandaHandover", pixels=True, reward_classifier=out, classifier_k=2,
+                              overrides=("camera_size=32", "reward=classifier")), seed=5)
+    try:
+        driven = InterventionWrapper(env, HandoverExpert(env, ExpertConfig(seed=5)))
+        pair = robot_env_under(env)
+        judge = bimanual_reward(get_bimanual_task("PandaHandover"))
+        driven.reset(seed=5)
+        for step in range(110):
+            _, reward, terminated, _, info = driven.step(np.zeros(env.action_space.shape, np.float32))
+            if terminated:
+                break
+            assert reward == 0.0
+        assert terminated, "the classifier never ended the handover"
+        assert reward == 1.0 and info["succeed"] and not info["env_succeed"]
+        bar, hands = judge.measure(pair)  # ended once the right hand had carried the bar close to the goal alone
+        assert np.linalg.norm(bar - judge.goal) < 0.1 and np.linalg.norm(hands["left"] - bar) >= judge.released
+    finally:
+        env.close()

@@ -156,6 +156,10 @@ class Backend(abc.ABC):
     def joint_reset(self, q: np.ndarray | None = None, duration: float = 3.0) -> None:
         """Blocking joint-space move to ``q`` (home when None), then impedance control resumes there."""
 
+    def home_joints(self) -> np.ndarray | None:
+        """Where ``joint_reset(None)`` goes; None where only the arm's own server knows."""
+        return None
+
     @abc.abstractmethod
     def recover(self) -> None:
         """Clear error flags / reflexes and hold the current pose."""

@@ -446,6 +446,9 @@ class LibfrankaBackend(Backend):
                 nullspace.posture_stiffness = stiffness
                 self._tracker.motion.set_nullspace_gains(nullspace)
 
+    def home_joints(self) -> np.ndarray:
+        return np.array(self.config.home_q, dtype=np.float64)
+
     def joint_reset(self, q=None, duration: float = 3.0) -> None:
         target = reset_joints(self.config, q)
         allowed = max(duration * 5, 20.0)

@@ -571,6 +571,9 @@ class TorqueLoopBackend(Backend):
             self._send("params", params.to_dict())
             self._impedance = params
 
+    def home_joints(self) -> np.ndarray:
+        return np.array(self.config.home_q, dtype=np.float64)
+
     def joint_reset(self, q=None, duration: float = 3.0) -> None:
         target = reset_joints(self.config, q)
         with self._lock:

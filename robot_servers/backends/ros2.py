@@ -345,6 +345,9 @@ class Ros2Backend(Backend):
         now = self._node.get_clock().now().nanoseconds * 1e-9
         self._joint_pub.publish(self._messages.joint_msg(self.config.joint_names, q, seconds=now))
 
+    def home_joints(self) -> np.ndarray:
+        return np.array(self.config.home_q, dtype=np.float64)
+
     def joint_reset(self, q=None, duration: float = 3.0) -> None:
         """Joint impedance toward ``q`` through crisp's nullspace term, then every parameter restored.
 

@@ -594,6 +594,9 @@ class TwinBackend(SimulatedBackend):
     def _check_q(self, q, field: str) -> np.ndarray:
         return validate_joints(q, field, self.joint_low, self.joint_high)
 
+    def home_joints(self) -> np.ndarray:
+        return np.array(self.home_q, dtype=np.float64)
+
     def joint_reset(self, q=None, duration: float = 3.0) -> None:
         """Minimum-jerk joint move to ``q`` (home when None) over ``duration`` s, then hold by impedance."""
         goal = self.home_q.copy() if q is None else self._check_q(q, "q")

@@ -86,36 +86,54 @@ HAND_RADIUS = 0.02
 WRIST = (0.13, 0.22, 0.045)  # link 7: from, to (m above the TCP), radius
 
 
-def hand_capsules(pose: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float]]:
-    """(end, end, radius) of the capsules that stand for the hand and wrist at TCP ``pose``."""
-    pose = np.asarray(pose, dtype=np.float64)
-    rotation = quat_to_matrix(pose[3:])
-    along, up = rotation[:, 1] * HAND_HALF_WIDTH, -rotation[:, 2]
-    capsules = [(pose[:3] + up * h - along, pose[:3] + up * h + along, HAND_RADIUS)
-                for h in (0.0, HAND_HEIGHT / 2, HAND_HEIGHT)]
-    low, high, radius = WRIST
-    capsules.append((pose[:3] + up * low, pose[:3] + up * high, radius))
-    return capsules
+_CAPSULE_HEIGHTS = np.array([0.0, HAND_HEIGHT / 2, HAND_HEIGHT])
+_CAPSULE_RADII = np.array([HAND_RADIUS] * 3 + [WRIST[2]])
 
 
-def segment_distance(p1: np.ndarray, q1: np.ndarray, p2: np.ndarray, q2: np.ndarray) -> float:
-    """Shortest distance between the segments p1–q1 and p2–q2 (closest points by clamped parameters)."""
+def hand_capsules(poses: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The capsules that stand for the hand and wrist at each TCP pose in ``poses`` (..., 7): their ends (two
+    (..., 4, 3) arrays) and radii (4,)."""
+    poses = np.asarray(poses, dtype=np.float64)
+    x, y, z, w = np.moveaxis(poses[..., 3:] / np.linalg.norm(poses[..., 3:], axis=-1, keepdims=True), -1, 0)
+    finger_axis = np.stack([2 * (x * y - z * w), 1 - 2 * (x * x + z * z), 2 * (y * z + x * w)], axis=-1)
+    up = -np.stack([2 * (x * z + y * w), 2 * (y * z - x * w), 1 - 2 * (x * x + y * y)], axis=-1)
+    along = (finger_axis * HAND_HALF_WIDTH)[..., None, :]
+    tcp, up = poses[..., None, :3], up[..., None, :]
+    centres = tcp + _CAPSULE_HEIGHTS[:, None] * up
+    low, high, _ = WRIST
+    starts = np.concatenate([centres - along, tcp + low * up], axis=-2)
+    ends = np.concatenate([centres + along, tcp + high * up], axis=-2)
+    return starts, ends, _CAPSULE_RADII
+
+
+def segment_distance(p1: np.ndarray, q1: np.ndarray, p2: np.ndarray, q2: np.ndarray) -> np.ndarray:
+    """Shortest distance between the segments p1–q1 and p2–q2 (closest points by clamped parameters); points
+    (..., 3) broadcast against each other, one distance per segment pair."""
     d1, d2, r = q1 - p1, q2 - p2, p1 - p2
-    a, e, f = d1 @ d1, d2 @ d2, d2 @ r
-    c, b = d1 @ r, d1 @ d2
+    a, e = np.sum(d1 * d1, axis=-1), np.sum(d2 * d2, axis=-1)
+    b, c, f = np.sum(d1 * d2, axis=-1), np.sum(d1 * r, axis=-1), np.sum(d2 * r, axis=-1)
     denominator = a * e - b * b
-    s = float(np.clip((b * f - c * e) / denominator, 0.0, 1.0)) if denominator > 1e-12 else 0.0
+    parallel = denominator <= 1e-12
+    s = np.where(parallel, 0.0, np.clip((b * f - c * e) / np.where(parallel, 1.0, denominator), 0.0, 1.0))
     t = (b * s + f) / e
-    if t < 0.0 or t > 1.0:
-        t = float(np.clip(t, 0.0, 1.0))
-        s = float(np.clip((b * t - c) / a, 0.0, 1.0))
-    return float(np.linalg.norm(p1 + d1 * s - (p2 + d2 * t)))
+    beyond = (t < 0.0) | (t > 1.0)
+    t = np.clip(t, 0.0, 1.0)
+    s = np.where(beyond, np.clip((b * t - c) / a, 0.0, 1.0), s)
+    return np.linalg.norm(p1 + d1 * s[..., None] - (p2 + d2 * t[..., None]), axis=-1)
+
+
+def hands_gaps(poses: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Air between each hand (and wrist) at a TCP pose in ``poses`` (N, 7) and each in ``others`` (M, 7), one
+    frame: (N, M), negative where two overlap."""
+    p1, q1, r = hand_capsules(np.atleast_2d(poses))
+    p2, q2, _ = hand_capsules(np.atleast_2d(others))
+    distances = segment_distance(p1[:, None, :, None], q1[:, None, :, None], p2[None, :, None], q2[None, :, None])
+    return (distances - r[:, None] - r[None, :]).min(axis=(2, 3))
 
 
 def hands_gap(a: np.ndarray, b: np.ndarray) -> float:
     """Air between two hands (and wrists) at TCP poses ``a`` and ``b`` (one frame); negative when they overlap."""
-    return min(segment_distance(p1, q1, p2, q2) - r1 - r2
-               for p1, q1, r1 in hand_capsules(a) for p2, q2, r2 in hand_capsules(b))
+    return float(hands_gaps(a, b)[0, 0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +150,12 @@ class HandClearance:
     def violation(self, target: np.ndarray, current: np.ndarray, others: list[np.ndarray]) -> str | None:
         """None when the hand at ``target`` keeps the clearance to every pose in ``others``, or moves away from
         the nearest of them compared with ``current``; else a message (all poses in one frame)."""
-        new = min(hands_gap(target, other) for other in others)
-        if new >= self.clearance or new > min(hands_gap(current, other) for other in others):
-            return None
-        return f"the hands would be {100 * new:.1f} cm apart, inside the {100 * self.clearance:.0f} cm clearance"
+        return self.path_violation([current, target], others)
+
+    def path_violation(self, path: list[np.ndarray], others: list[np.ndarray]) -> str | None:
+        """``violation`` for each step along ``path`` (the hand's poses in order, the first where it is now)."""
+        gaps = hands_gaps(np.stack(path), np.stack(others)).min(axis=1)
+        for before, new in zip(gaps, gaps[1:]):
+            if new < self.clearance and not new > before:
+                return f"the hands would be {100 * new:.1f} cm apart, inside the {100 * self.clearance:.0f} cm clearance"
+        return None

@@ -69,6 +69,7 @@ from robot_servers.http.schemas import (
     GripperBody,
     ImpedanceBody,
     JointResetBody,
+    PairTargetBody,
     ResetRobotBody,
     ResetSceneBody,
     SafetyStopBody,
@@ -343,6 +344,13 @@ def create_app(backend: Backend, cameras: Mapping[str, Camera] | None = None,
         if body.wait:
             await _sleep_until(deadline)
         return await call(step_observe, body, target, clipped)
+
+    if guard.config.paired is not None:
+        pair = guard.config.paired.pair
+
+        @app.post("/pair/target", summary="Both arms' targets in one request, set back to back (two arms, one process)")
+        def pair_target(body: PairTargetBody) -> dict[str, Any]:
+            return pair.set_targets({arm: (target.pose, target.gripper) for arm, target in body.targets.items()})
 
     if guard.simulated:
         _add_sim_routes(app, guard, observe_state, scene)

@@ -37,6 +37,10 @@ class TargetBody(StrictBody):
     gripper: Optional[Width] = None
 
 
+class PairTargetBody(StrictBody):
+    targets: dict[str, TargetBody] = Field(description="each arm's target, by the arm names /health's pair gives")
+
+
 class GripperBody(StrictBody):
     width: Width
 

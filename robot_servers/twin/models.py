@@ -17,11 +17,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from robot_servers.franka import HOME_Q
+from robot_servers.franka import FLANGE_OFFSET, HAND_YAW, HOME_Q, JOINT_FRAMES, TCP_OFFSET
 
-TCP_OFFSET = 0.1034  # m from the flange, Franka's default end-effector frame
 FINGER_ORIGIN = 0.0584  # m from the flange-side of the hand to the finger joints
-HAND_QUAT = "0.9238795 0 0 -0.3826834"  # −45° about the flange z axis (wxyz)
+HAND_QUAT = f"{math.cos(HAND_YAW / 2):.7f} 0 0 {math.sin(HAND_YAW / 2):.7f}"  # about the flange z axis (wxyz)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,15 +50,8 @@ LINK_CAPSULES = {
     "link7": [("0 0 -0.01 0 0 0.08", 0.045)],
 }
 
-_CHAIN = (  # (pos, quat) of link1..link7 in their parent's frame
-    ("0 0 0.333", "1 0 0 0"),
-    ("0 0 0", "1 -1 0 0"),
-    ("0 -0.316 0", "1 1 0 0"),
-    ("0.0825 0 0", "1 1 0 0"),
-    ("-0.0825 0.384 0", "1 -1 0 0"),
-    ("0 0 0", "1 1 0 0"),
-    ("0.088 0 0", "1 1 0 0"),
-)
+# (pos, quat) of link1..link7 in their parent's frame
+_CHAIN = tuple((" ".join(f"{v:g}" for v in pos), " ".join(f"{v:g}" for v in quat)) for pos, quat in JOINT_FRAMES)
 
 _PANDA_INERTIA = (
     (4.970684, "0.003875 0.002081 -0.04762", 'fullinertia="0.70337 0.70661 0.009117 -0.000139 0.006772 0.019169"'),
@@ -141,7 +133,7 @@ def _hand_xml(prefix: str = "") -> str:
         f'type="box" size="0.009 0.005 0.027" pos="0 0.005 0.027" class="{prefix}finger_pad"'
     )
     return f"""
-<body name="{prefix}hand" pos="0 0 0.107" quat="{HAND_QUAT}" gravcomp="1">
+<body name="{prefix}hand" pos="0 0 {FLANGE_OFFSET}" quat="{HAND_QUAT}" gravcomp="1">
   <inertial mass="{HAND_MASS}" pos="-0.01 0 0.03" diaginertia="0.001 0.0025 0.0017"/>
   <geom name="{prefix}hand" class="{prefix}robot" type="box" size="0.02 0.1 0.025" pos="0 0 0.03" material="hand"/>
   <geom class="{prefix}robot" type="cylinder" size="0.035 0.006" pos="0 0 0.004" material="dark"/>

@@ -47,6 +47,9 @@ class SACConfig:
     temp_lr: float = 3e-4
     init_temperature: float = 1.0
     target_entropy: Optional[float] = None  # None: -|A|/2 over the continuous action dims
+    policy_std_max: float = float(np.exp(2.0))
+    """Largest standard deviation of the pre-tanh Gaussian. Once the temperature has fallen only the critic's
+    curvature narrows the policy, slowly; a task whose training episodes need centimetre precision caps it."""
     backup_entropy: bool = False
     utd_ratio: int = 1  # critic steps per update() call
     actor_update_period: int = 1  # actor + temperature step on every k-th update() call
@@ -88,6 +91,8 @@ class SACConfig:
         for name, value in (("bc_weight", self.bc_weight), ("grasp_margin", self.grasp_margin)):
             if not (np.isfinite(value) and value >= 0.0):
                 raise ValueError(f"SACConfig.{name} must be finite and >= 0, got {value}")
+        if not (np.isfinite(self.policy_std_max) and self.policy_std_max > 0.0):
+            raise ValueError(f"SACConfig.policy_std_max must be finite and > 0, got {self.policy_std_max}")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError("SACConfig.tau must be in (0, 1]")
         if not self.gripper_indices or len(set(self.gripper_indices)) != len(self.gripper_indices):
@@ -240,7 +245,8 @@ class SACAgent(struct.PyTreeNode):
             proprio_latent_dim=config.proprio_latent_dim,
         )
         critic_def = CriticEnsemble(config.hidden_dims, config.num_qs, config.activation, config.critic_layer_norm)
-        actor_def = TanhGaussianActor(config.hidden_dims, continuous_dim, config.activation, config.actor_layer_norm)
+        actor_def = TanhGaussianActor(config.hidden_dims, continuous_dim, config.activation, config.actor_layer_norm,
+                                      log_std_max=float(np.log(config.policy_std_max)))
         if config.pretrained_backbone and not image_keys:
             raise ValueError("SACConfig.pretrained_backbone: the observations have no camera to encode")
         temp_def = Temperature(config.init_temperature)

@@ -25,8 +25,8 @@ from robot_servers.twin import models as twin_models  # geometry only; does not 
 from serl.envs.dual_franka_env import ARMS, DualFrankaEnv
 from serl.envs.franka_env import FrankaEnv
 from serl.envs.robot_client import LocalRobot
-from serl.envs.task_config import ResetHookSpec, TaskConfig
-from serl.envs.tasks import SIM_PRECISION, twin_options
+from serl.envs.task_config import CameraSpec, ResetHookSpec, TaskConfig
+from serl.envs.tasks import SIM_PRECISION, pixel_variant, twin_options, with_overrides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,25 +89,43 @@ def is_bimanual(name: str) -> bool:
     return name in _TASKS
 
 
-def get_bimanual_task(name: str) -> BimanualTask:
+def get_bimanual_task(name: str, pixels: bool = False) -> BimanualTask:
+    """A registered two-arm task; ``pixels=True`` gives its camera variant (``pixel_pair``)."""
     if name not in _TASKS:
         close = difflib.get_close_matches(name, sorted(_TASKS), n=1)
         raise ValueError(f"unknown two-arm task {name!r}{f' (did you mean {close[0]}?)' if close else ''}; "
                          f"registered: {', '.join(sorted(_TASKS))}")
-    return _TASKS[name]
+    task = _TASKS[name]
+    return pixel_pair(task) if pixels and not task.cameras else task
+
+
+def pixel_pair(task: BimanualTask, size: tuple[int, int] = (128, 128)) -> BimanualTask:
+    """The pair seen through cameras, without privileged object positions: each arm's wrist camera, and the
+    scene's front camera once (with the left arm): ``left/wrist``, ``left/front``, ``right/wrist``."""
+    size = tuple(size)
+    left = pixel_variant(task.left, (CameraSpec("wrist", size), CameraSpec("front", size)))
+    right = pixel_variant(task.right, (CameraSpec("wrist", size),))
+    return dataclasses.replace(task, left=left, right=right)
 
 
 def with_bimanual_overrides(task: BimanualTask, **overrides) -> BimanualTask:
-    """Overrides of the pair's fields, or of ``TaskConfig`` fields, which then apply to both arms."""
+    """Overrides of the pair's fields, or of ``TaskConfig`` fields (and ``camera_size``), which then apply to both
+    arms (as ``with_overrides`` does for one)."""
     own = {field.name for field in dataclasses.fields(BimanualTask)} - {"name", "left", "right"}
-    per_arm = {field.name for field in dataclasses.fields(TaskConfig)} - {"name"}
+    per_arm = {field.name for field in dataclasses.fields(TaskConfig)} - {"name"} | {"camera_size"}
     unknown = sorted(set(overrides) - own - per_arm)
     if unknown:
         raise ValueError(f"unknown fields {unknown} for two-arm task {task.name}; known: {sorted(own | per_arm)}")
     arm_overrides = {k: v for k, v in overrides.items() if k in per_arm and k not in own}
-    left = dataclasses.replace(task.left, **arm_overrides)
-    right = dataclasses.replace(task.right, **arm_overrides)
+    left = with_overrides(task.left, **arm_overrides)
+    right = with_overrides(task.right, **arm_overrides)
     return dataclasses.replace(task, left=left, right=right, **{k: v for k, v in overrides.items() if k in own})
+
+
+def bimanual_reward(task: BimanualTask):
+    """The registered pair reward of ``task``, built for it (``reward(env) -> (reward, success)``), or None."""
+    build = _REWARDS.get(task.name)
+    return None if build is None else build(task)
 
 
 # ----------------------------------------------------------------------------- PandaHandover
@@ -170,9 +188,10 @@ class HandoverReward:
     potential: float = 0.0
 
     def reset(self, env: DualFrankaEnv) -> None:
-        self.potential = self.shaping_potential(*self._measure(env))
+        self.potential = self.shaping_potential(*self.measure(env))
 
-    def _measure(self, env: DualFrankaEnv) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def measure(self, env: DualFrankaEnv) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The bar's centre and both TCPs, world frame."""
         scene = env.arms["left"].client.scene()
         bar = compose_pose(self.bases["left"], scene["bar"])[:3]
         hands = {arm: compose_pose(self.bases[arm], e.state.tcp_pose)[:3] for arm, e in env.arms.items()}
@@ -193,7 +212,7 @@ class HandoverReward:
         return 0.25 * (reach_left + to_middle + reach_right + to_goal)
 
     def __call__(self, env: DualFrankaEnv) -> tuple[float, bool]:
-        bar, hands = self._measure(env)
+        bar, hands = self.measure(env)
         success = self.success(bar, hands)
         reward = float(success)
         if self.shaping:
@@ -207,24 +226,27 @@ register_bimanual_task(PANDA_HANDOVER, reward=lambda task: HandoverReward(
     bases=task.bases(), shaping=task.reward_shaping, shaping_discount=task.shaping_discount))
 
 
-def make_bimanual_sim_env(task_name: str, seed: int | None = None, **overrides) -> DualFrankaEnv:
+def make_bimanual_sim_env(task_name: str, seed: int | None = None, *, pixels: bool = False,
+                          **overrides) -> DualFrankaEnv:
     """The bimanual twin (lockstep), each arm behind its own guard (its task's box, both hands kept apart by one
-    ``ArmPair``), each arm's ``FrankaEnv``, and the ``DualFrankaEnv`` over them with the task's pair reward."""
+    ``ArmPair``), each arm's ``FrankaEnv``, and the ``DualFrankaEnv`` over them with the task's pair reward (none
+    with ``reward="classifier"``: a ``ClassifierReward`` outside gives it). ``pixels``: ``pixel_pair``."""
     from robot_servers.backends.twin import TwinConfig, bimanual_twin  # MuJoCo: only when a twin is built
 
-    task = with_bimanual_overrides(get_bimanual_task(task_name), **overrides)
+    task = with_bimanual_overrides(get_bimanual_task(task_name, pixels=pixels), **overrides)
     options = twin_options(task.left)
+    options["cameras"] = tuple(dict.fromkeys(cam.name for arm in (task.left, task.right) for cam in arm.cameras))
     left, right = bimanual_twin(TwinConfig(lockstep=True, seed=0 if seed is None else int(seed), **options),
                                 layout=task.layout, separation=task.separation)
     pair = ArmPair({"left": left.base_pose, "right": right.base_pose}, HandClearance(task.clearance))
     envs = {}
     for arm, backend in (("left", left), ("right", right)):
         arm_task = getattr(task, arm)
-        client = LocalRobot(backend, backend.cameras(), GuardConfig(safety_box=arm_task.safety_box,
-                                                                    paired=pair.arm(arm)))
+        available = backend.cameras()
+        client = LocalRobot(backend, {cam.name: available[cam.name] for cam in arm_task.cameras}, GuardConfig(safety_box=arm_task.safety_box, paired=pair.arm(arm)))
         envs[arm] = FrankaEnv(client, arm_task, reward_fn=None)
-    reward = _REWARDS.get(task.name)
-    env = DualFrankaEnv(envs["left"], envs["right"], task=task, reward_fn=None if reward is None else reward(task))
+    reward = bimanual_reward(task) if task.left.reward == "ground_truth" else None
+    env = DualFrankaEnv(envs["left"], envs["right"], task=task, reward_fn=reward)
     if seed is not None:
         env.np_random = np.random.default_rng(seed)
         env.action_space.seed(seed)

@@ -54,12 +54,17 @@ class DualFrankaEnv(gym.Env):
         self.lockstep = left.client.lockstep
         # two arms in one simulated world advance together: one advance per period, not one per arm
         self.one_world = left.client.simulation is not None and left.client.simulation == right.client.simulation
+        # two arms served by one process: one request carries both targets (the server's names for the arms)
+        pairs = [env.client.pair for env in self.arms.values()]
+        self._served_as = ({arm: pair["arm"] for arm, pair in zip(self.arms, pairs)}
+                           if all(pairs) and pairs[0]["id"] == pairs[1]["id"] else None)
         self.reward_fn = reward_fn
         self._clock, self._sleep = clock, sleep
         self._pacing = PeriodicClock(self.period, clock)
         self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="right-arm")
         self.command_skews: collections.deque[float] = collections.deque(maxlen=SKEW_HISTORY)
-        """Seconds between the two arms' acknowledged targets, one entry per real-time step."""
+        """Seconds between the two arms' acknowledged targets (one process serving both: between the two targets
+        it set), one entry per real-time step."""
         self._sizes = [env.action_space.shape[0] for env in self.arms.values()]
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(sum(self._sizes),), dtype=np.float32)
         state, images = {}, {}
@@ -137,6 +142,10 @@ class DualFrankaEnv(gym.Env):
         for arm, env in self.arms.items():
             with _naming(arm):
                 env.send_hold()
+        self.idle()
+
+    def idle(self) -> None:
+        """One control period in which nothing is sent to either arm; both states are read."""
         if self.lockstep:
             self._advance()
         else:
@@ -145,6 +154,12 @@ class DualFrankaEnv(gym.Env):
         for arm, env in self.arms.items():
             with _naming(arm):
                 env.read_state()
+
+    def safety_stop(self, reason: str) -> None:
+        """Latch both arms' safety stops (see ``FrankaEnv.safety_stop``)."""
+        for arm, env in self.arms.items():
+            with _naming(arm):
+                env.safety_stop(reason)
 
     def recover(self) -> None:
         """Clear both arms' error states (a safety stop, a reflex)."""
@@ -184,7 +199,12 @@ class DualFrankaEnv(gym.Env):
                 break
 
     def _send(self, commands: dict[str, ArmCommand]) -> None:
-        """Both targets at once: the right arm's from a worker thread, the left arm's from this one."""
+        """Both targets at once: in one request when one process serves both arms, else the right arm's from a
+        worker thread and the left arm's from this one."""
+        if self._served_as is not None:
+            served = {self._served_as[arm]: command for arm, command in commands.items()}
+            self.command_skews.append(self.arms["left"].send_pair(served))
+            return
         right = self._sender.submit(self._send_one, "right", commands["right"])
         left_done = self._send_one("left", commands["left"])
         right_done = right.result()

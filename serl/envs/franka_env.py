@@ -191,6 +191,12 @@ class FrankaEnv(gym.Env):
         with self._client_call("step"):
             self.client.set_target(command.target, command.gripper)
 
+    def send_pair(self, commands: Mapping[str, ArmCommand]) -> float:
+        """Two arms' commands, by the arm names of ``client.pair``, through this arm's client: one request to the
+        process serving both, which sets them back to back. Returns the seconds between the two targets."""
+        with self._client_call("step"):
+            return self.client.set_targets({arm: (c.target, c.gripper) for arm, c in commands.items()})
+
     def observe_after(self) -> tuple[RobotState, dict]:
         """State and frames (and the scene, when the reward needs it) after a command went out."""
         with self._client_call("step"):
@@ -265,8 +271,16 @@ class FrankaEnv(gym.Env):
         """One control period without an env step, the robot's target unchanged: the target is sent again, the
         period passes, and the state is read."""
         self.send_hold()
+        self.idle()
+
+    def idle(self) -> None:
+        """One control period in which nothing is sent: the period passes and the state is read."""
         self.wait_period()
         self.read_state()
+
+    def safety_stop(self, reason: str) -> None:
+        """Latch the robot's safety stop: it holds and refuses commands until ``recover``."""
+        self.client.safety_stop(reason)
 
     def recover(self) -> None:
         """Clear the robot's error state (a safety stop, a reflex) before the next reset."""

@@ -80,9 +80,7 @@ class HttpRobotClient(RobotClient):
         self._session: str | None = None
         self._conn: http.client.HTTPConnection | None = None
         self._scene: dict[str, np.ndarray] | None = None
-        health = self.health()
-        self.lockstep = bool(health["lockstep"])
-        self.simulation = health.get("simulation")
+        self._read_health(self.health())
 
     # -- transport
     def _connection(self) -> http.client.HTTPConnection:
@@ -165,9 +163,12 @@ class HttpRobotClient(RobotClient):
         """Start afresh with whichever server answers now (the env calls it on the reset after an error)."""
         self._drop_connection()
         self._session = None
-        health = self.health()
+        self._read_health(self.health())
+
+    def _read_health(self, health: dict[str, Any]) -> None:
         self.lockstep = bool(health["lockstep"])
         self.simulation = health.get("simulation")
+        self.pair = health.get("pair")
 
     # -- RobotClient
     def health(self) -> dict[str, Any]:
@@ -181,6 +182,14 @@ class HttpRobotClient(RobotClient):
         if gripper is not None:
             body["gripper"] = _floats([gripper], "gripper")[0]
         self._request("POST", "/target", body)
+
+    def set_targets(self, targets) -> float:
+        if self.pair is None:
+            return super().set_targets(targets)
+        body = {"targets": {arm: {"pose": _floats(pose, f"targets.{arm}.pose"),
+                                  **({} if gripper is None else {"gripper": _floats([gripper], "gripper")[0]})}
+                            for arm, (pose, gripper) in targets.items()}}
+        return float(self._request("POST", "/pair/target", body).json()["skew_s"])
 
     def set_gripper(self, width) -> None:
         self._request("POST", "/gripper", {"width": _floats([width], "width")[0]})

@@ -29,6 +29,9 @@ class RobotClient(abc.ABC):
     # True when ``step(wait=...)`` waits on the robot side, so a real-time env step is one round trip;
     # otherwise the env sleeps on its own clock between ``set_target`` and the observation.
     waits_remotely: bool = False
+    # Two arms served by one process (or guarded in this one): {"id": the pair, "arm": this arm's name}, and then
+    # ``set_targets`` sets both arms' targets back to back; None otherwise.
+    pair: dict | None = None
 
     @abc.abstractmethod
     def state(self) -> RobotState: ...
@@ -95,6 +98,11 @@ class RobotClient(abc.ABC):
         """Latch the robot's safety stop (hold, refuse commands until ``recover``), as the guard's measured-pose
         check does."""
 
+    def set_targets(self, targets: Mapping[str, tuple[np.ndarray, float | None]]) -> float:
+        """Both arms of ``pair``: each arm's (pose, gripper) by its name, set back to back; returns the seconds
+        between the two."""
+        raise NotImplementedError(f"{type(self).__name__} serves one arm; set each arm's target on its client")
+
     def reconnect(self) -> None:
         """Re-open the connection after a failure; the env calls it on the reset after an error."""
 
@@ -116,6 +124,7 @@ class LocalRobot(RobotClient):
         self.guard = RobotGuard(backend, guard)
         self.lockstep = backend.lockstep
         self.simulation = getattr(backend, "world", backend) if backend.lockstep else None
+        self.pair = self.guard.health()["pair"]
         self.guard.start()
 
     def state(self) -> RobotState:
@@ -123,6 +132,11 @@ class LocalRobot(RobotClient):
 
     def set_target(self, pose, gripper=None) -> None:
         self.guard.set_target(pose, gripper)
+
+    def set_targets(self, targets) -> float:
+        if self.guard.config.paired is None:
+            return super().set_targets(targets)
+        return self.guard.config.paired.pair.set_targets(targets)["skew_s"]
 
     def set_gripper(self, width) -> None:
         self.guard.set_gripper(width)

@@ -486,13 +486,15 @@ class ActorConsole:
         return True
 
     def safety_stop(self) -> None:
-        """Latch the robot's safety stop; where the robot cannot, the actor itself sends nothing until recover."""
+        """Latch the robot's (both arms') safety stop; where the robot cannot, the actor itself sends nothing until
+        recover."""
         reason = "stopped from the console"
-        if self.base is None:
+        robot = robot_env_under(self.env)
+        if robot is None:
             self.stopped = reason
             return
         try:
-            self.base.client.safety_stop(reason)
+            robot.safety_stop(reason)
         except (NotImplementedError, RuntimeError, ConnectionError, OSError) as err:
             reason = f"the robot could not latch it ({err}); the actor sends nothing"
         self.stopped = reason
@@ -504,17 +506,17 @@ class ActorConsole:
         if not self.stopped:
             _hold(self.env)
             return
-        if self.base is None or self.base.state is None:
+        robot = robot_env_under(self.env)
+        if robot is None:
             time.sleep(0.05)
             return
         try:
-            self.base.wait_period()
-            self.base.read_state()
+            robot.idle()
         except (RuntimeError, ConnectionError, OSError):
             time.sleep(0.05)
             return
-        if self.base.client.lockstep:
-            time.sleep(self.base.period)
+        if robot.lockstep:
+            time.sleep(robot.period)
 
     def publish(self, obs, acting: str, *, steps: int, episode: int, episode_step: int, episode_return: float,
                 success: bool, reward: float = 0.0, weights_version: int = -1,

@@ -97,9 +97,7 @@ def check_task(cfg: EnvConfig) -> None:
         except gym.error.Error as err:
             raise ValueError(f"unknown gymnasium env {cfg.task!r}: {err}") from None
     elif is_bimanual(cfg.task):
-        if cfg.pixels:
-            raise ValueError(f"env.pixels: the two-arm task {cfg.task} trains from state")
-        with_bimanual_overrides(get_bimanual_task(cfg.task), **overrides)
+        with_bimanual_overrides(get_bimanual_task(cfg.task, pixels=cfg.pixels), **overrides)
     else:
         with_overrides(get_task(cfg.task, pixels=cfg.pixels), **overrides)
 
@@ -133,7 +131,7 @@ def _task_env(cfg: EnvConfig, seed: int | None, robot=None) -> gym.Env:
         if cfg.robot_url is not None or robot is not None:
             raise ValueError(f"env.task: the two-arm task {cfg.task} runs on the bimanual twin in this process "
                              "(no --robot-url); real arms: DualFrankaEnv over two robot clients (docs/env.md)")
-        return make_bimanual_sim_env(cfg.task, seed=seed, **overrides)
+        return make_bimanual_sim_env(cfg.task, seed=seed, pixels=cfg.pixels, **overrides)
     if cfg.robot_url is None and robot is None:
         return make_sim_env(cfg.task, pixels=cfg.pixels, seed=seed, **overrides)
     task = with_overrides(get_task(cfg.task, pixels=cfg.pixels), **overrides)
