@@ -17,7 +17,6 @@ from robot_servers.control.pose import (
     quat_conjugate,
     quat_multiply,
     quat_to_euler,
-    quat_to_matrix,
     normalize_quat,
 )
 
