@@ -107,10 +107,6 @@ class ArmPair:
     def attach(self, name: str, guard: "RobotGuard") -> None:
         self._guards[name] = guard
 
-    @property
-    def _backends(self) -> dict[str, Backend]:
-        return {name: guard.backend for name, guard in self._guards.items()}
-
     def set_targets(self, targets: Mapping[str, tuple[Any, float | None]]) -> dict[str, Any]:
         """Both arms' (pose, gripper) set back to back, each through its own guard, as one step of a two-arm env
         sends them: each arm's target sent and whether it was clipped or held, and ``skew_s``, the time between
@@ -128,8 +124,9 @@ class ArmPair:
         guards = [self._guards[arm] for arm in self.bases]
         # Two arms of one simulated world: its lock held across both, so the physics takes both targets on the
         # same tick. Locks in the order every command takes them: guards, then the pair, then the world.
-        worlds = {id(world): world for world in (getattr(guard.backend, "world", None) for guard in guards)}
-        world = worlds.popitem()[1] if len(worlds) == 1 else None
+        world = getattr(guards[0].backend, "world", None)
+        if world is not getattr(guards[1].backend, "world", None):
+            world = None
         sent, times = {}, []
         with guards[0].lock, guards[1].lock, self.lock, (contextlib.nullcontext() if world is None else world.lock):
             for arm, guard in zip(self.bases, guards):
@@ -146,10 +143,9 @@ class ArmPair:
     def violation(self, name: str, target: np.ndarray) -> str | None:
         """Why ``target`` (arm ``name``'s base frame) would bring the hands too close, or None."""
         (other,) = set(self.bases) - {name}
-        other_backend = self._backends.get(other)
-        if other_backend is None:  # the other arm is not served yet
+        if other not in self._guards:  # the other arm is not served yet
             return None
-        my_tcp, _ = self._backends[name].hand_poses()
+        my_tcp, _ = self._guards[name].backend.hand_poses()
         found = self.clearance.violation(self._shared(name, target), self._shared(name, my_tcp),
                                          self._hands_of(other))
         return None if found is None else f"{found} from the {other} arm's hand"
@@ -176,7 +172,7 @@ class ArmPair:
 
     def _hands_of(self, arm: str) -> list[np.ndarray]:
         """Where ``arm``'s hand may be (shared frame): now, at its target and along a joint move under way."""
-        tcp, target = self._backends[arm].hand_poses()
+        tcp, target = self._guards[arm].backend.hand_poses()
         return [self._shared(arm, tcp), self._shared(arm, target), *self._joint_paths.get(arm, ())]
 
 
