@@ -437,10 +437,22 @@ def test_the_console_stop_latches_both_arms_and_sends_nothing_until_recover():
     from serl.runtime.actor import ActorConsole
 
     env = make_bimanual_sim_env("PandaHandover", seed=0)
-    env.reset(seed=0)
+    obs, _ = env.reset(seed=0)
     console = ActorConsole(ConsoleHub(), env, None)
+
+    def published_arms():
+        console.publish(obs, "policy", steps=1, episode=1, episode_step=0, episode_return=0.0, success=False)
+        return console.hub.latest()[1].arms
+
+    arms = published_arms()
+    assert set(arms) == {"left", "right"}
+    for name, arm in arms.items():  # each arm as its own env reads it, in its own base frame, with its own box
+        np.testing.assert_allclose(arm.tcp_pose, env.arms[name].state.tcp_pose)
+        assert arm.safety_box["low"] == list(env.arms[name].task.safety_box.position_low)
+        assert arm.guard["safety_stop"] is False and "watchdog" in arm.guard
     console.hub.command("safety_stop")
     assert console.apply_commands(Path("unused.jsonl"), 0, 0) == "" and console.stopped
+    assert all(arm.guard["safety_stop"] for arm in published_arms().values())
     for arm in env.arms.values():
         assert any(error.startswith("safety_stop") for error in arm.client.state().errors)
         with pytest.raises(SafetyStopActive):

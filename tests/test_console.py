@@ -17,12 +17,20 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from serl.console.hub import COMMANDS, ConsoleHub, StepView
+from serl.console.hub import COMMANDS, ONE_ARM, ArmView, ConsoleHub, StepView
 from serl.console.server import ConsoleConfig, ConsoleServer, parse_frame_message
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 TIMEOUT = 10.0  # generous: a loaded 2-core machine
+
+
+def arm_view(x: float = 0.5, **fields) -> ArmView:
+    defaults = dict(tcp_pose=[x, 0.0, 0.2, 0.0, 1.0, 0.0, 0.0], target_pose=[x + 0.01, 0.0, 0.19, 0.0, 1.0, 0.0, 0.0],
+                    gripper=0.04, guard={"watchdog": "ok", "safety_stop": False, "nan": float("nan")},
+                    safety_box={"low": [0.3, -0.2, 0.0], "high": [0.7, 0.2, 0.4]})
+    defaults.update(fields)
+    return ArmView(**defaults)
 
 
 def view(step: int, color=(200, 30, 30), **fields) -> StepView:
@@ -34,10 +42,7 @@ def view(step: int, color=(200, 30, 30), **fields) -> StepView:
     full[..., 2] = step % 256
     defaults = dict(step=step, episode=step // 50, episode_step=step % 50, reward=0.0, episode_return=0.5,
                     success=False, acting="policy", frames={"wrist": image}, full_frames={"front": full},
-                    tcp_pose=[0.5, 0.0, 0.2, 0.0, 1.0, 0.0, 0.0], target_pose=[0.51, 0.0, 0.19, 0.0, 1.0, 0.0, 0.0],
-                    gripper=0.04, guard={"watchdog": "ok", "safety_stop": False, "nan": float("nan")},
-                    safety_box={"low": [0.3, -0.2, 0.0], "high": [0.7, 0.2, 0.4]}, weights_version=3,
-                    weights_age_s=1.5)
+                    arms={ONE_ARM: arm_view()}, weights_version=3, weights_age_s=1.5)
     defaults.update(fields)
     return StepView(**defaults)
 
@@ -195,7 +200,7 @@ def test_state_and_jpeg_frames_for_each_newer_step(console, hub):
     hub.publish(view(1, color=(220, 20, 20)))
     state = page.expect(lambda m: m["type"] == "state" and m["seq"] == 1)
     assert state["view"]["step"] == 1 and state["view"]["cameras"] == ["wrist"]
-    assert "frames" not in state["view"] and state["view"]["guard"]["nan"] is None  # strict JSON
+    assert "frames" not in state["view"] and state["view"]["arms"][ONE_ARM]["guard"]["nan"] is None  # strict JSON
     assert state["learner"] == {"updates": 120, "critic_loss": 0.25}
     assert state["teleop"] == {"holder": None, "live": False, "you_hold": False} and state["paused"] is False
     header, jpeg = page.expect(lambda m: m[0]["kind"] == "policy", binary=True)
@@ -413,10 +418,11 @@ def test_page_in_headless_chromium(hub, tmp_path):
         while not stop.is_set():
             step += 1
             acting = "human" if (c := hub.teleop_command()) is not None and c.active else "policy"
+            guard = {"watchdog": "ok", "safety_stop": False}
             hub.publish(view(step, color=color[0], acting="paused" if hub.paused else acting,
-                             guard={"watchdog": "ok", "safety_stop": False},
-                             episode_return=0.02 * (step % 50), tcp_pose=[0.5 + 0.1 * np.sin(step / 20), 0.05, 0.2,
-                                                                          0.0, 1.0, 0.0, 0.0]))
+                             episode_return=0.02 * (step % 50),
+                             arms={arm: arm_view(0.5 + sign * 0.1 * np.sin(step / 20), guard=guard)
+                                   for arm, sign in (("left", 1.0), ("right", -1.0))}))
             time.sleep(0.05)
 
     actor = threading.Thread(target=act, daemon=True)
@@ -432,6 +438,11 @@ def test_page_in_headless_chromium(hub, tmp_path):
             page.wait_for_function(PIXEL_IS, arg=list(color[0]), timeout=TIMEOUT * 1000)
             color[0] = (30, 30, 220)  # the next frames are blue: the page shows them
             page.wait_for_function(PIXEL_IS, arg=list(color[0]), timeout=TIMEOUT * 1000)
+
+            # two arms: the robot panel has a block per arm
+            page.wait_for_function("['left', 'right'].every((arm) => [...document.querySelectorAll('#robot dt')]"
+                                   ".some((dt) => dt.textContent === arm))", timeout=TIMEOUT * 1000)
+            assert page.locator("#robot dt", has_text="position").count() == 2
 
             page.click("#btn-teleop")
             page.wait_for_selector("#btn-teleop.holding", timeout=TIMEOUT * 1000)

@@ -188,10 +188,11 @@ def test_the_address_is_printed_and_steps_are_published_with_frames(rig):
     view = rig.views_after(3, acting="policy")
     assert set(view.frames) == {"front"} and view.frames["front"].shape == (32, 32, 3)
     assert view.frames["front"].dtype == np.uint8 and view.frames["front"].any()
-    assert len(view.tcp_pose) == 7 and len(view.target_pose) == 7 and view.gripper is not None
-    assert view.safety_box is not None and len(view.safety_box["low"]) == 3
+    (arm,) = view.arms.values()
+    assert len(arm.tcp_pose) == 7 and len(arm.target_pose) == 7 and arm.gripper is not None
+    assert arm.safety_box is not None and len(arm.safety_box["low"]) == 3
     assert view.weights_version == 0 and view.weights_age_s is not None
-    assert "safety" in view.guard and view.guard["safety_stop"] is False
+    assert "safety" in arm.guard and arm.guard["safety_stop"] is False
     assert view.episode >= 1 and 0 <= view.episode_step <= 25
 
 
@@ -295,7 +296,7 @@ def test_safety_stop_sends_nothing_until_recover(rig):
     rig.views_after(2, acting="policy")
     rig.hub.command("safety_stop")
     stopped = rig.views_after(3, acting="paused")
-    assert stopped.guard["safety_stop"]
+    assert stopped.arms["robot"].guard["safety_stop"]
     rig.wait_for(lambda: len(rig.received()) == stopped.step, "every transition sent before the stop")
     sent = len(rig.received())
     target = np.asarray(rig.robot.state().target_pose)

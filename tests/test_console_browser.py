@@ -35,6 +35,8 @@ def test_the_page_watches_steers_and_corrects_a_twin_run(tmp_path):
             page.goto(url)
             first = rig.wait_for(lambda: page.evaluate(FRAME_SEQ) > 0 and page.evaluate(FRAME_SEQ), "a frame")
             rig.wait_for(lambda: page.evaluate(FRAME_SEQ) > first, "a newer frame on the page")
+            page.wait_for_selector("#robot dt:text-is('position')", timeout=30_000)  # one arm: no heading rows
+            assert page.locator("#robot dt.arm").count() == 0 and page.locator("#robot dt", has_text="position").count() == 1
 
             # a key held on the page: the actor's transitions carry the human's action and the intervened flag
             page.click("#btn-teleop")

@@ -17,6 +17,21 @@ COMMANDS = ("pause", "resume", "end_episode", "mark_success", "mark_failure", "d
 
 
 @dataclasses.dataclass
+class ArmView:
+    """What the page shows of one arm at one step."""
+
+    tcp_pose: list[float] | None = None  # x, y, z, qx, qy, qz, qw, in the arm's base frame
+    target_pose: list[float] | None = None
+    gripper: float | None = None
+    guard: dict[str, Any] = dataclasses.field(default_factory=dict)  # the arm's health: watchdog, safety stop
+    safety_box: dict[str, list[float]] | None = None  # {"low": [x, y, z], "high": [x, y, z]}
+
+
+ONE_ARM = "robot"
+"""The key of ``StepView.arms`` for a one-arm robot."""
+
+
+@dataclasses.dataclass
 class StepView:
     """What the page shows of one env step (the actor fills it once per step)."""
 
@@ -29,11 +44,7 @@ class StepView:
     acting: str  # "policy" | "human" | "held" | "paused"
     frames: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # as the policy sees them, HxWx3 uint8
     full_frames: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # full camera frames, when known
-    tcp_pose: list[float] | None = None  # x, y, z, qx, qy, qz, qw
-    target_pose: list[float] | None = None
-    gripper: float | None = None
-    guard: dict[str, Any] = dataclasses.field(default_factory=dict)  # the robot's health: watchdog, safety stop
-    safety_box: dict[str, list[float]] | None = None  # {"low": [x, y, z], "high": [x, y, z]}
+    arms: dict[str, ArmView] = dataclasses.field(default_factory=dict)  # ONE_ARM, or "left" and "right"
     weights_version: int = -1
     weights_age_s: float | None = None
     time: float = dataclasses.field(default_factory=time.time)  # when the frames were captured (wall clock)

@@ -163,7 +163,8 @@ def view_json(view: StepView | None) -> dict[str, Any] | None:
     if view is None:
         return None
     out = {field.name: getattr(view, field.name) for field in dataclasses.fields(view)
-           if field.name not in ("frames", "full_frames")}
+           if field.name not in ("frames", "full_frames", "arms")}
+    out["arms"] = {name: dataclasses.asdict(arm) for name, arm in view.arms.items()}
     out["cameras"] = sorted(view.frames)
     out["full_cameras"] = sorted(view.full_frames)
     return jsonable(out)

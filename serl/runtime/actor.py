@@ -27,11 +27,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from serl.console.hub import ConsoleHub, StepView
+from serl.console.hub import ONE_ARM, ArmView, ConsoleHub, StepView
 from serl.console.reward import MARKS, console_marks
 from serl.data.transition import Transition, make_transition
-from serl.envs.dual_franka_env import robot_env_under
-from serl.envs.franka_env import franka_env_under
+from serl.envs.dual_franka_env import DualFrankaEnv, robot_env_under
+from serl.envs.franka_env import FrankaEnv, franka_env_under
 from serl.envs.intervention import InterventionWrapper
 from serl.runtime import run_until_signalled
 from serl.agents.sac import SACConfig
@@ -416,16 +416,16 @@ class ActorConsole:
         self.url: str | None = None
         self.stopped = ""  # why the robot's safety stop is latched from the page ("" when not)
         self.discarded = 0  # the newest episode marked discarded
-        self.health: dict = {}
+        self.health: dict[str, dict] = {}  # per arm
         self._refreshed = 0.0
-        box = None if self.base is None else self.base.task.safety_box
-        self.safety_box = None if box is None else {"low": [float(v) for v in box.position_low],
-                                                    "high": [float(v) for v in box.position_high]}
 
     def use(self, env, run_dir: Path | None) -> None:
         """Act on ``env`` and show the learner of ``run_dir`` (a task cycle switches tasks on the same robot)."""
         self.env = env
-        self.base = franka_env_under(env)
+        robot = robot_env_under(env)
+        self.arms: dict[str, FrankaEnv] = ({} if robot is None else dict(robot.arms)
+                                           if isinstance(robot, DualFrankaEnv) else {ONE_ARM: robot})
+        self.safety_boxes = {name: _box_json(arm.task.safety_box) for name, arm in self.arms.items()}
         self.marks = console_marks(env)
         self.run_dir = run_dir
         self.learner_status = None if run_dir is None else run_dir / "status" / "learner.json"
@@ -526,45 +526,53 @@ class ActorConsole:
             self._refreshed = now
             if self.learner_status is not None:
                 self.hub.publish_learner(read_status(self.learner_status))
-            self.health = self._health()
-        state = None if self.base is None else self.base.state
-        guard = dict(self.health)
-        if state is not None:
-            guard["errors"] = list(state.errors)
-            guard["safety_stop"] = any(str(e).startswith("safety_stop") for e in state.errors) or bool(self.stopped)
+            self.health = {name: _health(arm) for name, arm in self.arms.items()}
         self.hub.publish(StepView(
             step=steps, episode=episode, episode_step=episode_step, reward=reward, episode_return=episode_return,
             success=success, acting=acting, frames=(frames := _frames(obs)), full_frames=self._full_frames(frames),
-            tcp_pose=None if state is None else [float(v) for v in state.tcp_pose],
-            target_pose=None if state is None else [float(v) for v in state.target_pose],
-            gripper=None if state is None else float(state.gripper_width),
-            guard=guard, safety_box=self.safety_box, weights_version=weights_version, weights_age_s=weights_age_s,
+            arms={name: self._arm_view(name, arm) for name, arm in self.arms.items()},
+            weights_version=weights_version, weights_age_s=weights_age_s,
         ))
 
+    def _arm_view(self, name: str, arm: FrankaEnv) -> ArmView:
+        state = arm.state
+        guard = dict(self.health.get(name, {}))
+        if state is None:
+            return ArmView(guard=guard, safety_box=self.safety_boxes[name])
+        guard["errors"] = list(state.errors)
+        guard["safety_stop"] = any(str(e).startswith("safety_stop") for e in state.errors) or bool(self.stopped)
+        return ArmView(tcp_pose=[float(v) for v in state.tcp_pose], target_pose=[float(v) for v in state.target_pose],
+                       gripper=float(state.gripper_width), guard=guard, safety_box=self.safety_boxes[name])
+
     def _full_frames(self, policy: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The cameras' full frames where they differ from what the policy sees (a crop or a resize)."""
-        raw = {} if self.base is None else self.base.camera_frames
-        full = {name: np.asarray(frame) for name, (frame, _) in raw.items()}
+        """The cameras' full frames where they differ from what the policy sees (a crop or a resize); a pair's
+        cameras are named ``arm/camera`` as in its observation."""
+        full = {(name if arm == ONE_ARM else f"{arm}/{name}"): np.asarray(frame)
+                for arm, env in self.arms.items() for name, (frame, _) in env.camera_frames.items()}
         return {name: frame for name, frame in full.items()
                 if name not in policy or frame.shape != policy[name].shape}
-
-    def _health(self) -> dict:
-        """The robot's watchdog and safety state (once a second: over HTTP it is a round trip)."""
-        if self.base is None:
-            return {}
-        client = self.base.client
-        source = getattr(client, "health", None) or getattr(getattr(client, "guard", None), "health", None)
-        if source is None:
-            return {}
-        try:
-            health = source()
-        except (RuntimeError, ConnectionError, OSError, NotImplementedError):
-            return {}
-        return {key: health[key] for key in ("ok", "watchdog", "safety", "joint_reset_running") if key in health}
 
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+
+
+def _box_json(box) -> dict[str, list[float]] | None:
+    return None if box is None else {"low": [float(v) for v in box.position_low],
+                                     "high": [float(v) for v in box.position_high]}
+
+
+def _health(arm: FrankaEnv) -> dict:
+    """An arm's watchdog and safety state (once a second: over HTTP it is a round trip)."""
+    client = arm.client
+    source = getattr(client, "health", None) or getattr(getattr(client, "guard", None), "health", None)
+    if source is None:
+        return {}
+    try:
+        health = source()
+    except (RuntimeError, ConnectionError, OSError, NotImplementedError):
+        return {}
+    return {key: health[key] for key in ("ok", "watchdog", "safety", "joint_reset_running") if key in health}
 
 
 def _frames(obs) -> dict[str, np.ndarray]:

@@ -123,7 +123,8 @@ function fill(dl, rows) {
     dt.textContent = name;
     const dd = document.createElement("dd");
     dd.textContent = value;
-    if (cls) dd.className = cls;
+    if (cls === "arm") dt.className = cls;  // a heading row: one arm's entries follow
+    else if (cls) dd.className = cls;
     return [dt, dd];
   }));
 }
@@ -149,22 +150,26 @@ function onState(msg) {
       ["reward", fmt(v.reward)], ["return", fmt(v.episode_return)],
       ["success", fmt(v.success), v.success ? "good" : ""], ["acting", v.acting],
     ]);
-    const guard = v.guard || {};
-    const stopped = Boolean(guard.safety_stop || guard.safety_stop_active || guard.stopped);
+    const arms = Object.entries(v.arms || {});
+    const stopped = arms.some(([, arm]) => { const g = arm.guard || {}; return Boolean(g.safety_stop || g.safety_stop_active || g.stopped); });
     $("stop-badge").hidden = !stopped;
-    const rows = [
-      ["position", v.tcp_pose ? fmt(v.tcp_pose.slice(0, 3)) : "—"],
-      ["orientation", v.tcp_pose ? fmt(v.tcp_pose.slice(3), 3) : "—"],
-      ["target", v.target_pose ? fmt(v.target_pose.slice(0, 3)) : "—"],
-      ["gripper", fmt(v.gripper)],
-      ["safety box", v.safety_box ? `${fmt(v.safety_box.low)} … ${fmt(v.safety_box.high)}` : "none"],
-    ];
-    for (const [name, value] of Object.entries(guard)) {
-      const bad = /stop|fault|error|expired|tripped/i.test(name) && value && value !== "ok";
-      rows.push([name.replaceAll("_", " "), fmt(value), bad ? "bad" : ""]);
+    const rows = [];
+    for (const [name, arm] of arms) {
+      if (arms.length > 1) rows.push([name, "", "arm"]);
+      rows.push(
+        ["position", arm.tcp_pose ? fmt(arm.tcp_pose.slice(0, 3)) : "—"],
+        ["orientation", arm.tcp_pose ? fmt(arm.tcp_pose.slice(3), 3) : "—"],
+        ["target", arm.target_pose ? fmt(arm.target_pose.slice(0, 3)) : "—"],
+        ["gripper", fmt(arm.gripper)],
+        ["safety box", arm.safety_box ? `${fmt(arm.safety_box.low)} … ${fmt(arm.safety_box.high)}` : "none"],
+      );
+      for (const [key, value] of Object.entries(arm.guard || {})) {
+        const bad = /stop|fault|error|expired|tripped/i.test(key) && value && value !== "ok";
+        rows.push([key.replaceAll("_", " "), fmt(value), bad ? "bad" : ""]);
+      }
     }
-    fill($("robot"), rows);
-    drawBox(v);
+    fill($("robot"), rows.length ? rows : [["robot", "no robot state"]]);
+    drawBoxes(arms);
   }
   const learner = msg.learner || {};
   const known = ["updates", "updates_per_s", "online_buffer", "demo_buffer", "buffer", "critic_loss", "temperature",
@@ -181,36 +186,41 @@ function showHolder(holder, mine, live) {
   $("teleop-status").textContent = mine ? "you hold the teleop" : holder ? `held by ${holder}` : "the policy acts";
 }
 
-function drawBox(v) {
+function drawBoxes(arms) {
+  // per arm, in its own base frame: a row of two views, top (x right, y up) and side (x right, z up)
   const canvas = $("box-view");
+  const rowHeight = 150;
+  canvas.height = rowHeight * Math.max(arms.length, 1);
   const ctx = canvas.getContext("2d");
   ctx.clearRect(0, 0, canvas.width, canvas.height);
-  const box = v.safety_box;
-  if (!box || !box.low || !box.high) {
+  if (!arms.some(([, arm]) => arm.safety_box && arm.safety_box.low && arm.safety_box.high)) {
     ctx.fillStyle = "#8a96a6";
     ctx.fillText("no safety box", 10, 20);
     return;
   }
-  // two views side by side: top (x right, y up) and side (x right, z up)
-  const views = [[0, 1, "top (x, y)"], [0, 2, "side (x, z)"]];
-  views.forEach(([a, b, label], i) => {
-    const x0 = 10 + i * 155, y0 = 18, w = 140, h = 120;
-    const span = (k) => (box.high[k] - box.low[k]) || 1;
-    const px = (p) => x0 + ((p[a] - box.low[a]) / span(a)) * w;
-    const py = (p) => y0 + h - ((p[b] - box.low[b]) / span(b)) * h;
-    ctx.strokeStyle = "#8a96a6";
-    ctx.strokeRect(x0, y0, w, h);
-    ctx.fillStyle = "#8a96a6";
-    ctx.fillText(label, x0, 12);
-    if (v.target_pose) {
-      ctx.strokeStyle = "#d29922";
-      const tx = px(v.target_pose), ty = py(v.target_pose);
-      ctx.beginPath(); ctx.moveTo(tx - 5, ty - 5); ctx.lineTo(tx + 5, ty + 5); ctx.moveTo(tx + 5, ty - 5); ctx.lineTo(tx - 5, ty + 5); ctx.stroke();
-    }
-    if (v.tcp_pose) {
-      ctx.fillStyle = "#58a6ff";
-      ctx.beginPath(); ctx.arc(px(v.tcp_pose), py(v.tcp_pose), 4, 0, 2 * Math.PI); ctx.fill();
-    }
+  arms.forEach(([name, arm], row) => {
+    const box = arm.safety_box;
+    if (!box || !box.low || !box.high) return;
+    const views = [[0, 1, "top (x, y)"], [0, 2, "side (x, z)"]];
+    views.forEach(([a, b, label], i) => {
+      const x0 = 10 + i * 155, y0 = row * rowHeight + 18, w = 140, h = 120;
+      const span = (k) => (box.high[k] - box.low[k]) || 1;
+      const px = (p) => x0 + ((p[a] - box.low[a]) / span(a)) * w;
+      const py = (p) => y0 + h - ((p[b] - box.low[b]) / span(b)) * h;
+      ctx.strokeStyle = "#8a96a6";
+      ctx.strokeRect(x0, y0, w, h);
+      ctx.fillStyle = "#8a96a6";
+      ctx.fillText(arms.length > 1 ? `${name}: ${label}` : label, x0, y0 - 6);
+      if (arm.target_pose) {
+        ctx.strokeStyle = "#d29922";
+        const tx = px(arm.target_pose), ty = py(arm.target_pose);
+        ctx.beginPath(); ctx.moveTo(tx - 5, ty - 5); ctx.lineTo(tx + 5, ty + 5); ctx.moveTo(tx + 5, ty - 5); ctx.lineTo(tx - 5, ty + 5); ctx.stroke();
+      }
+      if (arm.tcp_pose) {
+        ctx.fillStyle = "#58a6ff";
+        ctx.beginPath(); ctx.arc(px(arm.tcp_pose), py(arm.tcp_pose), 4, 0, 2 * Math.PI); ctx.fill();
+      }
+    });
   });
 }
 
