@@ -105,6 +105,15 @@ def test_bc_loss_by_hand_counts_demo_rows_only():
     assert float(losses.bc_loss(policy, stored, jnp.zeros(3))) == 0.0
 
 
+def test_bc_nll_loss_by_hand():
+    mean, log_std = jnp.array([[0.0, 0.5]]), jnp.array([[0.0, np.log(0.5)]])
+    stored = jnp.array([[np.tanh(1.0), 1.0]])  # the saturated entry is read as atanh(0.97)
+    z = np.array([1.0, (np.arctanh(0.97) - 0.5) / 0.5])
+    expected = np.mean(0.5 * z**2 + np.array([0.0, np.log(0.5)]) + 0.5 * np.log(2 * np.pi))
+    np.testing.assert_allclose(losses.bc_nll_loss(mean, log_std, stored, jnp.ones(1)), expected, rtol=1e-5)
+    assert float(losses.bc_nll_loss(mean, log_std, stored, jnp.zeros(1))) == 0.0
+
+
 def test_grasp_margin_loss_by_hand():
     q = jnp.array([[1.0, 0.95, 0.5], [0.2, 0.0, 0.9]])
     taken = jnp.array([1, 2])  # row 0: the demo stayed, 0.05 below "close"; row 1: opening already wins by 0.7
@@ -129,6 +138,24 @@ def test_bc_weight_pulls_the_policy_onto_demo_actions():
 
     with_bc, without_bc = distance_after_updates(10.0), distance_after_updates(0.0)
     assert with_bc < 0.12 and without_bc > 3 * with_bc
+
+
+def test_bc_likelihood_narrows_the_policy_on_demo_actions():
+    rng = np.random.default_rng(0)
+    batch = _batch(rng, 4 * 32)
+    batch["actions"] = np.tile(np.array([[0.6, -0.4]], np.float32), (4 * 32, 1))
+    batch["demo"] = np.ones(4 * 32, np.float32)
+
+    def spread_and_distance(likelihood):
+        cfg = SACConfig(hidden_dims=(16, 16), utd_ratio=4, bc_weight=10.0, bc_likelihood=likelihood, actor_lr=3e-3)
+        agent = SACAgent.create(0, {"state": np.zeros(3, np.float32)}, 2, cfg)
+        for _ in range(150):
+            agent, _ = agent.update(batch)
+        actions = np.asarray(agent.sample_actions(batch["observations"], jax.random.PRNGKey(1)))
+        return float(actions.std(axis=0).mean()), float(np.abs(actions.mean(axis=0) - batch["actions"][0]).mean())
+
+    (nll_spread, nll_distance), (mse_spread, _) = spread_and_distance(True), spread_and_distance(False)
+    assert nll_distance < 0.1 and nll_spread < 0.5 * mse_spread, (nll_spread, nll_distance, mse_spread)
 
 def test_policy_std_max_caps_the_spread_of_sampled_actions():
     obs = {"state": np.zeros((4096, 3), np.float32)}

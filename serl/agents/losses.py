@@ -46,6 +46,17 @@ def bc_loss(policy_actions: jnp.ndarray, demo_actions: jnp.ndarray, demo_rows: j
     return jnp.sum(per_row * demo_rows) / jnp.maximum(jnp.sum(demo_rows), 1.0)
 
 
+def bc_nll_loss(mean: jnp.ndarray, log_std: jnp.ndarray, demo_actions: jnp.ndarray, demo_rows: jnp.ndarray,
+                bound: float = 0.97) -> jnp.ndarray:
+    """Negative log-likelihood of the stored actions under the policy's pre-tanh Gaussian (mean over action entries),
+    averaged over demo rows only; actions are clipped to ±`bound` before atanh so a saturated demo stays finite.
+    Unlike `bc_loss` it trains the spread too: the policy narrows where the demos agree."""
+    pre_tanh = jnp.arctanh(jnp.clip(demo_actions, -bound, bound))
+    z = (pre_tanh - mean) * jnp.exp(-log_std)
+    per_row = jnp.mean(0.5 * z**2 + log_std + 0.5 * jnp.log(2.0 * jnp.pi), axis=-1)
+    return jnp.sum(per_row * demo_rows) / jnp.maximum(jnp.sum(demo_rows), 1.0)
+
+
 def grasp_margin_loss(q_values: jnp.ndarray, action_index: jnp.ndarray, demo_rows: jnp.ndarray,
                       margin: float) -> jnp.ndarray:
     """DQfD's large-margin term on demo rows: max_a [Q(s, a) + margin * (a != a_demo)] - Q(s, a_demo), so the

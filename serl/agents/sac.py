@@ -78,6 +78,9 @@ class SACConfig:
     bc_weight: float = 0.0
     """Behaviour cloning on the batch's demo rows (batch["demo"] = 1): weight of the squared action error in the
     actor loss and of a large-margin term in the grasp critic's; 0 = RLPD as published."""
+    bc_likelihood: bool = False
+    """Behaviour cloning as the demo actions' log-likelihood (trains the policy's spread as well as its mean)
+    rather than the squared error of its mean; with bc_weight > 0."""
     grasp_margin: float = 0.1
     """How far the demo's gripper choice should beat the others in the grasp critic (used when bc_weight > 0)."""
 
@@ -417,7 +420,11 @@ class SACAgent(struct.PyTreeNode):
             loss = losses.actor_loss(qs, log_prob, temperature)
             bc = jnp.zeros(())
             if bc_weight and demo_rows is not None:
-                bc = losses.bc_loss(jnp.tanh(mean), self._continuous(batch["actions"]), demo_rows)
+                demo_actions = self._continuous(batch["actions"])
+                if self.config.bc_likelihood:
+                    bc = losses.bc_nll_loss(mean, log_std, demo_actions, demo_rows)
+                else:
+                    bc = losses.bc_loss(jnp.tanh(mean), demo_actions, demo_rows)
             return loss + bc_weight * bc, (-log_prob.mean(), bc)
 
         (loss, (entropy, bc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(self.actor.params)
