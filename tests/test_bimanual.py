@@ -277,26 +277,27 @@ def test_one_process_serving_both_arms_takes_both_targets_in_one_request():
         env.close()
 
 
-def test_one_device_drives_one_arm_at_a_time_and_tab_switches_arms():
+def test_one_device_drives_one_arm_at_a_time_and_tab_or_a_named_arm_switches_arms():
     from serl.devices.base import ScriptedTeleop, TeleopCommand
-    from serl.devices.two_arms import TwoArmTeleop
+    from serl.devices.two_arms import TwoArmTeleop, drive_button
     from serl.envs.bimanual import make_bimanual_sim_env
     from serl.envs.intervention import InterventionWrapper
 
     up = [1.0, 0, 0.5, 0, 0, 0]
     device = ScriptedTeleop([TeleopCommand.move(up, "close"), TeleopCommand.move(np.zeros(6), tab=True),
-                             TeleopCommand.move(up, "open")])
+                             TeleopCommand.move(up, "open"), TeleopCommand.move(up, **{drive_button("left"): True})])
     base = make_bimanual_sim_env("PandaHandover", seed=2)
     env = InterventionWrapper(base, TwoArmTeleop(base, device))
     env.reset(seed=2)
     executed = []
-    for _ in range(4):
+    for _ in range(5):
         _, _, _, _, info = env.step(np.full(8, 0.5, np.float32))
         executed.append((info["intervened"], np.round(info["executed_action"], 3).tolist()))
     assert executed[0] == (True, [1.0, 0.0, 0.5, -1.0, 0.0, 0.0, 0.0, 0.0])  # the left arm, the right one still
     assert executed[1] == (True, [0.0] * 8)  # the switch: both still
     assert executed[2] == (True, [0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.5, 1.0])  # now the right arm
-    assert executed[3] == (False, [0.5] * 8)  # idle: the policy acts again
+    assert executed[3] == (True, [1.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0])  # a command naming its arm: the left
+    assert executed[4] == (False, [0.5] * 8)  # idle: the policy acts again
     env.close()
 
 
@@ -468,4 +469,26 @@ def test_the_console_stop_latches_both_arms_and_sends_nothing_until_recover():
     assert console.apply_commands(Path("unused.jsonl"), 0, 0) == "new episode" and not console.stopped
     env.reset(seed=1)
     env.step(np.zeros(8))  # both arms take commands again
+    env.close()
+
+
+def test_the_console_page_drives_the_arm_it_names():
+    from serl.console.hub import ConsoleHub
+    from serl.devices.base import TeleopCommand
+    from serl.devices.two_arms import drive_button
+    from serl.runtime.env_config import EnvConfig
+    from serl.runtime.envs import ObservationWrappers, build_env
+
+    hub = ConsoleHub(teleop_timeout_s=60.0)
+    env = build_env(EnvConfig(task="PandaHandover"), seed=0, teleop="browser", console=hub,
+                    observations=ObservationWrappers(flat=False))
+    env.reset(seed=0)
+    assert hub.claim_teleop("page")
+    executed = []
+    for arm in ("right", "left"):
+        hub.teleop_input("page", TeleopCommand(np.array([0.0, 1.0, 0.0, 0.0, 0.0, 0.0]), "close",
+                                               {drive_button(arm): True}, active=True, timestamp=time.monotonic()))
+        _, _, _, _, info = env.step(np.zeros(8, np.float32))
+        executed.append((info["intervened"], np.round(info["executed_action"], 3).tolist()))
+    assert executed == [(True, [0.0] * 4 + [0.0, 1.0, 0.0, -1.0]), (True, [0.0, 1.0, 0.0, -1.0] + [0.0] * 4)]
     env.close()

@@ -19,6 +19,7 @@ from websockets.sync.client import connect
 
 from serl.console.hub import COMMANDS, ONE_ARM, ArmView, ConsoleHub, StepView
 from serl.console.server import ConsoleConfig, ConsoleServer, parse_frame_message
+from serl.devices.two_arms import drive_button
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -270,6 +271,7 @@ BAD_MESSAGES = [
     json.dumps({"type": "teleop", "twist": [0] * 6, "gripper": "squeeze", "active": True}),
     json.dumps({"type": "teleop", "twist": [0] * 6, "gripper": None, "active": "yes"}),
     json.dumps({"type": "teleop", "twist": [0] * 6, "gripper": None}),
+    json.dumps({"type": "teleop", "twist": [0] * 6, "gripper": None, "active": True, "arm": "middle"}),
 ]
 
 
@@ -449,6 +451,11 @@ def test_page_in_headless_chromium(hub, tmp_path):
             page.keyboard.down("KeyW")
             command = wait_for(lambda: (c := hub.teleop_command()) is not None and c.active and c, what="W")
             assert command.twist.tolist() == [1, 0, 0, 0, 0, 0] and command.gripper is None
+            assert command.buttons == {drive_button("left"): True}  # two arms: the page names the arm it drives
+            page.keyboard.press("Tab")
+            wait_for(lambda: (c := hub.teleop_command()) is not None and c.buttons == {drive_button("right"): True},
+                     what="Tab: the right arm")
+            assert page.is_checked("#arm-right")
             page.keyboard.down("Space")
             wait_for(lambda: (c := hub.teleop_command()) is not None and c.gripper == "close", what="space")
             page.wait_for_function("document.querySelector('#acting').textContent.startsWith('human')",

@@ -14,7 +14,8 @@ WebSocket ``/ws`` (the token, when set, as ``?token=`` or the cookie the page ge
   ``{"type": "frame", "camera", "kind": "policy" | "full", "seq", "time", "width", "height"}``, then the JPEG.
 - page → server, text: ``{"type": "command", "name": <ConsoleHub COMMANDS>}``, ``{"type": "claim_teleop"}``,
   ``{"type": "release_teleop"}``, ``{"type": "teleop", "twist": [6 numbers in -1..1],
-  "gripper": "open" | "close" | null, "active": bool}``.
+  "gripper": "open" | "close" | null, "active": bool}``, with ``"arm": "left" | "right"`` (which arm the page
+  drives) on a two-arm robot.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from fastapi.staticfiles import StaticFiles
 
 from serl.console.hub import COMMANDS, ConsoleHub, StepView
 from serl.devices.base import TeleopCommand
+from serl.devices.two_arms import drive_button
+from serl.envs.dual_franka_env import ARMS
 
 log = logging.getLogger("serl.console")
 
@@ -218,7 +221,7 @@ def parse_page_message(text: str) -> dict[str, Any]:
         raise MessageError("expected a JSON object with a 'type'")
     kind = message.get("type")
     allowed = {"command": {"type", "name"}, "claim_teleop": {"type"}, "release_teleop": {"type"},
-               "teleop": {"type", "twist", "gripper", "active"}}
+               "teleop": {"type", "twist", "gripper", "active", "arm"}}
     if kind not in allowed:
         raise MessageError(f"unknown message type {kind!r}; expected one of {sorted(allowed)}")
     extra = set(message) - allowed[kind]
@@ -238,6 +241,8 @@ def parse_page_message(text: str) -> dict[str, Any]:
             raise MessageError("teleop: 'gripper' must be 'open', 'close' or null")
         if not isinstance(message.get("active"), bool):
             raise MessageError("teleop: 'active' must be true or false")
+        if message.get("arm") not in (None, *ARMS):
+            raise MessageError(f"teleop: 'arm' must be one of {list(ARMS)} or absent")
     return message
 
 
@@ -522,8 +527,10 @@ def _handle(hub: ConsoleHub, client: str, message: dict[str, Any]) -> dict[str, 
     if kind == "release_teleop":
         hub.release_teleop(client)
         return {"type": "teleop", "holder": hub.teleop_holder, "granted": False, "server_time": time.time()}
+    arm = message.get("arm")
     command = TeleopCommand(np.asarray(message["twist"], dtype=np.float64), message["gripper"],
-                            active=message["active"], timestamp=time.monotonic())
+                            {drive_button(arm): True} if arm else {}, active=message["active"],
+                            timestamp=time.monotonic())
     if not hub.teleop_input(client, command):
         return {"refused": True, "error": f"the teleop is held by {hub.teleop_holder or 'nobody'}: "
                                           "claim it first; this input is ignored"}

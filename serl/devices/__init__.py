@@ -39,7 +39,7 @@ def make_teleop(kind: str, env: Any = None, config: TeleopConfig | None = None, 
     arm, as HIL-SERL drives two arms, with ``arm_paths=(left_hid_path, right_hid_path)``."""
     from serl.envs.dual_franka_env import DualFrankaEnv
 
-    if kind not in ("scripted", "browser") and env is not None and isinstance(env.unwrapped, DualFrankaEnv):
+    if kind != "scripted" and env is not None and isinstance(env.unwrapped, DualFrankaEnv):
         from serl.devices.two_arms import TwoArmTeleop
 
         paths = options.pop("arm_paths", None)

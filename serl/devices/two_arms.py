@@ -1,7 +1,8 @@
 """``TwoArmTeleop``: a person driving a two-arm env (``DualFrankaEnv``).
 
 Either one device per arm (HIL-SERL's two SpaceMice), or one device for both that drives one arm at a time and
-switches arm on a button (``tab`` on the keyboard; ``switch_button``). Its commands carry the whole action: the
+switches arm on a button (``tab`` on the keyboard; ``switch_button``) or names it (``drive_button(arm)``: the
+console page's arm selector). Its commands carry the whole action: the
 driven arm's part from its device (the twist in that arm's base frame, the gripper buttons), the other arm's
 part still (no motion, gripper unchanged), so ``InterventionWrapper`` stores what both arms did.
 """
@@ -17,6 +18,11 @@ import numpy as np
 from serl.devices.base import Teleop, TeleopCommand
 
 GRIPPER_VALUES = {"open": 1.0, "close": -1.0}
+
+
+def drive_button(arm: str) -> str:
+    """The button a shared device's command holds to say which arm it drives (the console page's arm selector)."""
+    return f"arm:{arm}"
 
 
 class TwoArmTeleop(Teleop):
@@ -45,7 +51,10 @@ class TwoArmTeleop(Teleop):
     def read(self) -> TeleopCommand:
         if self.shared:
             command = self.devices[self.driven].read()
-            if command.buttons.get(self.switch_button):
+            named = [arm for arm in self.arms if command.buttons.get(drive_button(arm))]
+            if named:
+                self.driven = named[0]
+            elif command.buttons.get(self.switch_button):
                 self.driven = next(arm for arm in self.arms if arm != self.driven)
             commands = {self.driven: command}
         else:

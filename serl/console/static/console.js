@@ -17,7 +17,7 @@ const PALETTE = ["#58a6ff", "#f0883e", "#3fb950", "#d2a8ff", "#ff7b72", "#e3b341
 
 const state = {
   ws: null, client: null, holding: false, paused: false, last: null, timeout: 0.5,
-  keys: new Set(), teleopTimer: null, teleopAt: 0, images: {}, runs: {}, curves: {}, xaxis: "by_steps",
+  keys: new Set(), teleopTimer: null, teleopAt: 0, arm: null, images: {}, runs: {}, curves: {}, xaxis: "by_steps",
 };
 
 // ---- the socket ----------------------------------------------------------------------------------------
@@ -151,6 +151,7 @@ function onState(msg) {
       ["success", fmt(v.success), v.success ? "good" : ""], ["acting", v.acting],
     ]);
     const arms = Object.entries(v.arms || {});
+    showArmChoices(arms.length > 1 ? arms.map(([name]) => name) : []);
     const stopped = arms.some(([, arm]) => { const g = arm.guard || {}; return Boolean(g.safety_stop || g.safety_stop_active || g.stopped); });
     $("stop-badge").hidden = !stopped;
     const rows = [];
@@ -289,6 +290,29 @@ function currentInput() {
   return { twist: clamped, gripper, active: clamped.some((x) => x !== 0) || gripper !== null };
 }
 
+function showArmChoices(names) {
+  // a two-arm robot: the page drives one arm at a time, named in each teleop message
+  const box = $("arm-choices");
+  if (box.dataset.names === names.join(",")) return;
+  box.dataset.names = names.join(",");
+  box.replaceChildren(...names.map((name) => {
+    const label = document.createElement("label");
+    const radio = document.createElement("input");
+    Object.assign(radio, { type: "radio", name: "arm", value: name, id: `arm-${name}` });
+    radio.addEventListener("change", () => chooseArm(name));
+    label.append(radio, ` ${name} `);
+    return label;
+  }));
+  $("arm-select").hidden = !names.length;
+  chooseArm(names.includes(state.arm) ? state.arm : names[0] || null);
+}
+
+function chooseArm(name) {
+  state.arm = name;
+  if (name) $(`arm-${name}`).checked = true;
+  if (state.holding) sendInput();
+}
+
 function gamepad() {
   const pads = navigator.getGamepads ? [...navigator.getGamepads()].filter(Boolean) : [];
   $("gamepad").textContent = pads.length ? `gamepad: ${pads[0].id}` : "no gamepad (press a button on one to use it)";
@@ -298,7 +322,7 @@ function gamepad() {
 function sendInput() {
   if (!state.holding) return;
   const input = currentInput();
-  send({ type: "teleop", ...input });
+  send({ type: "teleop", ...input, ...(state.arm ? { arm: state.arm } : {}) });
   drawTwist(input.twist, input.gripper);
 }
 
@@ -327,6 +351,12 @@ const typing = (event) => ["INPUT", "SELECT", "TEXTAREA"].includes(event.target.
 window.addEventListener("keydown", (event) => {
   if (typing(event)) return;
   if (event.code === "Escape" && state.holding) { release(); return; }
+  if (event.code === "Tab" && state.holding && state.arm) {
+    event.preventDefault();
+    const names = $("arm-choices").dataset.names.split(",");
+    chooseArm(names[(names.indexOf(state.arm) + 1) % names.length]);
+    return;
+  }
   if (!state.holding || !(event.code in KEY_AXES || event.code in GRIPPER_KEYS)) return;
   event.preventDefault();  // no scrolling on arrows and space while driving
   if (!state.keys.has(event.code)) {
