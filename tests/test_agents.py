@@ -122,17 +122,27 @@ def test_grasp_margin_loss_by_hand():
     np.testing.assert_allclose(losses.grasp_margin_loss(q, taken, jnp.array([0.0, 1.0]), 0.1), 0.0, atol=1e-7)
 
 
-def test_bc_weight_pulls_the_policy_onto_demo_actions():
-    rng = np.random.default_rng(0)
-    batch = _batch(rng, 4 * 32)
+def _one_action_demo_batch() -> dict:
+    """A batch of demo rows that all took the action (0.6, -0.4)."""
+    batch = _batch(np.random.default_rng(0), 4 * 32)
     batch["actions"] = np.tile(np.array([[0.6, -0.4]], np.float32), (4 * 32, 1))
     batch["demo"] = np.ones(4 * 32, np.float32)
+    return batch
+
+
+def _trained_on(batch: dict, updates: int, **config):
+    agent = SACAgent.create(0, {"state": np.zeros(3, np.float32)}, 2,
+                            SACConfig(hidden_dims=(16, 16), utd_ratio=4, actor_lr=3e-3, **config))
+    for _ in range(updates):
+        agent, metrics = agent.update(batch)
+    return agent, metrics
+
+
+def test_bc_weight_pulls_the_policy_onto_demo_actions():
+    batch = _one_action_demo_batch()
 
     def distance_after_updates(bc_weight):
-        cfg = SACConfig(hidden_dims=(16, 16), utd_ratio=4, bc_weight=bc_weight, actor_lr=3e-3)
-        agent = SACAgent.create(0, {"state": np.zeros(3, np.float32)}, 2, cfg)
-        for _ in range(100):
-            agent, metrics = agent.update(batch)
+        agent, metrics = _trained_on(batch, 100, bc_weight=bc_weight)
         assert np.isfinite(float(metrics["bc_loss"]))
         return float(np.abs(np.asarray(agent.eval_actions(batch["observations"])) - batch["actions"]).mean())
 
@@ -141,21 +151,16 @@ def test_bc_weight_pulls_the_policy_onto_demo_actions():
 
 
 def test_bc_likelihood_narrows_the_policy_on_demo_actions():
-    rng = np.random.default_rng(0)
-    batch = _batch(rng, 4 * 32)
-    batch["actions"] = np.tile(np.array([[0.6, -0.4]], np.float32), (4 * 32, 1))
-    batch["demo"] = np.ones(4 * 32, np.float32)
+    batch = _one_action_demo_batch()
 
     def spread_and_distance(likelihood):
-        cfg = SACConfig(hidden_dims=(16, 16), utd_ratio=4, bc_weight=10.0, bc_likelihood=likelihood, actor_lr=3e-3)
-        agent = SACAgent.create(0, {"state": np.zeros(3, np.float32)}, 2, cfg)
-        for _ in range(150):
-            agent, _ = agent.update(batch)
+        agent, _ = _trained_on(batch, 150, bc_weight=10.0, bc_likelihood=likelihood)
         actions = np.asarray(agent.sample_actions(batch["observations"], jax.random.PRNGKey(1)))
         return float(actions.std(axis=0).mean()), float(np.abs(actions.mean(axis=0) - batch["actions"][0]).mean())
 
     (nll_spread, nll_distance), (mse_spread, _) = spread_and_distance(True), spread_and_distance(False)
     assert nll_distance < 0.1 and nll_spread < 0.5 * mse_spread, (nll_spread, nll_distance, mse_spread)
+
 
 def test_policy_std_max_caps_the_spread_of_sampled_actions():
     obs = {"state": np.zeros((4096, 3), np.float32)}
