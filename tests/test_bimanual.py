@@ -492,3 +492,16 @@ def test_the_console_page_drives_the_arm_it_names():
         executed.append((info["intervened"], np.round(info["executed_action"], 3).tolist()))
     assert executed == [(True, [0.0] * 4 + [0.0, 1.0, 0.0, -1.0]), (True, [0.0, 1.0, 0.0, -1.0] + [0.0] * 4)]
     env.close()
+
+
+def test_each_arm_sees_the_bar_from_its_own_hand():
+    from serl.envs.bimanual import make_bimanual_sim_env
+
+    env = make_bimanual_sim_env("PandaHandover", seed=3)
+    obs, _ = env.reset(seed=3)
+    for _ in range(3):
+        obs, *_ = env.step(np.array([0.5, 0.0, -0.5, 0.0, 0.0, 0.5, 0.0, 0.0], np.float32))
+    for name, arm in env.arms.items():
+        bar, tcp = arm.client.scene()["bar"][:3], arm.client.state().tcp_pose[:3]  # this arm's base frame
+        np.testing.assert_allclose(obs["state"][f"{name}/bar_offset"], bar - tcp, atol=1e-5)
+    env.close()

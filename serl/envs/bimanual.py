@@ -3,9 +3,9 @@
 ``PandaHandover``: two Pandas facing each other across the table (bases 1 m apart along x, world frame midway). A
 20 cm bar lies along x on the left arm's side of the table (y < 0); the left hand picks it up by its end and brings
 it to the middle, the right hand takes the other end, the left lets go, and the right lifts the bar to a goal on the
-other side (y > 0). Each arm acts in xyz plus a binary gripper (8 action values in all) and sees its own TCP
-position, velocity and gripper width in its own base frame; the left arm also sees the bar's position. Each arm's safety box keeps it on its side of the middle, so
-neither can finish alone. ``make_bimanual_sim_env`` builds the bimanual twin, both arms' guards (their hands kept
+other side (y > 0). Each arm acts in xyz plus a binary gripper (8 action values in all) and sees, in its own base
+frame, its TCP position, velocity and gripper width and where the bar's centre is from its TCP (``bar_offset``).
+Each arm's safety box keeps it on its side of the middle, so neither can finish alone. ``make_bimanual_sim_env`` builds the bimanual twin, both arms' guards (their hands kept
 ``clearance`` apart by one ``ArmPair``) and the ``DualFrankaEnv``.
 """
 
@@ -141,7 +141,7 @@ def to_arm(arm: str, world_xyz) -> np.ndarray:
     return relative_pose(np.r_[world_xyz, 0.0, 0.0, 0.0, 1.0], _BASES[arm])[:3]
 
 
-def _arm_task(arm: str, reset_world, y_world: tuple[float, float], hooks, scene_objects=()) -> TaskConfig:
+def _arm_task(arm: str, reset_world, y_world: tuple[float, float], hooks) -> TaskConfig:
     corners = np.array([to_arm(arm, (x, y, z)) for x in (-0.15, 0.15) for y in y_world for z in (0.005, 0.3)])
     low, high = corners.min(axis=0), corners.max(axis=0)
     return TaskConfig(
@@ -155,8 +155,8 @@ def _arm_task(arm: str, reset_world, y_world: tuple[float, float], hooks, scene_
         reset_hooks=hooks,
         scene="handover",
         state_keys=("tcp_position", "tcp_vel", "gripper_width"),
-        scene_objects=scene_objects,
-        object_state="position",
+        scene_objects=("bar",),
+        object_state="offset",
     )
 
 
@@ -164,8 +164,7 @@ _TO_RESET = ResetHookSpec("go_to_reset_pose", (("gripper", MAX_GRIPPER_WIDTH), (
 PANDA_HANDOVER = BimanualTask(
     name="PandaHandover",
     # the left arm waits above the bar's side, the right arm on the other side, each nearer its own base
-    left=_arm_task("left", (-0.05, -0.15, 0.15), (-0.3, 0.05), (ResetHookSpec("reset_robot"), _TO_RESET),
-                   scene_objects=("bar",)),
+    left=_arm_task("left", (-0.05, -0.15, 0.15), (-0.3, 0.05), (ResetHookSpec("reset_robot"), _TO_RESET)),
     right=_arm_task("right", (0.08, 0.1, 0.2), (-0.05, 0.3),
                     (ResetHookSpec("reset_robot"), _TO_RESET, ResetHookSpec("scene_reset"))),
     scene="handover",

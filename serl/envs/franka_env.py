@@ -345,8 +345,10 @@ class FrankaEnv(gym.Env):
         if self.task.scene_objects:
             scene = self.client.scene()
             for name in self.task.scene_objects:
-                obs_state[self.task.object_state_key(name)] = np.asarray(scene[name][: self.task.object_state_size],
-                                                                         dtype=np.float32)
+                value = np.asarray(scene[name][: self.task.object_state_size], dtype=np.float64)
+                if self.task.object_state == "offset":
+                    value = value - state.tcp_pose[:3]
+                obs_state[self.task.object_state_key(name)] = value.astype(np.float32)
         obs: dict[str, Any] = {"state": obs_state}
         self.camera_frames = frames  # full frames, for a viewer (the observation holds the crops)
         if self.task.cameras:

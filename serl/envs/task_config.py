@@ -92,7 +92,9 @@ class TaskConfig:
     scene: str = "empty"  # twin scene name
     state_keys: tuple[str, ...] = ("tcp_pose", "tcp_vel", "wrench", "gripper_width")  # see franka_env.STATE_SIZES
     scene_objects: tuple[str, ...] = ()  # twin objects whose ground-truth pose enters the state (sim only)
-    object_state: Literal["pose", "position"] = "pose"  # as '<name>_pose' (xyz + quat) or '<name>_position' (xyz)
+    object_state: Literal["pose", "position", "offset"] = "pose"
+    """How a scene object enters the state: '<name>_pose' (xyz + quat), '<name>_position' (xyz) or '<name>_offset'
+    (its position less the TCP's, in the arm's base frame: what a hand servoing onto it needs)."""
 
     def __post_init__(self):
         if len(self.reset_pose) != 7:
@@ -105,8 +107,9 @@ class TaskConfig:
             raise ValueError("TaskConfig.cameras: camera names must be unique")
         if not 0.0 < self.shaping_discount <= 1.0:
             raise ValueError(f"TaskConfig.shaping_discount: expected a value in (0, 1], got {self.shaping_discount}")
-        if self.object_state not in ("pose", "position"):
-            raise ValueError(f"TaskConfig.object_state: expected 'pose' or 'position', got {self.object_state!r}")
+        if self.object_state not in ("pose", "position", "offset"):
+            raise ValueError("TaskConfig.object_state: expected 'pose', 'position' or 'offset', "
+                             f"got {self.object_state!r}")
 
     @property
     def action_layout(self) -> ActionLayout:
@@ -115,9 +118,9 @@ class TaskConfig:
 
     @property
     def object_state_size(self) -> int:
-        """Entries per scene object in the state: 7 for a pose (xyz + quat), 3 for a position."""
+        """Entries per scene object in the state: 7 for a pose (xyz + quat), 3 for a position or an offset."""
         return 7 if self.object_state == "pose" else 3
 
     def object_state_key(self, name: str) -> str:
-        """State name of scene object ``name``: '<name>_pose' or '<name>_position', per ``object_state``."""
+        """State name of scene object ``name``: '<name>_pose', '<name>_position' or '<name>_offset'."""
         return f"{name}_{self.object_state}"
