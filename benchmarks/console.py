@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from robot_servers.clock import PeriodicClock  # noqa: E402
-from serl.console.hub import ConsoleHub, StepView  # noqa: E402
+from serl.console.hub import ONE_ARM, ArmView, ConsoleHub, StepView  # noqa: E402
 from serl.console.server import ConsoleConfig, ConsoleServer, parse_frame_message  # noqa: E402
 from serl.envs.franka_env import franka_env_under  # noqa: E402
 from serl.runtime.env_config import EnvConfig  # noqa: E402
@@ -169,7 +169,8 @@ def run_phase(env, hub: ConsoleHub, seconds: float, state: dict, on_step=None) -
             step=state["step"], episode=state["episode"], episode_step=state["episode_step"], reward=float(reward),
             episode_return=state["return"], success=bool(info.get("succeed", False)), acting="policy",
             frames={name: obs[name] for name in ("wrist", "front") if name in obs},
-            tcp_pose=[float(v) for v in robot.tcp_pose], target_pose=[float(v) for v in robot.target_pose],
+            arms={ONE_ARM: ArmView(tcp_pose=[float(v) for v in robot.tcp_pose],
+                                   target_pose=[float(v) for v in robot.target_pose])},
         ))
         if terminated or truncated:
             env.reset()

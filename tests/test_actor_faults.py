@@ -135,7 +135,10 @@ class Rig:
         self.wait_for(lambda: self.held_steps() >= start + held_steps, f"{held_steps} more held steps")
         pose_after, target_after = self.pose()
         np.testing.assert_allclose(target_after, target, atol=1e-6)
-        np.testing.assert_allclose(pose_after[:3], pose[:3], atol=2e-3)
+        # on a loaded machine the hand may still be settling onto the held target: it may move only towards it
+        before, after = (float(np.linalg.norm(p[:3] - target[:3])) for p in (pose, pose_after))
+        moved = float(np.linalg.norm(pose_after[:3] - pose[:3]))
+        assert after <= before + 1e-3 and moved <= 2e-3 + (before - after), (before, after, moved)
 
     def close(self) -> None:
         if self.actor is not None and self.actor.poll() is None:
