@@ -95,6 +95,14 @@ def test_pick_cube_train_defaults_add_shaping_translation_only_cube_position_and
     assert apply_task_defaults(TrainConfig(task="PandaPegInsertion")).agent == SACConfig.rlpd_with_demo_bc()
 
 
+def test_handover_defaults_clone_noisy_demos_by_likelihood_with_a_capped_spread():
+    tuned = apply_task_defaults(TrainConfig(task="PandaHandover"))
+    assert tuned.agent.gripper_indices == (3, 7) and tuned.agent.bc_likelihood and tuned.agent.policy_std_max == 0.3
+    assert tuned.demo_noise == 0.3 and "reward_shaping=true" in tuned.overrides
+    mine = apply_task_defaults(TrainConfig(task="PandaHandover", demo_noise=0.05))
+    assert mine.demo_noise == 0.05
+
+
 def test_pixel_defaults_cache_a_frozen_small_backbone_at_64_pixels_unless_told_otherwise():
     tuned = apply_task_defaults(TrainConfig(task="PandaPickCube", pixels=True))
     assert "camera_size=64" in tuned.overrides and "reward_shaping=true" in tuned.overrides
