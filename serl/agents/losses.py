@@ -13,6 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from serl.networks.gaussian_policy import gaussian_log_prob
+
 GRIPPER_CLOSE, GRIPPER_STAY, GRIPPER_OPEN = -1.0, 0.0, 1.0
 NUM_GRIPPER_ACTIONS = 3
 
@@ -52,8 +54,7 @@ def bc_nll_loss(mean: jnp.ndarray, log_std: jnp.ndarray, demo_actions: jnp.ndarr
     averaged over demo rows only; actions are clipped to ±`bound` before atanh so a saturated demo stays finite.
     Unlike `bc_loss` it trains the spread too: the policy narrows where the demos agree."""
     pre_tanh = jnp.arctanh(jnp.clip(demo_actions, -bound, bound))
-    z = (pre_tanh - mean) * jnp.exp(-log_std)
-    per_row = jnp.mean(0.5 * z**2 + log_std + 0.5 * jnp.log(2.0 * jnp.pi), axis=-1)
+    per_row = -gaussian_log_prob(pre_tanh, mean, log_std) / mean.shape[-1]
     return jnp.sum(per_row * demo_rows) / jnp.maximum(jnp.sum(demo_rows), 1.0)
 
 

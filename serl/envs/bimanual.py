@@ -5,8 +5,9 @@
 it to the middle, the right hand takes the other end, the left lets go, and the right lifts the bar to a goal on the
 other side (y > 0). Each arm acts in xyz plus a binary gripper (8 action values in all) and sees, in its own base
 frame, its TCP position, velocity and gripper width and where the bar's centre is from its TCP (``bar_offset``).
-Each arm's safety box keeps it on its side of the middle, so neither can finish alone. ``make_bimanual_sim_env`` builds the bimanual twin, both arms' guards (their hands kept
-``clearance`` apart by one ``ArmPair``) and the ``DualFrankaEnv``.
+Each arm's safety box keeps it on its side of the middle, so neither can finish alone. ``make_bimanual_sim_env``
+builds the bimanual twin, both arms' guards (their hands kept ``clearance`` apart by one ``ArmPair``) and the
+``DualFrankaEnv``.
 """
 
 from __future__ import annotations
