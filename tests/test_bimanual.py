@@ -167,6 +167,29 @@ def test_handover_expert_succeeds_and_the_reward_needs_the_left_hand_away():
     env.close()
 
 
+def test_handover_shaping_gains_at_every_step_of_the_delivery_and_the_release_costs_nothing():
+    from serl.envs.bimanual import GRASP_OFFSET, HandoverReward
+
+    reward = HandoverReward(shaping=True)
+    goal = np.asarray(models.HANDOVER_GOAL)
+    middle = np.array([0.0, 0.0, goal[2]])
+    end = np.array([GRASP_OFFSET, 0.0, 0.0])
+
+    def potential(bar, left=None, right=None):
+        return reward.shaping_potential(bar, {"left": bar - end if left is None else left,
+                                              "right": bar + end if right is None else right})
+
+    start, waiting = np.array([*models.BAR_START, 0.0125]), middle + [0.3, 0.3, 0.0]
+    both_hold = potential(middle)
+    away = middle - end - [0.05, 0.0, 0.0]
+    assert potential(middle, left=away) == pytest.approx(both_hold)  # the right holds: letting go is free
+    assert potential(middle, left=away, right=waiting) < potential(middle, right=waiting)  # the right not there
+    carried = [potential(middle + s * (goal - middle), left=away) for s in np.linspace(0.0, 1.0, 11)]
+    assert np.all(np.diff(carried) > 0.0) and carried[-1] == pytest.approx(1.0)
+    lifted = [potential(start + s * (middle - start), right=waiting) for s in np.linspace(0.0, 1.0, 6)]
+    assert np.all(np.diff(lifted) > 0.0) and lifted[-1] < both_hold
+
+
 def test_handover_task_layout_keeps_each_arm_on_its_side():
     from serl.envs.bimanual import PANDA_HANDOVER, to_arm
 

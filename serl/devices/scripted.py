@@ -290,7 +290,7 @@ class HandoverExpert(Teleop):
         # deliver: the left rises out of the way, the right carries its end of the bar to the goal
         if right[2] - bar[2] > 0.03:
             self._enter("right_approach")
-        away = left + [0.0, 0.0, 0.08]
+        away = left + [-0.07, 0.0, 0.0]
         return {"left": (away, "open"), "right": (self.goal + [g, 0.0, 0.0], "close")}
 
     def read(self) -> TeleopCommand:

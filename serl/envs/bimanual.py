@@ -176,8 +176,7 @@ PANDA_HANDOVER = BimanualTask(
 class HandoverReward:
     """Sparse: 1 when the bar's centre is within ``tolerance`` of the goal and the left hand is ``released`` away
     from it (so the right hand holds it up). ``shaping`` adds ``shaping_discount * phi(s') - phi(s)`` with phi the
-    progress through the handover's stages (left reaches, lifts to the middle; right reaches; bar to the goal),
-    0 at success, as ``PickCubeReward`` does."""
+    progress through the handover's stages (``shaping_potential``), 0 at success, as ``PickCubeReward`` does."""
 
     bases: Mapping[str, np.ndarray] = dataclasses.field(default_factory=lambda: dict(_BASES))  # world frame
     goal: tuple[float, float, float] = twin_models.HANDOVER_GOAL  # world
@@ -202,14 +201,18 @@ class HandoverReward:
                     and np.linalg.norm(hands["left"] - bar) >= self.released)
 
     def shaping_potential(self, bar: np.ndarray, hands: Mapping[str, np.ndarray]) -> float:
+        """Progress in [0, 1]: each hand's reach to its grasp (the left's kept once the right holds its end, so
+        letting go costs nothing) and the bar's way, half to the middle and half, in the right hand, on to the
+        goal (never less than at the middle, so carrying it on gains at every step)."""
         left_grasp = bar - [GRASP_OFFSET, 0.0, 0.0]
         right_grasp = bar + [GRASP_OFFSET, 0.0, 0.0]
         handover = np.array([bar[0], HANDOVER_Y, twin_models.HANDOVER_GOAL[2]])
-        reach_left = 1.0 - min(np.linalg.norm(hands["left"] - left_grasp) / 0.25, 1.0)
-        to_middle = 1.0 - min(np.linalg.norm(bar - handover) / 0.25, 1.0)
         reach_right = 1.0 - min(np.linalg.norm(hands["right"] - right_grasp) / 0.25, 1.0)
-        to_goal = 1.0 - min(np.linalg.norm(bar - self.goal) / 0.25, 1.0)
-        return 0.25 * (reach_left + to_middle + reach_right + to_goal)
+        reach_left = max(1.0 - min(np.linalg.norm(hands["left"] - left_grasp) / 0.25, 1.0), reach_right)
+        to_middle = 1.0 - min(np.linalg.norm(bar - handover) / 0.25, 1.0)
+        on_to_goal = 1.0 - min(np.linalg.norm(bar - self.goal) / np.linalg.norm(handover - self.goal), 1.0)
+        carried = max(0.5 * to_middle, reach_right * (0.5 + 0.5 * on_to_goal))
+        return 0.25 * (reach_left + reach_right) + 0.5 * carried
 
     def __call__(self, env: DualFrankaEnv) -> tuple[float, bool]:
         bar, hands = self.measure(env)
