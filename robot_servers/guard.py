@@ -84,6 +84,15 @@ class NotSupported(GuardError, NotImplementedError):
     """The backend cannot do this (e.g. advance simulated time on a real arm)."""
 
 
+def safety_stop_error(reason: str) -> str:
+    """How a latched safety stop shows in a state's and ``/health``'s errors (``is_safety_stop_error`` reads it)."""
+    return f"safety_stop: {reason}"
+
+
+def is_safety_stop_error(error: str) -> bool:
+    return str(error).startswith("safety_stop: ")
+
+
 class ArmPair:
     """Two arms whose guards keep their hands apart, with each arm's base pose (xyz + quat xyzw) in one shared
     frame. Each arm's guard joins with ``GuardConfig(paired=pair.arm(name))``; a check reads the other arm's
@@ -404,7 +413,7 @@ class RobotGuard:
             state = self.backend.state()
             self._check_measured(state)
         if self.safety_stop is not None:
-            state.errors = list(state.errors) + [f"safety_stop: {self.safety_stop}"]
+            state.errors = list(state.errors) + [safety_stop_error(self.safety_stop)]
             state.controller_mode = "hold"
         return state
 
@@ -416,7 +425,7 @@ class RobotGuard:
         except Exception as exc:  # health must answer even when the backend cannot
             errors = [f"backend state unavailable: {exc!r}"]
         if self.safety_stop is not None:
-            errors.append(f"safety_stop: {self.safety_stop}")
+            errors.append(safety_stop_error(self.safety_stop))
         box = self.config.safety_box
         return {
             "ok": not errors,

@@ -28,6 +28,11 @@ from robot_servers.backends.base import RobotState
 from serl.envs.franka_env import ArmCommand, FrankaEnv, RobotClientError
 
 ARMS = ("left", "right")
+
+
+def arm_key(arm: str, key: str) -> str:
+    """An arm's observation entry or camera as a pair names it: ``left/tcp_pose``, ``right/wrist``."""
+    return f"{arm}/{key}"
 SKEW_HISTORY = 10_000  # command skews kept for statistics
 
 
@@ -69,9 +74,9 @@ class DualFrankaEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(sum(self._sizes),), dtype=np.float32)
         state, images = {}, {}
         for arm, env in self.arms.items():
-            state.update({f"{arm}/{k}": v for k, v in env.observation_space["state"].items()})
+            state.update({arm_key(arm, k): v for k, v in env.observation_space["state"].items()})
             if "images" in env.observation_space.spaces:
-                images.update({f"{arm}/{k}": v for k, v in env.observation_space["images"].items()})
+                images.update({arm_key(arm, k): v for k, v in env.observation_space["images"].items()})
         spaces = {"state": gym.spaces.Dict(state)}
         if images:
             spaces["images"] = gym.spaces.Dict(images)
@@ -135,7 +140,7 @@ class DualFrankaEnv(gym.Env):
     @property
     def state_order(self) -> tuple[str, ...]:
         """State entry names in the arms' task order, left first."""
-        return tuple(f"{arm}/{key}" for arm, env in self.arms.items() for key in env.state_order)
+        return tuple(arm_key(arm, key) for arm, env in self.arms.items() for key in env.state_order)
 
     def hold(self) -> None:
         """One control period with both arms' targets unchanged (see ``FrankaEnv.hold``)."""
@@ -216,8 +221,8 @@ class DualFrankaEnv(gym.Env):
         return self._clock()
 
     def _merge(self, per_arm: dict[str, dict]) -> dict:
-        obs = {"state": {f"{arm}/{k}": v for arm, o in per_arm.items() for k, v in o["state"].items()}}
-        images = {f"{arm}/{k}": v for arm, o in per_arm.items() for k, v in o.get("images", {}).items()}
+        obs = {"state": {arm_key(arm, k): v for arm, o in per_arm.items() for k, v in o["state"].items()}}
+        images = {arm_key(arm, k): v for arm, o in per_arm.items() for k, v in o.get("images", {}).items()}
         if images:
             obs["images"] = images
         return obs

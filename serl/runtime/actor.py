@@ -27,10 +27,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from robot_servers.guard import is_safety_stop_error
 from serl.console.hub import ONE_ARM, ArmView, ConsoleHub, StepView
 from serl.console.reward import MARKS, console_marks
 from serl.data.transition import Transition, make_transition
-from serl.envs.dual_franka_env import DualFrankaEnv, robot_env_under
+from serl.envs.dual_franka_env import DualFrankaEnv, arm_key, robot_env_under
 from serl.envs.franka_env import FrankaEnv, franka_env_under
 from serl.envs.intervention import InterventionWrapper
 from serl.runtime import run_until_signalled
@@ -540,14 +541,14 @@ class ActorConsole:
         if state is None:
             return ArmView(guard=guard, safety_box=self.safety_boxes[name])
         guard["errors"] = list(state.errors)
-        guard["safety_stop"] = any(str(e).startswith("safety_stop") for e in state.errors) or bool(self.stopped)
+        guard["safety_stop"] = any(map(is_safety_stop_error, state.errors)) or bool(self.stopped)
         return ArmView(tcp_pose=[float(v) for v in state.tcp_pose], target_pose=[float(v) for v in state.target_pose],
                        gripper=float(state.gripper_width), guard=guard, safety_box=self.safety_boxes[name])
 
     def _full_frames(self, policy: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The cameras' full frames where they differ from what the policy sees (a crop or a resize); a pair's
         cameras are named ``arm/camera`` as in its observation."""
-        full = {(name if arm == ONE_ARM else f"{arm}/{name}"): np.asarray(frame)
+        full = {(name if arm == ONE_ARM else arm_key(arm, name)): np.asarray(frame)
                 for arm, env in self.arms.items() for name, (frame, _) in env.camera_frames.items()}
         return {name: frame for name, frame in full.items()
                 if name not in policy or frame.shape != policy[name].shape}
