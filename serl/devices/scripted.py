@@ -202,8 +202,9 @@ class HandoverExpert(Teleop):
     """Solves ``PandaHandover`` from ground truth, both arms at once (its commands carry the whole 8-value action).
 
     Left: above its end of the bar → down → close → carry to the middle. Right: above its end → down → close.
-    Then the left opens and rises while the right carries the bar to the goal. Waypoints are in the world frame
-    of the twin layout (``BimanualTask.bases``), each arm's motion turned into its own base frame.
+    Then the left opens and slides off its end of the bar while the right carries the bar to the goal. Waypoints
+    are in the world frame of the twin layout (``BimanualTask.bases``), each arm's motion turned into its own base
+    frame.
     """
 
     def __init__(self, env: gym.Env, config: ExpertConfig = ExpertConfig()):
@@ -287,7 +288,8 @@ class HandoverExpert(Teleop):
             if steps >= self.expert_config.grasp_steps:
                 self._enter("deliver")
             return {"left": (left, "open"), "right": (right, "close")}
-        # deliver: the left rises out of the way, the right carries its end of the bar to the goal
+        # deliver: the open left slides off along the bar (rising, it would lift the bar by its end); the right
+        # carries the bar to the goal
         if right[2] - bar[2] > 0.03:
             self._enter("right_approach")
         away = left + [-0.07, 0.0, 0.0]
