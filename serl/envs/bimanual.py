@@ -25,6 +25,7 @@ from robot_servers.limits import MAX_GRIPPER_WIDTH
 from robot_servers.twin import models as twin_models  # geometry only; does not import mujoco
 from serl.envs.dual_franka_env import ARMS, DualFrankaEnv
 from serl.envs.franka_env import FrankaEnv
+from serl.envs.rewards import nearness
 from serl.envs.robot_client import LocalRobot
 from serl.envs.task_config import CameraSpec, ResetHookSpec, TaskConfig
 from serl.envs.tasks import SIM_PRECISION, pixel_variant, twin_options, with_overrides
@@ -207,10 +208,10 @@ class HandoverReward:
         left_grasp = bar - [GRASP_OFFSET, 0.0, 0.0]
         right_grasp = bar + [GRASP_OFFSET, 0.0, 0.0]
         handover = np.array([bar[0], HANDOVER_Y, twin_models.HANDOVER_GOAL[2]])
-        reach_right = 1.0 - min(np.linalg.norm(hands["right"] - right_grasp) / 0.25, 1.0)
-        reach_left = max(1.0 - min(np.linalg.norm(hands["left"] - left_grasp) / 0.25, 1.0), reach_right)
-        to_middle = 1.0 - min(np.linalg.norm(bar - handover) / 0.25, 1.0)
-        on_to_goal = 1.0 - min(np.linalg.norm(bar - self.goal) / np.linalg.norm(handover - self.goal), 1.0)
+        reach_right = nearness(hands["right"], right_grasp, 0.25)
+        reach_left = max(nearness(hands["left"], left_grasp, 0.25), reach_right)
+        to_middle = nearness(bar, handover, 0.25)
+        on_to_goal = nearness(bar, self.goal, float(np.linalg.norm(handover - self.goal)))
         carried = max(0.5 * to_middle, reach_right * (0.5 + 0.5 * on_to_goal))
         return 0.25 * (reach_left + reach_right) + 0.5 * carried
 

@@ -18,6 +18,12 @@ from robot_servers.twin import models as twin_models  # geometry only; does not 
 from serl.envs.task_config import TaskConfig
 
 
+def nearness(a, b, scale: float) -> float:
+    """A shaping term: 1 where point ``a`` is at ``b``, falling linearly to 0 at ``scale`` m apart and beyond."""
+    gap = float(np.linalg.norm(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)))
+    return 1.0 - min(gap / scale, 1.0)
+
+
 class GroundTruthReward(Protocol):
     """Reward from the twin's ground truth: ``reset`` at episode start, then called every step."""
 
@@ -55,7 +61,7 @@ class PickCubeReward:
 
     def shaping_potential(self, scene: Mapping[str, np.ndarray], state: RobotState) -> float:
         cube = np.asarray(scene["cube"][:3])
-        reach = 1.0 - min(float(np.linalg.norm(np.asarray(state.tcp_pose[:3]) - cube)) / self.reach_scale, 1.0)
+        reach = nearness(state.tcp_pose[:3], cube, self.reach_scale)
         lift = float(np.clip((cube[2] - self.initial_z) / self.lift_height, 0.0, 1.0))
         return 0.5 * reach + 0.5 * lift
 
@@ -130,8 +136,8 @@ class RelocateReward:
 
     def shaping_potential(self, scene: Mapping[str, np.ndarray], state: RobotState) -> float:
         cube = np.asarray(scene["cube"][:3], dtype=np.float64)
-        reach = 1.0 - min(float(np.linalg.norm(np.asarray(state.tcp_pose[:3]) - cube)) / self.reach_scale, 1.0)
-        carry = 1.0 - min(float(np.linalg.norm(cube[:2] - np.asarray(self.goal_xy))) / self.span, 1.0)
+        reach = nearness(state.tcp_pose[:3], cube, self.reach_scale)
+        carry = nearness(cube[:2], self.goal_xy, self.span)
         return 0.5 * reach + 0.5 * carry
 
     def __call__(self, scene: Mapping[str, np.ndarray], state: RobotState) -> tuple[float, bool]:
