@@ -84,13 +84,16 @@ class NotSupported(GuardError, NotImplementedError):
     """The backend cannot do this (e.g. advance simulated time on a real arm)."""
 
 
+_SAFETY_STOP_PREFIX = "safety_stop: "
+
+
 def safety_stop_error(reason: str) -> str:
     """How a latched safety stop shows in a state's and ``/health``'s errors (``is_safety_stop_error`` reads it)."""
-    return f"safety_stop: {reason}"
+    return f"{_SAFETY_STOP_PREFIX}{reason}"
 
 
 def is_safety_stop_error(error: str) -> bool:
-    return str(error).startswith("safety_stop: ")
+    return str(error).startswith(_SAFETY_STOP_PREFIX)
 
 
 class ArmPair:
