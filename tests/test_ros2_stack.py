@@ -114,9 +114,12 @@ def test_wrench_from_best_effort_franka_publisher_while_targets_reach_a_reliable
         target = arm.pose.copy()
         target[0] += 0.01
         backend.set_target(target)
-        assert wait_for(lambda: len(arm.received["target_pose"]) >= 1, 20.0), "target_pose never reached crisp's reliable subscription"
         from robot_servers.ros2.messages import read_pose
 
+        # an earlier target (the held pose) may be the newest message for a moment: wait for this one
+        assert wait_for(lambda: len(arm.received["target_pose"]) >= 1
+                        and np.allclose(read_pose(arm.received["target_pose"][-1]), target, rtol=0.0, atol=1e-9),
+                        20.0), "target_pose never reached crisp's reliable subscription"
         assert read_pose(arm.received["target_pose"][-1]) == pytest.approx(target)
 
 
