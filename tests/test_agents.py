@@ -177,6 +177,21 @@ def test_policy_std_max_caps_the_spread_of_sampled_actions():
         SACConfig(policy_std_max=0.0)
 
 
+def test_explore_std_max_narrows_the_sampled_actions_but_not_the_policy():
+    obs = {"state": np.zeros((4096, 3), np.float32)}
+    wide = SACAgent.create(0, {"state": np.zeros(3, np.float32)}, 2, SACConfig(hidden_dims=(16, 16)))
+    narrow = wide.replace(config=dataclasses.replace(wide.config, explore_std_max=0.1))
+    pre_tanh = [np.arctanh(np.clip(np.asarray(a.sample_actions(obs, jax.random.PRNGKey(1))), -0.999999, 0.999999))
+                for a in (wide, narrow)]
+    assert np.all(pre_tanh[1].std(axis=0) < 0.105) and np.all(pre_tanh[0].std(axis=0) > 0.5)
+    np.testing.assert_allclose(pre_tanh[1].mean(axis=0), pre_tanh[0].mean(axis=0), atol=0.05)
+    features = narrow.encode(narrow.critic.params["encoder"], {"state": obs["state"][:1]})
+    _, log_std = narrow.policy(narrow.actor.params, features)
+    assert np.all(np.exp(np.asarray(log_std)) > 0.5)
+    with pytest.raises(ValueError, match="explore_std_max"):
+        SACConfig(explore_std_max=float("nan"))
+
+
 def test_update_runs_utd_critic_steps_and_one_actor_step():
     obs = {"state": np.zeros(3, np.float32)}
     cfg = SACConfig(hidden_dims=(16, 16), num_qs=4, num_min_qs=2, critic_layer_norm=True, utd_ratio=3)

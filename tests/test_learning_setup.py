@@ -98,6 +98,7 @@ def test_pick_cube_train_defaults_add_shaping_translation_only_cube_position_and
 def test_handover_defaults_clone_noisy_demos_by_likelihood_with_a_capped_spread():
     tuned = apply_task_defaults(TrainConfig(task="PandaHandover"))
     assert tuned.agent.gripper_indices == (3, 7) and tuned.agent.bc_likelihood and tuned.agent.policy_std_max == 0.3
+    assert tuned.agent.explore_std_max == 0.1
     assert tuned.demo_noise == 0.3 and "reward_shaping=true" in tuned.overrides
     mine = apply_task_defaults(TrainConfig(task="PandaHandover", demo_noise=0.05))
     assert mine.demo_noise == 0.05

@@ -50,6 +50,9 @@ class SACConfig:
     policy_std_max: float = float(np.exp(2.0))
     """Largest standard deviation of the pre-tanh Gaussian. Once the temperature has fallen only the critic's
     curvature narrows the policy, slowly; a task whose training episodes need centimetre precision caps it."""
+    explore_std_max: Optional[float] = None
+    """Largest standard deviation the actor samples its actions with (None: the policy's own). The learner trains
+    the policy as before (its spread up to policy_std_max); only the rollouts stay nearer the policy's mean."""
     backup_entropy: bool = False
     utd_ratio: int = 1  # critic steps per update() call
     actor_update_period: int = 1  # actor + temperature step on every k-th update() call
@@ -96,6 +99,8 @@ class SACConfig:
                 raise ValueError(f"SACConfig.{name} must be finite and >= 0, got {value}")
         if not (np.isfinite(self.policy_std_max) and self.policy_std_max > 0.0):
             raise ValueError(f"SACConfig.policy_std_max must be finite and > 0, got {self.policy_std_max}")
+        if self.explore_std_max is not None and not (np.isfinite(self.explore_std_max) and self.explore_std_max > 0.0):
+            raise ValueError(f"SACConfig.explore_std_max must be None or finite and > 0, got {self.explore_std_max}")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError("SACConfig.tau must be in (0, 1]")
         if not self.gripper_indices or len(set(self.gripper_indices)) != len(self.gripper_indices):
@@ -486,6 +491,8 @@ class SACAgent(struct.PyTreeNode):
         if deterministic:
             actions = jnp.tanh(mean)
         else:
+            if self.config.explore_std_max is not None:
+                log_std = jnp.minimum(log_std, float(np.log(self.config.explore_std_max)))
             actions, _ = sample_tanh_gaussian(rng, mean, log_std)
         if self.grasp is not None:
             best = jnp.argmax(self.grasp_q(self.grasp.params, features), axis=-1)

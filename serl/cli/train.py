@@ -65,7 +65,7 @@ TASK_DEFAULTS: dict[str, dict] = {
     # the sampled actions near the policy's mean (docs/env.md has the comparison)
     "PandaHandover": {"overrides": ("reward_shaping=true",),
                       "agent": {"grasp_critic": True, "gripper_indices": (3, 7), "utd_ratio": 2,
-                                "bc_likelihood": True, "policy_std_max": 0.3},
+                                "bc_likelihood": True, "policy_std_max": 0.3, "explore_std_max": 0.1},
                       "train": {"demo_noise": 0.3}},
 }
 
