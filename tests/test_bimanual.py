@@ -271,7 +271,8 @@ def test_one_process_serving_both_arms_takes_both_targets_in_one_request():
     from serl.envs.http_client import HttpRobotClient
     from serl.envs.tasks import with_overrides
 
-    with served_handover() as (_, urls):
+    # no watchdog: on a loaded machine half a second between these requests would hold the arms at their poses
+    with served_handover(watchdog_timeout=None) as (_, urls):
         left, right = (HttpRobotClient(url) for url in urls)
         assert left.pair["id"] == right.pair["id"] and (left.pair["arm"], right.pair["arm"]) == ("left", "right")
         poses = {arm: client.state().target_pose for arm, client in (("left", left), ("right", right))}
