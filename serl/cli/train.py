@@ -62,7 +62,7 @@ TASK_DEFAULTS: dict[str, dict] = {
     # two arms, 2 x (xyz, gripper): one grasp critic over both hands (3 x 3 joint gripper actions); two critic steps
     # per env step, so that a 2-core CPU trains three seeds at once. Its training episodes need centimetre
     # precision at two grasps: noisier demos show recoveries, cloning their likelihood and a capped spread keep
-    # the sampled actions near the policy's mean (docs/env.md has the comparison)
+    # the policy near the demos, and the actor samples nearer still to the policy's mean (docs/env.md compares them)
     "PandaHandover": {"overrides": ("reward_shaping=true",),
                       "agent": {"grasp_critic": True, "gripper_indices": (3, 7), "utd_ratio": 2,
                                 "bc_likelihood": True, "policy_std_max": 0.3, "explore_std_max": 0.1},
